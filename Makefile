@@ -1,0 +1,50 @@
+# Two entry points: `make demo` (set up, then run the whole loop locally) and `make test`.
+# Setup is idempotent: the venv is rebuilt only when the lock file or pyproject.toml change.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.installed
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint check-prereqs lock compile benchmark clean
+
+setup: $(STAMP)
+
+check-prereqs:
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else "Python 3.11 is required, found %d.%d at $(PYTHON); install it or run make PYTHON=/path/to/python3.11" % v[:2])'
+	@command -v java >/dev/null 2>&1 || { echo "Java 17+ is required for Spark and was not found on PATH; install a JRE (e.g. apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@v=$$(java -version 2>&1 | sed -nE '1s/.*version "([0-9]+).*/\1/p'); \
+	  [ -n "$$v" ] && [ "$$v" -ge 17 ] || { echo "Java 17+ is required for Spark, found version '$$v'; install a newer JRE"; exit 1; }
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(MAKE) --no-print-directory check-prereqs
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --require-hashes -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/propensity demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+compile: setup
+	$(BIN)/propensity compile --out compiled
+
+benchmark: setup
+	$(BIN)/python benchmarks/run.py
+
+# Regenerate the lock after editing dependencies in pyproject.toml.
+lock: setup
+	$(BIN)/uv pip compile --python-version 3.11 pyproject.toml --extra dev --generate-hashes --no-header -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .propensity compiled

@@ -1,0 +1,1 @@
+"""KFP components: plain step functions (one module per stage) and thin wrappers in `kfp_components`."""

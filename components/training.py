@@ -1,0 +1,227 @@
+"""Training and evaluation of the batch model and the real-time (cold-start) model.
+
+The training set is split by snapshot date, never at random: train on the oldest snapshots, choose
+hyperparameters on the next ones, and evaluate on the newest, as the model will be used.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.sklearn
+import numpy as np
+import pandas as pd
+import skops.io as sio
+from mlflow.models import infer_signature
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+import propensity
+from propensity import features as F
+from propensity.settings import Settings
+from propensity.tracking import configure
+
+DEFAULT_CANDIDATES: list[dict[str, Any]] = [
+    {"learning_rate": 0.05, "max_leaf_nodes": 15, "max_iter": 150},
+    {"learning_rate": 0.1, "max_leaf_nodes": 31, "max_iter": 100},
+    {"learning_rate": 0.1, "max_depth": 3, "max_iter": 200, "l2_regularization": 1.0},
+]
+REALTIME_PARAMS: dict[str, Any] = {"learning_rate": 0.1, "max_depth": 3, "max_iter": 100}
+SEGMENT = "country"
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+
+
+def known_customers(frame: pd.DataFrame) -> pd.DataFrame:
+    """The batch model scores customers with purchase history; the others go to the real-time model."""
+    return frame[frame["orders_total"] > 0]
+
+
+def split_by_time(frame: pd.DataFrame) -> Split:
+    dates = np.sort(frame[F.EVENT_TIMESTAMP].unique())
+    if len(dates) < 3:
+        raise ValueError(f"the training set has {len(dates)} snapshot date(s); at least 3 are needed")
+    n_eval = max(1, len(dates) // 6)
+    test_dates, valid_dates = dates[-n_eval:], dates[-2 * n_eval : -n_eval]
+    ts = frame[F.EVENT_TIMESTAMP]
+    return Split(
+        train=frame[ts < valid_dates[0]],
+        valid=frame[ts.isin(valid_dates)],
+        test=frame[ts.isin(test_dates)],
+    )
+
+
+def make_model(features: list[str], params: dict[str, Any]) -> Pipeline:
+    categorical = [c for c in features if c in F.CATEGORICAL_FEATURES]
+    numeric = [c for c in features if c not in F.CATEGORICAL_FEATURES]
+    prep = ColumnTransformer(
+        [("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical),
+         ("numeric", "passthrough", numeric)]
+    )
+    classifier = HistGradientBoostingClassifier(random_state=0, **params)
+    return Pipeline([("prepare", prep), ("classify", classifier)])
+
+
+def predict_scores(model: Any, frame: pd.DataFrame, features: list[str]) -> np.ndarray:
+    return np.asarray(model.predict_proba(frame[features])[:, 1])
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).parent, timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = "unknown"
+    return f"{propensity.__version__}+{sha}"
+
+
+def _log_model(model: Pipeline, sample: pd.DataFrame) -> None:
+    # skops (MLflow's default format) refuses unknown types on load; trust exactly the sklearn
+    # internals this model holds rather than falling back to pickle.
+    trusted = [t for t in sio.get_untrusted_types(data=sio.dumps(model)) if t.startswith("sklearn.")]
+    signature = infer_signature(sample, model.predict_proba(sample)[:, 1])
+    mlflow.sklearn.log_model(
+        model, name="model", signature=signature, input_example=sample.head(5),
+        pyfunc_predict_fn="predict_proba", skops_trusted_types=trusted,
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    run_id: str
+    valid_auc: float
+    params: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Candidate:
+        return cls(**json.loads(text))
+
+
+def _lineage_tags(pipeline_run_id: str, frame: pd.DataFrame, role: str) -> dict[str, str]:
+    return {
+        "role": role,
+        "pipeline_run_id": pipeline_run_id,
+        "data_first_snapshot": str(frame[F.EVENT_TIMESTAMP].min().date()),
+        "data_last_snapshot": str(frame[F.EVENT_TIMESTAMP].max().date()),
+        "feature_service": "propensity_training",
+        "code_version": code_version(),
+    }
+
+
+def train_candidate(
+    settings: Settings, training_set: Path, params: dict[str, Any], pipeline_run_id: str = "local"
+) -> Candidate:
+    """Fit one hyperparameter candidate of the batch model and log it as an MLflow run."""
+    split = split_by_time(known_customers(pd.read_parquet(training_set)))
+    model = make_model(F.BATCH_MODEL_FEATURES, params).fit(split.train[F.BATCH_MODEL_FEATURES], split.train[F.LABEL])
+    valid_auc = float(roc_auc_score(split.valid[F.LABEL], predict_scores(model, split.valid, F.BATCH_MODEL_FEATURES)))
+    experiment_id = configure(settings)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="batch-candidate") as run:
+        mlflow.set_tags(_lineage_tags(pipeline_run_id, split.train, "batch"))
+        mlflow.log_params(params)
+        mlflow.log_metrics({"valid_auc": valid_auc, "train_rows": len(split.train)})
+        _log_model(model, split.train[F.BATCH_MODEL_FEATURES].head(200))
+    return Candidate(run_id=run.info.run_id, valid_auc=valid_auc, params=params)
+
+
+def select_best(candidates: list[Candidate]) -> Candidate:
+    if not candidates:
+        raise ValueError("no candidate was trained")
+    return max(candidates, key=lambda c: (c.valid_auc, c.run_id))
+
+
+def train_realtime_model(settings: Settings, training_set: Path, pipeline_run_id: str = "local") -> str:
+    """Fit the cold-start model on every customer, new ones included; return its MLflow run id."""
+    split = split_by_time(pd.read_parquet(training_set))
+    fit_rows = pd.concat([split.train, split.valid])
+    features = F.REALTIME_MODEL_FEATURES
+    model = make_model(features, REALTIME_PARAMS).fit(fit_rows[features], fit_rows[F.LABEL])
+    test_auc = float(roc_auc_score(split.test[F.LABEL], predict_scores(model, split.test, features)))
+    experiment_id = configure(settings)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="realtime-model") as run:
+        mlflow.set_tags(_lineage_tags(pipeline_run_id, fit_rows, "realtime"))
+        mlflow.log_params(REALTIME_PARAMS)
+        mlflow.log_metrics({"test_auc": test_auc, "train_rows": len(fit_rows)})
+        _log_model(model, fit_rows[features].head(200))
+    return str(run.info.run_id)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    auc: float
+    average_precision: float
+    log_loss: float
+    brier: float
+    test_rows: int
+    positive_rate: float
+    segment_auc: dict[str, float]
+
+    def markdown(self) -> str:
+        rows = "\n".join(f"| {segment} | {auc:.4f} |" for segment, auc in sorted(self.segment_auc.items()))
+        return (
+            f"# Evaluation on the newest snapshots ({self.test_rows} rows)\n\n"
+            f"AUC {self.auc:.4f}, average precision {self.average_precision:.4f}, "
+            f"log loss {self.log_loss:.4f}, Brier {self.brier:.4f}, positive rate {self.positive_rate:.3f}\n\n"
+            f"| {SEGMENT} | AUC |\n|---|---|\n{rows}\n"
+        )
+
+
+def evaluate_scores(labels: pd.Series, scores: np.ndarray, segments: pd.Series) -> Evaluation:
+    segment_auc = {
+        str(segment): float(roc_auc_score(labels[mask], scores[mask.to_numpy()]))
+        for segment, mask in ((s, segments == s) for s in segments.unique())
+        if labels[mask].nunique() == 2
+    }
+    return Evaluation(
+        auc=float(roc_auc_score(labels, scores)),
+        average_precision=float(average_precision_score(labels, scores)),
+        log_loss=float(log_loss(labels, np.clip(scores, 1e-6, 1 - 1e-6))),
+        brier=float(brier_score_loss(labels, scores)),
+        test_rows=len(labels),
+        positive_rate=float(labels.mean()),
+        segment_auc=segment_auc,
+    )
+
+
+def test_rows(training_set: Path) -> pd.DataFrame:
+    return split_by_time(known_customers(pd.read_parquet(training_set))).test
+
+
+def evaluate_run(settings: Settings, training_set: Path, run_id: str) -> tuple[Evaluation, pd.DataFrame]:
+    """Evaluate a logged batch model on the test snapshots; log the metrics to its run."""
+    configure(settings)
+    test = test_rows(training_set)
+    model = mlflow.sklearn.load_model(f"runs:/{run_id}/model")
+    scores = predict_scores(model, test, F.BATCH_MODEL_FEATURES)
+    evaluation = evaluate_scores(test[F.LABEL], scores, test[SEGMENT])
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({"test_auc": evaluation.auc, "test_average_precision": evaluation.average_precision,
+                            "test_log_loss": evaluation.log_loss, "test_brier": evaluation.brier})
+        mlflow.log_metrics({f"test_auc_{SEGMENT}_{k}": v for k, v in evaluation.segment_auc.items()})
+        # Kept with the model: the reference distribution for drift monitoring.
+        reference = test[[*F.BATCH_MODEL_FEATURES]].assign(score=scores)
+        path = Path(settings.home) / "tmp" / run_id / "reference.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        reference.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path="monitoring")
+        path.unlink()
+        path.parent.rmdir()
+    return evaluation, test.assign(score=scores)

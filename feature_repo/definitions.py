@@ -1,0 +1,84 @@
+"""Feast objects of the propensity project.
+
+They are built by a function rather than at module level because source paths come from the
+settings (a work directory locally, object storage on the cluster); `feature_store()` applies them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.types import Float64, Int64, String
+
+from propensity.features import ACTIVITY_FEATURES, ENTITY, EVENT_TIMESTAMP
+
+ACTIVITY_VIEW = "customer_activity"
+PROFILE_VIEW = "customer_profile"
+SCORE_VIEW = "customer_score"
+TRAINING_SERVICE = "propensity_training"
+ONLINE_SERVICE = "propensity_online"
+SCORE_FEATURES = ["score", "model_version", "scored_at"]
+
+_INT_FEATURES = {"orders_total", "orders_30d", "orders_90d"}
+
+
+@dataclass(frozen=True)
+class FeatureRepo:
+    customer: Entity
+    activity: FeatureView
+    profile: FeatureView
+    score: FeatureView
+    training_service: FeatureService
+    online_service: FeatureService
+
+    @property
+    def objects(self) -> list[object]:
+        return [self.customer, self.activity, self.profile, self.score, self.training_service, self.online_service]
+
+
+def source_paths(data_dir: Path) -> dict[str, Path]:
+    return {
+        ACTIVITY_VIEW: data_dir / f"{ACTIVITY_VIEW}.parquet",
+        PROFILE_VIEW: data_dir / f"{PROFILE_VIEW}.parquet",
+        SCORE_VIEW: data_dir / f"{SCORE_VIEW}.parquet",
+    }
+
+
+def build_repo(data_dir: Path, snapshot_every_days: int) -> FeatureRepo:
+    paths = source_paths(data_dir)
+    customer = Entity(name="customer", join_keys=[ENTITY], value_type=ValueType.STRING, description="A shopper")
+    activity = FeatureView(
+        name=ACTIVITY_VIEW,
+        entities=[customer],
+        # A snapshot is valid until the next one; older rows must not leak into later training rows.
+        ttl=timedelta(days=snapshot_every_days),
+        schema=[Field(name=f, dtype=Int64 if f in _INT_FEATURES else Float64) for f in ACTIVITY_FEATURES],
+        source=FileSource(name=ACTIVITY_VIEW, path=str(paths[ACTIVITY_VIEW]), timestamp_field=EVENT_TIMESTAMP),
+        online=True,
+        description="Purchase behaviour before each snapshot date",
+    )
+    profile = FeatureView(
+        name=PROFILE_VIEW,
+        entities=[customer],
+        ttl=timedelta(0),  # a profile never expires
+        schema=[Field(name="country", dtype=String), Field(name="channel", dtype=String)],
+        source=FileSource(name=PROFILE_VIEW, path=str(paths[PROFILE_VIEW]), timestamp_field=EVENT_TIMESTAMP),
+        online=True,
+        description="Who the customer is: country and acquisition channel",
+    )
+    score = FeatureView(
+        name=SCORE_VIEW,
+        entities=[customer],
+        ttl=timedelta(0),
+        schema=[Field(name="score", dtype=Float64), Field(name="model_version", dtype=String),
+                Field(name="scored_at", dtype=String)],
+        source=FileSource(name=SCORE_VIEW, path=str(paths[SCORE_VIEW]), timestamp_field=EVENT_TIMESTAMP),
+        online=True,
+        description="Latest nightly batch score, pushed after each batch-scoring run",
+    )
+    training_service = FeatureService(name=TRAINING_SERVICE, features=[activity, profile])
+    online_service = FeatureService(name=ONLINE_SERVICE, features=[activity, profile, score])
+    return FeatureRepo(customer, activity, profile, score, training_service, online_service)

@@ -1,0 +1,152 @@
+"""One settings object for both ways to run (embedded default and cluster).
+
+Values come from `PROPENSITY_*` environment variables and, optionally, a TOML file named by
+`PROPENSITY_CONFIG`. Defaults make the embedded mode work in `./.propensity`. Nothing here is read
+at import time: call `get_settings()` where a value is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROPENSITY_", extra="forbid")
+
+    home: Path = Field(Path(".propensity"), description="Work directory holding all local state.")
+
+    # Raw data columns for bring-your-own data (`propensity ingest`).
+    customer_id_column: str = "customer_id"
+    timestamp_column: str = "timestamp"
+    amount_column: str = "amount"
+
+    # MLflow: SQLite + local artifacts by default, a tracking server on the cluster.
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "propensity"
+    model_name: str = "propensity"
+    realtime_model_name: str = "propensity-realtime"
+
+    # Feast: SQLite online store by default, Redis on the cluster.
+    feast_project: str = "propensity"
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection: str = "localhost:6379"
+
+    spark_master: str = "local[*]"
+
+    # Labels and training.
+    label_horizon_days: int = Field(30, gt=0)
+    snapshot_every_days: int = Field(7, gt=0)
+    training_window_days: int = Field(120, gt=0)
+    min_auc: float = Field(0.6, ge=0.0, le=1.0)
+    min_auc_improvement: float = 0.0
+
+    # Serving.
+    serving_port: int = 8080
+    score_max_age_hours: float = Field(36.0, gt=0)
+
+    # Monitoring.
+    drift_share_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    retrain_cooldown_hours: float = Field(24.0, ge=0.0)
+
+    # Cluster.
+    kfp_host: str | None = None
+    image: str = "propensity:0.1.0"
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("PROPENSITY_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"PROPENSITY_CONFIG points to {config_file}, which is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    # Derived locations: every piece of local state lives under `home`.
+    @property
+    def lake_dir(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def customers_path(self) -> Path:
+        return self.lake_dir / "customers.parquet"
+
+    @property
+    def transactions_path(self) -> Path:
+        return self.lake_dir / "transactions.parquet"
+
+    @property
+    def feature_store_dir(self) -> Path:
+        return self.home / "feature_store"
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.home / "tables"
+
+    @property
+    def historic_scores_path(self) -> Path:
+        return self.tables_dir / "historic_scores"
+
+    @property
+    def latest_scores_path(self) -> Path:
+        return self.tables_dir / "latest_scores"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def inference_log_dir(self) -> Path:
+        return self.logs_dir / "inference"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home / "state"
+
+    @property
+    def pipeline_root(self) -> Path:
+        return self.home / "kfp"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_location(self) -> str | None:
+        """Artifact folder for the embedded mode; a tracking server decides its own."""
+        if self.mlflow_tracking_uri:
+            return None
+        return (self.home / "mlflow" / "artifacts").as_uri()
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read settings now (environment, optional TOML file), with explicit overrides on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,59 @@
+"""MLflow access shared by training, batch scoring and serving: one place that knows the URIs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from propensity.settings import Settings
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def configure(settings: Settings) -> str:
+    """Point MLflow at the configured tracking store; return the experiment id (created if missing)."""
+    if not settings.mlflow_tracking_uri:
+        (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    try:
+        return str(mlflow.create_experiment(settings.mlflow_experiment, settings.mlflow_artifact_location))
+    except MlflowException:  # created concurrently by a parallel step
+        experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+        assert experiment is not None
+        return str(experiment.experiment_id)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def alias_version(settings: Settings, name: str, alias: str) -> ModelRef | None:
+    """The model version an alias points to, or None when the model or alias does not exist yet."""
+    configure(settings)
+    try:
+        mv = MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return ModelRef(name=name, version=str(mv.version), run_id=str(mv.run_id))
+
+
+def load_sklearn(ref: ModelRef) -> Any:
+    import mlflow.sklearn
+
+    return mlflow.sklearn.load_model(ref.uri)
