@@ -23,6 +23,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
+from threadpoolctl import threadpool_limits
 
 import propensity
 from propensity import features as F
@@ -64,6 +65,14 @@ def split_by_time(frame: pd.DataFrame) -> Split:
     )
 
 
+INTEGER_PARAMS = {"max_iter", "max_leaf_nodes", "max_depth", "min_samples_leaf", "max_bins"}
+
+
+def coerce_params(params: dict[str, Any]) -> dict[str, Any]:
+    """KFP passes parameters through JSON/protobuf, which turns 100 into 100.0."""
+    return {k: int(v) if k in INTEGER_PARAMS and v is not None else v for k, v in params.items()}
+
+
 def make_model(features: list[str], params: dict[str, Any]) -> Pipeline:
     categorical = [c for c in features if c in F.CATEGORICAL_FEATURES]
     numeric = [c for c in features if c not in F.CATEGORICAL_FEATURES]
@@ -71,7 +80,7 @@ def make_model(features: list[str], params: dict[str, Any]) -> Pipeline:
         [("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical),
          ("numeric", "passthrough", numeric)]
     )
-    classifier = HistGradientBoostingClassifier(random_state=0, **params)
+    classifier = HistGradientBoostingClassifier(random_state=0, **coerce_params(params))
     return Pipeline([("prepare", prep), ("classify", classifier)])
 
 
@@ -130,8 +139,13 @@ def train_candidate(
     settings: Settings, training_set: Path, params: dict[str, Any], pipeline_run_id: str = "local"
 ) -> Candidate:
     """Fit one hyperparameter candidate of the batch model and log it as an MLflow run."""
+    params = coerce_params(params)
     split = split_by_time(known_customers(pd.read_parquet(training_set)))
-    model = make_model(F.BATCH_MODEL_FEATURES, params).fit(split.train[F.BATCH_MODEL_FEATURES], split.train[F.LABEL])
+    # Candidates run side by side; OpenMP threads beyond the cores they share make each fit far slower.
+    with threadpool_limits(limits=settings.candidate_threads, user_api="openmp"):
+        model = make_model(F.BATCH_MODEL_FEATURES, params).fit(
+            split.train[F.BATCH_MODEL_FEATURES], split.train[F.LABEL]
+        )
     valid_auc = float(roc_auc_score(split.valid[F.LABEL], predict_scores(model, split.valid, F.BATCH_MODEL_FEATURES)))
     experiment_id = configure(settings)
     with mlflow.start_run(experiment_id=experiment_id, run_name="batch-candidate") as run:
@@ -225,3 +239,19 @@ def evaluate_run(settings: Settings, training_set: Path, run_id: str) -> tuple[E
         path.unlink()
         path.parent.rmdir()
     return evaluation, test.assign(score=scores)
+
+
+def roc_points(labels: pd.Series, scores: np.ndarray, max_points: int = 50) -> tuple[list[float], ...]:
+    """A thinned ROC curve (fpr, tpr, thresholds) small enough for the KFP UI."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(max_points, len(fpr))).astype(int))
+    clipped = np.clip(thresholds[keep], 0.0, 1.0)  # roc_curve's first threshold is inf
+    return fpr[keep].tolist(), tpr[keep].tolist(), clipped.tolist()
+
+
+def confusion(labels: pd.Series, scores: np.ndarray, threshold: float = 0.5) -> list[list[int]]:
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(labels, (scores >= threshold).astype(int), labels=[0, 1]).tolist()  # type: ignore[no-any-return]

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     label_horizon_days: int = Field(30, gt=0)
     snapshot_every_days: int = Field(7, gt=0)
     training_window_days: int = Field(120, gt=0)
+    candidate_threads: int = Field(1, ge=1, description="OpenMP threads per parallel training candidate.")
     min_auc: float = Field(0.6, ge=0.0, le=1.0)
     min_auc_improvement: float = 0.0
 

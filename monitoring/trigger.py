@@ -1,0 +1,117 @@
+"""Retraining trigger with debounce: no second run while one is active or within the cooldown.
+
+The history of triggers lives in `$PROPENSITY_HOME/state/retraining.json`, updated under a file lock
+so that two monitoring runs cannot both start a training run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from propensity.lake import atomic_path
+from propensity.settings import Settings
+
+RUNNING, SUCCEEDED, FAILED, SUBMITTED, SKIPPED = "running", "succeeded", "failed", "submitted", "skipped"
+
+
+@dataclass(frozen=True)
+class TriggerRecord:
+    triggered_at: str
+    as_of_date: str
+    reason: str
+    status: str
+    run_id: str = ""
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+def may_trigger(history: list[TriggerRecord], now: datetime, cooldown: timedelta) -> tuple[bool, str]:
+    """Pure debounce rule over earlier triggers (skipped ones do not count)."""
+    started = [r for r in history if r.status != SKIPPED]
+    if any(r.status == RUNNING for r in started):
+        return False, "a triggered training run is still active"
+    if started:
+        last = datetime.fromisoformat(started[-1].triggered_at)
+        if now - last < cooldown:
+            return False, f"last retraining was triggered at {started[-1].triggered_at}, within the {cooldown} cooldown"
+    return True, "no active run and the cooldown has passed"
+
+
+def _state_path(settings: Settings) -> Path:
+    return settings.state_dir / "retraining.json"
+
+
+def read_history(settings: Settings) -> list[TriggerRecord]:
+    path = _state_path(settings)
+    if not path.exists():
+        return []
+    return [TriggerRecord(**r) for r in json.loads(path.read_text())]
+
+
+def _write_history(settings: Settings, history: list[TriggerRecord]) -> None:
+    with atomic_path(_state_path(settings)) as tmp:
+        tmp.write_text(json.dumps([asdict(r) for r in history], indent=2))
+
+
+@contextmanager
+def _locked(settings: Settings) -> Iterator[None]:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.state_dir / "retraining.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _update(settings: Settings, record: TriggerRecord, **changes: Any) -> TriggerRecord:
+    updated = replace(record, **changes)
+    with _locked(settings):
+        history = read_history(settings)
+        history = [updated if r.triggered_at == record.triggered_at else r for r in history]
+        _write_history(settings, history)
+    return updated
+
+
+def default_launcher(settings: Settings) -> Callable[[str], tuple[str, str, dict[str, Any]]]:
+    """Local mode runs the training pipeline now; with a KFP host it submits a run and returns."""
+    from pipelines import runner
+
+    def launch(as_of_date: str) -> tuple[str, str, dict[str, Any]]:
+        params = {"as_of_date": as_of_date}
+        if settings.kfp_host:
+            run_id = runner.submit("training", settings.kfp_host, params=params, settings=settings)
+            return SUBMITTED, run_id, {}
+        return SUCCEEDED, "local", runner.run_local("training", params, settings)
+
+    return launch
+
+
+def trigger_retraining(
+    settings: Settings,
+    as_of_date: str,
+    reason: str,
+    launch: Callable[[str], tuple[str, str, dict[str, Any]]] | None = None,
+    now: datetime | None = None,
+) -> TriggerRecord:
+    """Start a training run unless debounced; every decision is recorded in the history."""
+    now = now or datetime.now(UTC)
+    with _locked(settings):
+        history = read_history(settings)
+        allowed, why = may_trigger(history, now, timedelta(hours=settings.retrain_cooldown_hours))
+        record = TriggerRecord(now.isoformat(), as_of_date, reason if allowed else why, RUNNING if allowed else SKIPPED)
+        _write_history(settings, [*history, record])
+    if not allowed:
+        return record
+    try:
+        status, run_id, outputs = (launch or default_launcher(settings))(as_of_date)
+    except Exception:
+        _update(settings, record, status=FAILED)
+        raise
+    return _update(settings, record, status=status, run_id=run_id, outputs=outputs)

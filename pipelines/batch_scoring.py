@@ -1,0 +1,23 @@
+"""Nightly batch scoring: features as of the date, Spark scoring, latest scores to the online store."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components import kfp_components as c
+
+
+@dsl.pipeline(
+    name="propensity-batch-scoring",
+    description="Score every known customer with the champion into the historic and latest tables, "
+    "then push the latest scores to the online store.",
+)
+def batch_scoring_pipeline(
+    score_date: str = "",
+) -> NamedTuple("ScoringOutputs", rows_scored=int, latest_rows=int, model_version=str):  # type: ignore[valid-type]
+    """score_date: the date to score as of (empty: the day after the last transaction)."""
+    features = c.materialize_features(as_of_date=score_date).set_display_name("Materialize features in Feast")
+    scored = c.score_customers(score_date=features.outputs["as_of_date"]).set_display_name("Score customers (Spark)")
+    c.publish_latest_scores().after(scored).set_display_name("Publish latest scores online")
+    outputs = NamedTuple("ScoringOutputs", rows_scored=int, latest_rows=int, model_version=str)
+    return outputs(scored.outputs["rows_scored"], scored.outputs["latest_rows"], scored.outputs["model_version"])

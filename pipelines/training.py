@@ -1,0 +1,58 @@
+"""Training pipeline: Feast -> Great Expectations gate -> parallel candidates -> evaluation -> MLflow."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components import kfp_components as c
+from components.training import DEFAULT_CANDIDATES
+
+
+@dsl.pipeline(
+    name="propensity-training",
+    description="Build a point-in-time training set from Feast, validate it, train candidates in parallel, "
+    "evaluate the best against the champion and register it in MLflow.",
+)
+def training_pipeline(
+    as_of_date: str = "",
+    training_window_days: int = 120,
+    candidates: list = DEFAULT_CANDIDATES,
+) -> NamedTuple("TrainingOutputs", model_version=str, auc=float, decision=str):  # type: ignore[valid-type]
+    """as_of_date: last day of data to learn from (empty: the day after the last transaction)."""
+    features = c.materialize_features(as_of_date=as_of_date).set_display_name("Materialize features in Feast")
+    training_set = c.build_training_set(
+        as_of_date=features.outputs["as_of_date"], training_window_days=training_window_days
+    ).set_display_name("Build point-in-time training set")
+    validation = c.validate_training_set(training_set=training_set.outputs["training_set"]).set_display_name(
+        "Validate data (Great Expectations)"
+    )
+    with dsl.ParallelFor(items=candidates, name="candidates") as params:
+        candidate = c.train_candidate(
+            training_set=training_set.outputs["training_set"],
+            params=params,
+            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        ).after(validation)
+        candidate.set_display_name("Train candidate")
+    best = c.select_best_candidate(candidates=dsl.Collected(candidate.output)).set_display_name("Select best")
+    realtime = c.train_realtime_model(
+        training_set=training_set.outputs["training_set"], pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    ).after(validation)
+    realtime.set_display_name("Train real-time (cold-start) model")
+    evaluation = c.evaluate_model(
+        training_set=training_set.outputs["training_set"], run_id=best.outputs["run_id"]
+    ).set_display_name("Evaluate overall and per country")
+    gate = c.compare_with_champion(
+        training_set=training_set.outputs["training_set"], challenger_auc=evaluation.outputs["Output"]
+    ).set_display_name("Compare with champion")
+    registered = c.register_models(
+        batch_run_id=best.outputs["run_id"],
+        realtime_run_id=realtime.output,
+        gate_report=gate.outputs["report"],
+    ).set_display_name("Register in MLflow (challenger)")
+    with dsl.If(gate.outputs["Output"] == "promote", name="challenger-wins"):
+        c.promote_to_champion(
+            model_version=registered.outputs["model_version"],
+            realtime_model_version=registered.outputs["realtime_model_version"],
+        ).set_display_name("Promote to champion")
+    outputs = NamedTuple("TrainingOutputs", model_version=str, auc=float, decision=str)
+    return outputs(registered.outputs["model_version"], evaluation.outputs["Output"], gate.outputs["Output"])
