@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -32,8 +35,8 @@ class TriggerRecord:
 
 
 def may_trigger(history: list[TriggerRecord], now: datetime, cooldown: timedelta) -> tuple[bool, str]:
-    """Pure debounce rule over earlier triggers (skipped ones do not count)."""
-    started = [r for r in history if r.status != SKIPPED]
+    """Pure debounce rule over earlier triggers (skipped and failed ones do not count: retry those)."""
+    started = [r for r in history if r.status not in (SKIPPED, FAILED)]
     if any(r.status == RUNNING for r in started):
         return False, "a triggered training run is still active"
     if started:
@@ -79,16 +82,31 @@ def _update(settings: Settings, record: TriggerRecord, **changes: Any) -> Trigge
     return updated
 
 
+def _propensity_cli(args: list[str]) -> dict[str, Any]:
+    """Run the `propensity` CLI in a fresh process and return its --json summary.
+
+    Pipeline steps run with _KFP_RUNTIME=true, which loads only the executor part of the kfp SDK; running
+    or submitting a pipeline needs all of it, so it happens in a child process without that flag.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
+    process = subprocess.run([sys.executable, "-m", "propensity.cli", *args, "--json"],
+                             capture_output=True, text=True, env=env, check=False)
+    if process.returncode != 0:
+        last = (process.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"`propensity {' '.join(args)}` failed: {last}")
+    return dict(json.loads(process.stdout))
+
+
 def default_launcher(settings: Settings) -> Callable[[str], tuple[str, str, dict[str, Any]]]:
     """Local mode runs the training pipeline now; with a KFP host it submits a run and returns."""
-    from pipelines import runner
 
     def launch(as_of_date: str) -> tuple[str, str, dict[str, Any]]:
-        params = {"as_of_date": as_of_date}
+        param = f"as_of_date={as_of_date}"
         if settings.kfp_host:
-            run_id = runner.submit("training", settings.kfp_host, params=params, settings=settings)
-            return SUBMITTED, run_id, {}
-        return SUCCEEDED, "local", runner.run_local("training", params, settings)
+            result = _propensity_cli(["submit", "training", "--host", settings.kfp_host, "--param", param])
+            return SUBMITTED, str(result["run_id"]), {}
+        result = _propensity_cli(["run", "training", "--param", param])
+        return SUCCEEDED, "local", dict(result["outputs"])
 
     return launch
 

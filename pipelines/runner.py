@@ -76,10 +76,13 @@ def _quiet_kfp_logs(log_file: Path | None) -> Iterator[None]:
 
 def run_local(name: str, params: dict[str, Any], settings: Settings, log_file: Path | None = None) -> dict[str, Any]:
     """Run a pipeline with kfp.local's SubprocessRunner in this environment; return its outputs."""
+    import os
+
     from kfp import local
 
     func = pipeline_function(name)
     _check_params(func, params)
+    os.environ.update(settings.as_env())  # steps are subprocesses: they read settings from the environment
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(settings.pipeline_root),

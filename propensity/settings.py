@@ -85,6 +85,15 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as PROPENSITY_* variables, so that child processes (pipeline steps, the
+        server) see exactly the settings of the process that started them."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                env[f"PROPENSITY_{name.upper()}"] = str(value)
+        return env
+
     # Derived locations: every piece of local state lives under `home`.
     @property
     def lake_dir(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,16 +18,29 @@ CHALLENGER = "challenger"
 
 def configure(settings: Settings) -> str:
     """Point MLflow at the configured tracking store; return the experiment id (created if missing)."""
-    if not settings.mlflow_tracking_uri:
-        (settings.home / "mlflow").mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
+    if settings.mlflow_tracking_uri:
+        return _experiment_id(settings)
+    # Parallel pipeline steps may be the first to touch the SQLite store; creating its tables twice
+    # at once fails, so the first use is serialized with a file lock.
+    folder = settings.home / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _experiment_id(settings)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _experiment_id(settings: Settings) -> str:
     experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
     if experiment is not None:
         return str(experiment.experiment_id)
     try:
         return str(mlflow.create_experiment(settings.mlflow_experiment, settings.mlflow_artifact_location))
-    except MlflowException:  # created concurrently by a parallel step
+    except MlflowException:  # created concurrently by another process
         experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
         assert experiment is not None
         return str(experiment.experiment_id)

@@ -1,1 +1,1 @@
-"""serving"""
+"""KServe predictor: precomputed batch score for known customers, real-time model for the rest."""

@@ -1,0 +1,189 @@
+"""The `propensity` command line: the verbs of DESIGN.md, each ending with a summary (or --json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from propensity.errors import PropensityError
+from propensity.settings import get_settings
+
+PIPELINES = ("training", "batch-scoring", "monitoring")
+console = Console(stderr=True)
+
+
+def _emit(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        for line in lines:
+            console.print(line, highlight=False)
+
+
+def _with_status(message: str, func: Callable[[], Any]) -> Any:
+    with console.status(message):
+        return func()
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from propensity.synthetic import generate
+
+    data = _with_status("Generating synthetic data", lambda: generate(args.customers, args.days, args.drift, args.seed))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data.customers.to_parquet(out / "customers.parquet", index=False)
+    data.transactions.to_parquet(out / "transactions.parquet", index=False)
+    summary = {"out": str(out), "customers": len(data.customers), "transactions": len(data.transactions),
+               "first": str(data.transactions["timestamp"].min()), "last": str(data.transactions["timestamp"].max())}
+    _emit(args, summary, [f"Wrote {summary['customers']} customers and {summary['transactions']} transactions "
+                          f"({summary['first'][:10]} to {summary['last'][:10]}) to {out}",
+                          f"Next: propensity ingest --transactions {out / 'transactions.parquet'} "
+                          f"--customers {out / 'customers.parquet'}"])
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from propensity.lake import ingest
+
+    settings = get_settings()
+    customers, transactions = _with_status(
+        "Validating and ingesting",
+        lambda: ingest(settings, Path(args.transactions), Path(args.customers) if args.customers else None),
+    )
+    summary = {"customers": len(customers), "transactions": len(transactions), "lake": str(settings.lake_dir),
+               "last_transaction": str(transactions["timestamp"].max())}
+    _emit(args, summary, [f"Ingested {len(transactions)} transactions of {len(customers)} customers into "
+                          f"{settings.lake_dir}"])
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from pipelines.runner import parse_params, run_local
+
+    settings = get_settings()
+    log_file = settings.logs_dir / f"{args.pipeline}-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
+    params = parse_params(args.param)
+    try:
+        outputs = _with_status(f"Running the {args.pipeline} pipeline locally (log: {log_file})",
+                               lambda: run_local(args.pipeline, params, settings, log_file))
+    except RuntimeError as exc:  # kfp.local reports a failed step this way
+        raise PropensityError(f"the {args.pipeline} pipeline failed ({str(exc).splitlines()[0]}); see {log_file}")
+    summary = {"pipeline": args.pipeline, "outputs": outputs, "log": str(log_file)}
+    _emit(args, summary, [f"Pipeline {args.pipeline} succeeded: "
+                          + ", ".join(f"{k}={v}" for k, v in sorted(outputs.items())), f"Log: {log_file}"])
+
+
+def cmd_compile(args: argparse.Namespace) -> None:
+    from pipelines.runner import compile_all
+
+    settings = get_settings()
+    paths = compile_all(Path(args.out), args.image or settings.image)
+    _emit(args, {"files": [str(p) for p in paths], "image": args.image or settings.image},
+          [f"Compiled {p}" for p in paths])
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from pipelines.runner import parse_params, submit
+
+    settings = get_settings()
+    run_id = submit(args.pipeline, args.host, parse_params(args.param), settings, args.experiment)
+    _emit(args, {"run_id": run_id, "pipeline": args.pipeline}, [f"Submitted {args.pipeline}: run {run_id}"])
+
+
+def cmd_schedule(args: argparse.Namespace) -> None:
+    from pipelines.runner import parse_params, schedule
+
+    settings = get_settings()
+    action, job_id = schedule(args.pipeline, args.host, args.cron, settings, args.experiment, parse_params(args.param))
+    _emit(args, {"action": action, "recurring_run_id": job_id},
+          [f"Recurring run for {args.pipeline} {action} ({job_id}), cron '{args.cron}'"])
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from serving.server import serve
+
+    serve(get_settings(), args.port)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from propensity.demo import DemoOptions, run_demo, summary_lines
+
+    settings = get_settings()
+    options = DemoOptions(customers=args.customers, days=args.days, drift=args.drift)
+    with console.status("Starting") as status:
+        def progress(message: str) -> None:
+            console.print(f"[bold green]>[/] {message}")
+            status.update(message)
+
+        summary = run_demo(settings, options, progress)
+    _emit(args, summary, [*summary_lines(summary), f"Summary: {settings.reports_dir / 'demo-summary.json'}"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="propensity", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], None], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("generate", cmd_generate, "write a deterministic synthetic data set")
+    p.add_argument("--out", required=True)
+    p.add_argument("--customers", type=int, default=5000, help="customers at the start (more arrive daily)")
+    p.add_argument("--days", type=int, default=180)
+    p.add_argument("--drift", type=float, default=0.0, help="0..1: how much the last 30 days change")
+    p.add_argument("--seed", type=int, default=7)
+
+    p = add("ingest", cmd_ingest, "validate and load your own transactions (CSV or Parquet)")
+    p.add_argument("--transactions", required=True)
+    p.add_argument("--customers")
+
+    for name, func, help_text in (("run", cmd_run, "run a pipeline locally (kfp.local)"),
+                                  ("submit", cmd_submit, "submit a pipeline run to Kubeflow Pipelines")):
+        p = add(name, func, help_text)
+        p.add_argument("pipeline", choices=PIPELINES)
+        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+        if name == "submit":
+            p.add_argument("--host", required=True)
+            p.add_argument("--experiment", default="propensity")
+
+    p = add("schedule", cmd_schedule, "create or update a recurring run (idempotent)")
+    p.add_argument("pipeline", choices=PIPELINES)
+    p.add_argument("--host", required=True)
+    p.add_argument("--cron", required=True)
+    p.add_argument("--experiment", default="propensity")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+
+    p = add("compile", cmd_compile, "write one KFP IR YAML per pipeline")
+    p.add_argument("--out", default="compiled")
+    p.add_argument("--image", help="project image for every step (default: PROPENSITY_IMAGE)")
+
+    p = add("serve", cmd_serve, "start the KServe model server on localhost")
+    p.add_argument("--port", type=int)
+
+    p = add("demo", cmd_demo, "run the whole loop locally")
+    p.add_argument("--customers", type=int, default=4000)
+    p.add_argument("--days", type=int, default=150)
+    p.add_argument("--drift", type=float, default=0.8)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (PropensityError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

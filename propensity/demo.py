@@ -1,0 +1,236 @@
+"""`propensity demo`: the whole loop on one machine, with the real libraries.
+
+generate -> training -> batch scoring -> serve and query -> drifted new data -> monitoring
+(drift triggers retraining, challenger vs champion) -> batch scoring again -> stop the server.
+Every figure in the summary is measured by the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+from propensity.errors import PropensityError
+from propensity.lake import ingest
+from propensity.settings import Settings
+from propensity.synthetic import COUNTRIES, generate
+
+DEMO_MARKER = ".propensity-demo"
+STATE_DIRS = ("lake", "feature_store", "mlflow", "tables", "kfp", "state", "logs", "reports", "tmp", "demo-data")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    customers: int = 4000
+    days: int = 150
+    new_days: int = 30
+    drift: float = 0.8
+    seed: int = 7
+    known_requests: int = 120
+    new_requests: int = 60
+
+
+def prepare_home(settings: Settings) -> None:
+    """Start from a clean work directory, but never wipe one the demo did not create."""
+    home = settings.home
+    if home.exists() and any(home.iterdir()) and not (home / DEMO_MARKER).exists():
+        raise PropensityError(
+            f"{home} holds state the demo did not create; set PROPENSITY_HOME to an empty folder for the demo"
+        )
+    for name in STATE_DIRS:
+        shutil.rmtree(home / name, ignore_errors=True)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / DEMO_MARKER).write_text("created by `propensity demo`; the demo may wipe this folder\n")
+
+
+def write_and_ingest(settings: Settings, customers: int, days: int, drift: float, seed: int, name: str) -> int:
+    data = generate(customers=customers, days=days, drift=drift, seed=seed)
+    folder = settings.home / "demo-data" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    data.customers.to_parquet(folder / "customers.parquet", index=False)
+    data.transactions.to_parquet(folder / "transactions.parquet", index=False)
+    _, transactions = ingest(settings, folder / "transactions.parquet", folder / "customers.parquet")
+    return len(transactions)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(settings: Settings, port: int, timeout: float = 180.0) -> Iterator[str]:
+    """Start `propensity serve` on loopback, wait until it is ready, stop it on exit."""
+    log_path = settings.logs_dir / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings.as_env()}
+    with open(log_path, "a") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "propensity.cli", "serve", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise PropensityError(f"the server exited with code {process.returncode}; see {log_path}")
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise PropensityError(f"the server was not ready after {timeout:.0f}s; see {log_path}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def query_server(url: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
+    """One request per customer, as a website would send them; counts which path answered."""
+    counts: Counter[str] = Counter()
+    versions: Counter[str] = Counter()
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for instance in instances:
+            response = client.post("/v1/models/propensity:predict", json={"instances": [instance]})
+            counts["requests"] += 1
+            if response.status_code != 200:
+                counts["errors"] += 1
+                continue
+            prediction = response.json()["predictions"][0]
+            counts[f"{prediction['source']}_hits"] += 1
+            versions[f"{prediction['source']}:{prediction['model_version']}"] += 1
+        bad = client.post("/v1/models/propensity:predict", json={"instances": [{"country": "DE"}]})
+    return {
+        "requests": counts["requests"],
+        "batch_hits": counts["batch_hits"],
+        "realtime_hits": counts["realtime_hits"],
+        "errors": counts["errors"],
+        "model_versions": dict(versions),
+        "malformed_request_status": bad.status_code,
+    }
+
+
+def demo_instances(settings: Settings, options: DemoOptions) -> list[dict[str, Any]]:
+    from components.batch_scoring import read_latest_scores
+
+    known = read_latest_scores(settings)["customer_id"].sample(
+        n=min(options.known_requests, len(read_latest_scores(settings))), random_state=options.seed
+    )
+    instances: list[dict[str, Any]] = [{"customer_id": c} for c in known]
+    for i in range(options.new_requests):
+        instances.append({"customer_id": f"new-{i:05d}", "country": COUNTRIES[i % len(COUNTRIES)],
+                          "channel": ("web", "app", "social")[i % 3]})
+    return instances
+
+
+def run_demo(
+    settings: Settings,
+    options: DemoOptions | None = None,
+    progress: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    from monitoring.trigger import read_history
+    from pipelines.runner import run_local
+    from propensity.tracking import CHAMPION, alias_version
+
+    options = options or DemoOptions()
+    say = progress or (lambda message: None)
+    started = time.monotonic()
+    prepare_home(settings)
+    log_file = settings.logs_dir / "pipelines.log"
+    timings: dict[str, float] = {}
+
+    def step(name: str, message: str, func: Callable[[], Any]) -> Any:
+        say(message)
+        t0 = time.monotonic()
+        result = func()
+        timings[name] = round(time.monotonic() - t0, 1)
+        return result
+
+    tx = step("generate", f"Generating {options.customers} customers over {options.days} days",
+              lambda: write_and_ingest(settings, options.customers, options.days, 0.0, options.seed, "initial"))
+    training = step("training", "Training pipeline: Feast -> Great Expectations -> candidates -> MLflow",
+                    lambda: run_local("training", {}, settings, log_file))
+    scoring = step("batch_scoring", "Batch-scoring pipeline: Spark scores every known customer",
+                   lambda: run_local("batch-scoring", {}, settings, log_file))
+    say("Starting the KServe model server on 127.0.0.1")
+    with running_server(settings, free_port()) as url:
+        serving = step("serving", "Querying known and new customers",
+                       lambda: query_server(url, demo_instances(settings, options)))
+        new_tx = step("new_data", f"{options.new_days} more days of data arrive, drifted by {options.drift}",
+                      lambda: write_and_ingest(settings, options.customers, options.days + options.new_days,
+                                               options.drift, options.seed, "drifted"))
+        history_before = len(read_history(settings))
+        monitoring = step("monitoring", "Monitoring pipeline: Evidently drift check (may retrain)",
+                          lambda: run_local("monitoring", {}, settings, log_file))
+        triggers = read_history(settings)[history_before:]
+        rescoring = step("batch_scoring_again", "Batch-scoring pipeline with the current champion",
+                         lambda: run_local("batch-scoring", {}, settings, log_file))
+        say("Stopping the server")
+    retrain = next((t for t in triggers if t.status != "skipped"), None)
+    champion = alias_version(settings, settings.model_name, CHAMPION)
+    summary = {
+        "training": {"model_version": training["model_version"], "auc": round(float(training["auc"]), 4),
+                     "decision": training["decision"]},
+        "batch_scoring": {"rows_scored": scoring["rows_scored"], "latest_rows": scoring["latest_rows"],
+                          "model_version": scoring["model_version"]},
+        "serving": serving,
+        "monitoring": {"drift_detected": bool(monitoring["Output"]), "retrain_triggered": retrain is not None,
+                       "trigger_status": retrain.status if retrain else (triggers[0].status if triggers else "none")},
+        "retraining": {
+            "model_version": retrain.outputs.get("model_version") if retrain else None,
+            "auc": round(float(retrain.outputs["auc"]), 4) if retrain and "auc" in retrain.outputs else None,
+            "decision": retrain.outputs.get("decision") if retrain else None,
+        },
+        "batch_scoring_after_retraining": {"rows_scored": rescoring["rows_scored"],
+                                           "latest_rows": rescoring["latest_rows"],
+                                           "model_version": rescoring["model_version"]},
+        "champion_version": champion.version if champion else None,
+        "data": {"transactions_initial": tx, "transactions_after_new_data": new_tx},
+        "timings_seconds": {**timings, "total": round(time.monotonic() - started, 1)},
+        "logs": {"pipelines": str(log_file), "server": str(settings.logs_dir / "server.log")},
+    }
+    settings.reports_dir.mkdir(parents=True, exist_ok=True)
+    (settings.reports_dir / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    t, b, s, m, r = (summary[k] for k in ("training", "batch_scoring", "serving", "monitoring", "retraining"))
+    lines = [
+        f"Training        model v{t['model_version']}  AUC {t['auc']:.3f}  decision: {t['decision']}",
+        f"Batch scoring   {b['rows_scored']} customers scored, latest table {b['latest_rows']} rows",
+        f"Serving         {s['requests']} requests: {s['batch_hits']} batch, {s['realtime_hits']} real-time, "
+        f"{s['errors']} errors; malformed request -> HTTP {s['malformed_request_status']}",
+        f"Monitoring      drift detected: {m['drift_detected']}, retraining triggered: {m['retrain_triggered']}",
+    ]
+    if m["retrain_triggered"]:
+        lines.append(f"Retraining      model v{r['model_version']}  AUC {r['auc']}  decision: {r['decision']}")
+    lines.append(f"Champion        v{summary['champion_version']}  (total {summary['timings_seconds']['total']}s)")
+    return lines
+
+

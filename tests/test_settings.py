@@ -1,0 +1,38 @@
+from pathlib import Path
+
+import pytest
+
+from propensity.settings import get_settings
+
+
+def test_defaults_put_all_state_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PROPENSITY_HOME", raising=False)
+    settings = get_settings()
+    assert settings.home == tmp_path / ".propensity"
+    assert settings.tracking_uri == f"sqlite:///{tmp_path / '.propensity' / 'mlflow' / 'mlflow.db'}"
+    for path in (settings.lake_dir, settings.feature_store_dir, settings.tables_dir, settings.reports_dir):
+        assert path.is_relative_to(settings.home)
+
+
+def test_environment_and_toml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "propensity.toml"
+    config.write_text('online_store = "redis"\nredis_connection = "redis:6379"\nmin_auc = 0.7\n')
+    monkeypatch.setenv("PROPENSITY_CONFIG", str(config))
+    monkeypatch.setenv("PROPENSITY_MIN_AUC", "0.65")  # the environment wins over the file
+    settings = get_settings()
+    assert settings.online_store == "redis" and settings.redis_connection == "redis:6379"
+    assert settings.min_auc == 0.65
+
+
+def test_settings_round_trip_through_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = get_settings(home=tmp_path / "h", min_auc=0.61)
+    for key, value in original.as_env().items():
+        monkeypatch.setenv(key, value)
+    assert get_settings() == original
+
+
+def test_invalid_setting_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROPENSITY_ONLINE_STORE", "memcached")
+    with pytest.raises(ValueError, match="online_store"):
+        get_settings()

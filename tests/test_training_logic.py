@@ -1,0 +1,99 @@
+"""Pure logic of training and the promotion gate; the real fits run in the integration test."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.registry import PROMOTE, REJECT, decide
+from components.training import (
+    Candidate,
+    coerce_params,
+    evaluate_scores,
+    make_model,
+    select_best,
+    split_by_time,
+)
+from components.validation import validate_training_set
+from propensity import features as F
+
+
+def _frame(n_dates: int = 12, per_date: int = 80, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range("2025-01-05", periods=n_dates, freq="7D")
+    n = n_dates * per_date
+    orders_90d = rng.integers(0, 6, n)
+    frame = pd.DataFrame({
+        F.ENTITY: [f"c-{i % per_date}" for i in range(n)],
+        F.EVENT_TIMESTAMP: np.repeat(dates, per_date),
+        "tenure_days": rng.uniform(0, 500, n),
+        "orders_total": orders_90d + rng.integers(1, 4, n),
+        "orders_30d": np.minimum(orders_90d, rng.integers(0, 3, n)),
+        "orders_90d": orders_90d,
+        "revenue_90d": orders_90d * 50.0,
+        "avg_order_value": rng.uniform(10, 100, n),
+        "avg_items": rng.uniform(1, 3, n),
+        "days_since_last_order": rng.uniform(0, 200, n),
+        "country": rng.choice(["DE", "FR"], n),
+        "channel": rng.choice(["web", "app"], n),
+    })
+    frame[F.LABEL] = (rng.random(n) < 0.2 + 0.1 * orders_90d).astype(int)
+    return frame
+
+
+def test_split_by_time_never_mixes_dates() -> None:
+    split = split_by_time(_frame())
+    assert split.train[F.EVENT_TIMESTAMP].max() < split.valid[F.EVENT_TIMESTAMP].min()
+    assert split.valid[F.EVENT_TIMESTAMP].max() < split.test[F.EVENT_TIMESTAMP].min()
+    assert len(split.train) + len(split.valid) + len(split.test) == len(_frame())
+
+
+def test_split_needs_three_dates() -> None:
+    with pytest.raises(ValueError, match="at least 3"):
+        split_by_time(_frame(n_dates=2))
+
+
+def test_model_learns_signal() -> None:
+    split = split_by_time(_frame(per_date=200))
+    model = make_model(F.BATCH_MODEL_FEATURES, {"max_iter": 50, "max_depth": 3})
+    model.fit(split.train[F.BATCH_MODEL_FEATURES], split.train[F.LABEL])
+    scores = model.predict_proba(split.test[F.BATCH_MODEL_FEATURES])[:, 1]
+    evaluation = evaluate_scores(split.test[F.LABEL], scores, split.test["country"])
+    assert evaluation.auc > 0.6
+    assert set(evaluation.segment_auc) == {"DE", "FR"}
+
+
+def test_coerce_params_restores_integers() -> None:
+    assert coerce_params({"max_iter": 100.0, "learning_rate": 0.1}) == {"max_iter": 100, "learning_rate": 0.1}
+
+
+def test_select_best_prefers_higher_validation_auc() -> None:
+    best = select_best([Candidate("r1", 0.7, {}), Candidate("r2", 0.75, {}), Candidate("r3", 0.72, {})])
+    assert best.run_id == "r2"
+    with pytest.raises(ValueError):
+        select_best([])
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "expected"),
+    [(0.55, None, REJECT), (0.7, None, PROMOTE), (0.7, 0.69, PROMOTE), (0.7, 0.72, REJECT), (0.7, 0.7, PROMOTE)],
+)
+def test_promotion_rule(challenger: float, champion: float | None, expected: str) -> None:
+    decision, reason = decide(challenger, champion, min_auc=0.6, min_improvement=0.0)
+    assert decision == expected and reason
+
+
+def test_validation_gate_passes_good_and_names_what_is_wrong() -> None:
+    good = _frame()
+    assert validate_training_set(good).success
+    bad = good.copy()
+    bad.loc[0, "orders_total"] = -1
+    bad.loc[1, "country"] = None
+    result = validate_training_set(bad)
+    assert not result.success
+    assert any("orders_total" in f for f in result.failed) and any("country" in f for f in result.failed)
+    assert "FAILED" in result.markdown()
+
+
+def test_validation_rejects_a_broken_label_rate() -> None:
+    frame = _frame().assign(label=0)
+    assert not validate_training_set(frame).success
