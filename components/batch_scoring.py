@@ -69,8 +69,9 @@ def score_customers(settings: Settings, score_date: str | None = None) -> Scorin
         raise PropensityError(f"model '{settings.model_name}' has no champion yet; run the training pipeline first")
     as_of = resolve_date(settings, score_date)
     customers, _ = read_lake(settings)
-    entities = pd.DataFrame({F.ENTITY: customers.loc[customers["signup_date"] < as_of, F.ENTITY],
-                             F.EVENT_TIMESTAMP: as_of})
+    entities = pd.DataFrame(
+        {F.ENTITY: customers.loc[customers["signup_date"] < as_of, F.ENTITY], F.EVENT_TIMESTAMP: as_of}
+    )
     eligible = known_customers(historical_features(settings, entities))
     if eligible.empty:
         raise PropensityError(f"no customer has purchase history before {as_of.date()}; nothing to score")

@@ -57,13 +57,19 @@ def materialize_features(settings: Settings, as_of_date: str | None = None) -> M
     _write_parquet(activity, paths[ACTIVITY_VIEW])
     _write_parquet(F.customer_profiles(customers), paths[PROFILE_VIEW])
     if not paths[SCORE_VIEW].exists():
-        empty = pd.DataFrame({F.ENTITY: pd.Series(dtype=str), F.EVENT_TIMESTAMP: pd.Series(dtype="datetime64[ns]"),
-                              "score": pd.Series(dtype=float), "model_version": pd.Series(dtype=str),
-                              "scored_at": pd.Series(dtype=str)})
+        empty = pd.DataFrame(
+            {
+                F.ENTITY: pd.Series(dtype=str),
+                F.EVENT_TIMESTAMP: pd.Series(dtype="datetime64[ns]"),
+                "score": pd.Series(dtype=float),
+                "model_version": pd.Series(dtype=str),
+                "scored_at": pd.Series(dtype=str),
+            }
+        )
         _write_parquet(empty, paths[SCORE_VIEW])
 
     store = feature_store(settings)
-    store.apply(feature_repo(settings).objects)
+    store.apply(feature_repo(settings).objects)  # type: ignore[arg-type]
     end = (as_of + pd.Timedelta(seconds=1)).to_pydatetime()
     start_activity = (as_of - pd.Timedelta(seconds=1)).to_pydatetime()
     store.materialize(start_date=start_activity, end_date=end, feature_views=[ACTIVITY_VIEW])
@@ -124,5 +130,5 @@ def build_training_set(
     )
 
 
-def as_dict(result: object) -> dict[str, object]:
-    return asdict(result)  # type: ignore[call-overload, no-any-return]
+def as_dict(result: MaterializeResult | TrainingSetResult) -> dict[str, object]:
+    return asdict(result)

@@ -5,7 +5,6 @@ Every component runs on the project image (`DEFAULT_IMAGE`, replaced at compile 
 Settings come from `PROPENSITY_*` environment variables in the step's environment.
 """
 
-
 from typing import NamedTuple
 
 from kfp import dsl
@@ -14,18 +13,18 @@ from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metri
 DEFAULT_IMAGE = "propensity:0.1.0"
 
 
-def component(func):  # type: ignore[no-untyped-def]
+def component(func):
     return dsl.component(func, base_image=DEFAULT_IMAGE, install_kfp_package=False)
 
 
 @component
-def materialize_features(as_of_date: str) -> NamedTuple("Materialized", as_of_date=str, feature_rows=int):  # type: ignore[valid-type]
+def materialize_features(as_of_date: str) -> NamedTuple("Materialized", as_of_date=str, feature_rows=int):
     """Compute feature snapshots, apply the Feast repo and load the online store."""
     from components.features import materialize_features as step
     from propensity.settings import get_settings
 
     result = step(get_settings(), as_of_date or None)
-    return (result.as_of_date, result.feature_rows)  # type: ignore[return-value]
+    return (result.as_of_date, result.feature_rows)
 
 
 @component
@@ -69,12 +68,12 @@ def train_candidate(training_set: Input[Dataset], params: dict, pipeline_run_id:
 
 
 @component
-def select_best_candidate(candidates: list) -> NamedTuple("Best", run_id=str, valid_auc=float):  # type: ignore[valid-type]
+def select_best_candidate(candidates: list) -> NamedTuple("Best", run_id=str, valid_auc=float):
     """The candidate with the best validation AUC."""
     from components.training import Candidate, select_best
 
     best = select_best([Candidate.from_json(c) for c in candidates])
-    return (best.run_id, best.valid_auc)  # type: ignore[return-value]
+    return (best.run_id, best.valid_auc)
 
 
 @component
@@ -135,18 +134,18 @@ def compare_with_champion(training_set: Input[Dataset], challenger_auc: float, r
 
 
 @component
-def register_models(
-    batch_run_id: str, realtime_run_id: str, gate_report: Input[Markdown]
-) -> NamedTuple("Registered", model_version=str, realtime_model_version=str):  # type: ignore[valid-type]
+def register_models(batch_run_id: str, realtime_run_id: str, gate_report: Input[Markdown]) -> NamedTuple(
+    "Registered", model_version=str, realtime_model_version=str
+):
     """Register both models as `challenger`, tagged with the gate's decision and reason."""
     from components.registry import Decision
     from components.registry import register_models as step
     from propensity.settings import get_settings
 
     fields = ("decision", "reason", "challenger_auc", "champion_auc", "champion_version")
-    decision = Decision(**{f: gate_report.metadata.get(f) for f in fields})  # type: ignore[arg-type]
+    decision = Decision(**{f: gate_report.metadata.get(f) for f in fields})
     registered = step(get_settings(), batch_run_id, realtime_run_id, decision)
-    return (registered.batch.version, registered.realtime.version)  # type: ignore[return-value]
+    return (registered.batch.version, registered.realtime.version)
 
 
 @component
@@ -159,13 +158,13 @@ def promote_to_champion(model_version: str, realtime_model_version: str) -> None
 
 
 @component
-def score_customers(score_date: str) -> NamedTuple("Scored", rows_scored=int, latest_rows=int, model_version=str):  # type: ignore[valid-type]
+def score_customers(score_date: str) -> NamedTuple("Scored", rows_scored=int, latest_rows=int, model_version=str):
     """Spark job: champion scores into the historic partition and the atomically switched latest table."""
     from components.batch_scoring import score_customers as step
     from propensity.settings import get_settings
 
     result = step(get_settings(), score_date or None)
-    return (result.rows_scored, result.latest_rows, result.model_version)  # type: ignore[return-value]
+    return (result.rows_scored, result.latest_rows, result.model_version)
 
 
 @component

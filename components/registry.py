@@ -29,15 +29,23 @@ class Decision:
         return asdict(self)
 
 
-def decide(challenger_auc: float, champion_auc: float | None, min_auc: float, min_improvement: float) -> tuple[str, str]:
+def decide(
+    challenger_auc: float, champion_auc: float | None, min_auc: float, min_improvement: float
+) -> tuple[str, str]:
     """Pure promotion rule: beat the absolute floor, then the champion by the required margin."""
     if challenger_auc < min_auc:
         return REJECT, f"challenger AUC {challenger_auc:.4f} is below the floor {min_auc:.4f}"
     if champion_auc is None:
         return PROMOTE, f"no champion yet; challenger AUC {challenger_auc:.4f} clears the floor {min_auc:.4f}"
     if challenger_auc >= champion_auc + min_improvement:
-        return PROMOTE, f"challenger AUC {challenger_auc:.4f} >= champion {champion_auc:.4f} + {min_improvement:.4f}"
-    return REJECT, f"challenger AUC {challenger_auc:.4f} < champion {champion_auc:.4f} + {min_improvement:.4f}"
+        return (
+            PROMOTE,
+            f"challenger AUC {challenger_auc:.4f} >= champion {champion_auc:.4f} + {min_improvement:.4f}",
+        )
+    return (
+        REJECT,
+        f"challenger AUC {challenger_auc:.4f} < champion {champion_auc:.4f} + {min_improvement:.4f}",
+    )
 
 
 def compare_with_champion(settings: Settings, training_set: Path, challenger_auc: float) -> Decision:
@@ -48,8 +56,9 @@ def compare_with_champion(settings: Settings, training_set: Path, challenger_auc
         from sklearn.metrics import roc_auc_score
 
         test = test_rows(training_set)
-        champion_auc = float(roc_auc_score(test[F.LABEL], predict_scores(load_sklearn(champion), test,
-                                                                         F.BATCH_MODEL_FEATURES)))
+        champion_auc = float(
+            roc_auc_score(test[F.LABEL], predict_scores(load_sklearn(champion), test, F.BATCH_MODEL_FEATURES))
+        )
     decision, reason = decide(challenger_auc, champion_auc, settings.min_auc, settings.min_auc_improvement)
     return Decision(decision, reason, challenger_auc, champion_auc, champion.version if champion else None)
 
@@ -72,8 +81,9 @@ def register_models(settings: Settings, batch_run_id: str, realtime_run_id: str,
     client = MlflowClient()
     tags = {"decision": decision.decision, "decision_reason": decision.reason}
     batch = _register(client, settings.model_name, batch_run_id, tags)
-    realtime = _register(client, settings.realtime_model_name, realtime_run_id,
-                         {**tags, "batch_model_version": batch.version})
+    realtime = _register(
+        client, settings.realtime_model_name, realtime_run_id, {**tags, "batch_model_version": batch.version}
+    )
     client.set_model_version_tag(settings.model_name, batch.version, "realtime_model_version", realtime.version)
     return Registered(batch, realtime)
 

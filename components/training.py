@@ -77,8 +77,10 @@ def make_model(features: list[str], params: dict[str, Any]) -> Pipeline:
     categorical = [c for c in features if c in F.CATEGORICAL_FEATURES]
     numeric = [c for c in features if c not in F.CATEGORICAL_FEATURES]
     prep = ColumnTransformer(
-        [("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical),
-         ("numeric", "passthrough", numeric)]
+        [
+            ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical),
+            ("numeric", "passthrough", numeric),
+        ]
     )
     classifier = HistGradientBoostingClassifier(random_state=0, **coerce_params(params))
     return Pipeline([("prepare", prep), ("classify", classifier)])
@@ -91,8 +93,12 @@ def predict_scores(model: Any, frame: pd.DataFrame, features: list[str]) -> np.n
 def code_version() -> str:
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).parent, timeout=5,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = "unknown"
@@ -105,8 +111,12 @@ def _log_model(model: Pipeline, sample: pd.DataFrame) -> None:
     trusted = [t for t in sio.get_untrusted_types(data=sio.dumps(model)) if t.startswith("sklearn.")]
     signature = infer_signature(sample, model.predict_proba(sample)[:, 1])
     mlflow.sklearn.log_model(
-        model, name="model", signature=signature, input_example=sample.head(5),
-        pyfunc_predict_fn="predict_proba", skops_trusted_types=trusted,
+        model,
+        name="model",
+        signature=signature,
+        input_example=sample.head(5),
+        pyfunc_predict_fn="predict_proba",
+        skops_trusted_types=trusted,
     )
 
 
@@ -227,8 +237,14 @@ def evaluate_run(settings: Settings, training_set: Path, run_id: str) -> tuple[E
     scores = predict_scores(model, test, F.BATCH_MODEL_FEATURES)
     evaluation = evaluate_scores(test[F.LABEL], scores, test[SEGMENT])
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({"test_auc": evaluation.auc, "test_average_precision": evaluation.average_precision,
-                            "test_log_loss": evaluation.log_loss, "test_brier": evaluation.brier})
+        mlflow.log_metrics(
+            {
+                "test_auc": evaluation.auc,
+                "test_average_precision": evaluation.average_precision,
+                "test_log_loss": evaluation.log_loss,
+                "test_brier": evaluation.brier,
+            }
+        )
         mlflow.log_metrics({f"test_auc_{SEGMENT}_{k}": v for k, v in evaluation.segment_auc.items()})
         # Kept with the model: the reference distribution for drift monitoring.
         reference = test[[*F.BATCH_MODEL_FEATURES]].assign(score=scores)
@@ -254,4 +270,4 @@ def roc_points(labels: pd.Series, scores: np.ndarray, max_points: int = 50) -> t
 def confusion(labels: pd.Series, scores: np.ndarray, threshold: float = 0.5) -> list[list[int]]:
     from sklearn.metrics import confusion_matrix
 
-    return confusion_matrix(labels, (scores >= threshold).astype(int), labels=[0, 1]).tolist()  # type: ignore[no-any-return]
+    return confusion_matrix(labels, (scores >= threshold).astype(int), labels=[0, 1]).tolist()

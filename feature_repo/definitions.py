@@ -36,7 +36,14 @@ class FeatureRepo:
 
     @property
     def objects(self) -> list[object]:
-        return [self.customer, self.activity, self.profile, self.score, self.training_service, self.online_service]
+        return [
+            self.customer,
+            self.activity,
+            self.profile,
+            self.score,
+            self.training_service,
+            self.online_service,
+        ]
 
 
 def source_paths(data_dir: Path) -> dict[str, Path]:
@@ -73,8 +80,11 @@ def build_repo(data_dir: Path, snapshot_every_days: int) -> FeatureRepo:
         name=SCORE_VIEW,
         entities=[customer],
         ttl=timedelta(0),
-        schema=[Field(name="score", dtype=Float64), Field(name="model_version", dtype=String),
-                Field(name="scored_at", dtype=String)],
+        schema=[
+            Field(name="score", dtype=Float64),
+            Field(name="model_version", dtype=String),
+            Field(name="scored_at", dtype=String),
+        ],
         source=FileSource(name=SCORE_VIEW, path=str(paths[SCORE_VIEW]), timestamp_field=EVENT_TIMESTAMP),
         online=True,
         description="Latest nightly batch score, pushed after each batch-scoring run",

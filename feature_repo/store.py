@@ -19,7 +19,10 @@ def repo_config(settings: Settings) -> RepoConfig:
     root = settings.feature_store_dir
     online: dict[str, object]
     if settings.online_store == "redis":
-        online = {"type": "redis", "connection_string": settings.redis_connection}
+        connection = settings.redis_connection
+        if settings.redis_password is not None:
+            connection += f",password={settings.redis_password.get_secret_value()}"
+        online = {"type": "redis", "connection_string": connection}
     else:
         online = {"type": "sqlite", "path": str(root / "online_store.db")}
     return RepoConfig(

@@ -44,7 +44,9 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, share_threshold
     )
     metrics = snapshot.dict()["metrics"]
     counts = next(m["value"] for m in metrics if m["metric_name"].startswith("DriftedColumnsCount"))
-    per_column = {m["config"]["column"]: float(m["value"]) for m in metrics if m["metric_name"].startswith("ValueDrift")}
+    per_column = {
+        m["config"]["column"]: float(m["value"]) for m in metrics if m["metric_name"].startswith("ValueDrift")
+    }
     with tempfile.TemporaryDirectory() as tmp:
         html_path = Path(tmp) / "drift.html"
         snapshot.save_html(str(html_path))
@@ -74,8 +76,9 @@ def current_inputs(settings: Settings, as_of_date: str | None) -> pd.DataFrame:
     """What batch scoring serves on at `as_of_date`: known customers' features, scored by the champion."""
     customers, _ = read_lake(settings)
     as_of = resolve_date(settings, as_of_date)
-    entities = pd.DataFrame({F.ENTITY: customers.loc[customers["signup_date"] < as_of, F.ENTITY],
-                             F.EVENT_TIMESTAMP: as_of})
+    entities = pd.DataFrame(
+        {F.ENTITY: customers.loc[customers["signup_date"] < as_of, F.ENTITY], F.EVENT_TIMESTAMP: as_of}
+    )
     current = known_customers(historical_features(settings, entities))
     champion = alias_version(settings, settings.model_name, CHAMPION)
     assert champion is not None

@@ -42,7 +42,10 @@ def may_trigger(history: list[TriggerRecord], now: datetime, cooldown: timedelta
     if started:
         last = datetime.fromisoformat(started[-1].triggered_at)
         if now - last < cooldown:
-            return False, f"last retraining was triggered at {started[-1].triggered_at}, within the {cooldown} cooldown"
+            return (
+                False,
+                f"last retraining was triggered at {started[-1].triggered_at}, within the {cooldown} cooldown",
+            )
     return True, "no active run and the cooldown has passed"
 
 
@@ -89,8 +92,13 @@ def _propensity_cli(args: list[str]) -> dict[str, Any]:
     or submitting a pipeline needs all of it, so it happens in a child process without that flag.
     """
     env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
-    process = subprocess.run([sys.executable, "-m", "propensity.cli", *args, "--json"],
-                             capture_output=True, text=True, env=env, check=False)
+    process = subprocess.run(
+        [sys.executable, "-m", "propensity.cli", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if process.returncode != 0:
         last = (process.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"`propensity {' '.join(args)}` failed: {last}")

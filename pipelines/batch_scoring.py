@@ -14,7 +14,7 @@ from components import kfp_components as c
 )
 def batch_scoring_pipeline(
     score_date: str = "",
-) -> NamedTuple("ScoringOutputs", rows_scored=int, latest_rows=int, model_version=str):  # type: ignore[valid-type]
+) -> NamedTuple("ScoringOutputs", rows_scored=int, latest_rows=int, model_version=str):
     """score_date: the date to score as of (empty: the day after the last transaction)."""
     features = c.materialize_features(as_of_date=score_date).set_display_name("Materialize features in Feast")
     scored = c.score_customers(score_date=features.outputs["as_of_date"]).set_display_name("Score customers (Spark)")

@@ -7,8 +7,7 @@ from components import kfp_components as c
 
 @dsl.pipeline(
     name="propensity-monitoring",
-    description="Check data and score drift with Evidently; significant drift starts a (debounced) "
-    "training run.",
+    description="Check data and score drift with Evidently; significant drift starts a (debounced) training run.",
 )
 def monitoring_pipeline(
     as_of_date: str = "",

@@ -20,7 +20,11 @@ def pipelines() -> dict[str, Callable[..., Any]]:
     from pipelines.monitoring import monitoring_pipeline
     from pipelines.training import training_pipeline
 
-    return {"training": training_pipeline, "batch-scoring": batch_scoring_pipeline, "monitoring": monitoring_pipeline}
+    return {
+        "training": training_pipeline,
+        "batch-scoring": batch_scoring_pipeline,
+        "monitoring": monitoring_pipeline,
+    }
 
 
 def pipeline_function(name: str) -> Callable[..., Any]:
@@ -61,7 +65,11 @@ def _quiet_kfp_logs(log_file: Path | None) -> Iterator[None]:
         yield
         return
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "a") as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+    with (
+        open(log_file, "a") as handle,
+        contextlib.redirect_stdout(handle),
+        contextlib.redirect_stderr(handle),
+    ):
         handler = logging.StreamHandler(handle)
         loggers = [logging.getLogger(), logging.getLogger("kfp")]
         saved = [(lg, lg.handlers[:], lg.propagate) for lg in loggers]
@@ -118,8 +126,14 @@ def compile_all(out_dir: Path, image: str) -> list[Path]:
 class KfpClient(Protocol):
     """The part of `kfp.Client` this project uses (a protocol, so tests can pass a fake)."""
 
-    def create_run_from_pipeline_package(self, pipeline_file: str, arguments: dict[str, Any], run_name: str | None = ...,
-                                         experiment_name: str | None = ..., **kwargs: Any) -> Any: ...
+    def create_run_from_pipeline_package(
+        self,
+        pipeline_file: str,
+        arguments: dict[str, Any],
+        run_name: str | None = ...,
+        experiment_name: str | None = ...,
+        **kwargs: Any,
+    ) -> Any: ...
 
     def create_experiment(self, name: str, **kwargs: Any) -> Any: ...
 
@@ -133,11 +147,15 @@ class KfpClient(Protocol):
 def kfp_client(host: str) -> KfpClient:
     import kfp
 
-    return kfp.Client(host=host)  # type: ignore[no-any-return]
+    return kfp.Client(host=host)
 
 
 def submit(
-    name: str, host: str, params: dict[str, Any], settings: Settings, experiment: str = "propensity",
+    name: str,
+    host: str,
+    params: dict[str, Any],
+    settings: Settings,
+    experiment: str = "propensity",
     client: KfpClient | None = None,
 ) -> str:
     """Compile with the configured image and create a run; returns the run id."""
@@ -152,8 +170,13 @@ def submit(
 
 
 def schedule(
-    name: str, host: str, cron: str, settings: Settings, experiment: str = "propensity",
-    params: dict[str, Any] | None = None, client: KfpClient | None = None,
+    name: str,
+    host: str,
+    cron: str,
+    settings: Settings,
+    experiment: str = "propensity",
+    params: dict[str, Any] | None = None,
+    client: KfpClient | None = None,
 ) -> tuple[str, str]:
     """Create the recurring run `propensity-<name>`, replacing one with a different spec; idempotent.
 
@@ -169,7 +192,8 @@ def schedule(
     job_name = f"propensity-{name}"
     experiment_id = client.create_experiment(experiment).experiment_id  # returns the existing one if present
     existing = [
-        r for r in (client.list_recurring_runs(experiment_id=experiment_id, page_size=200).recurring_runs or [])
+        r
+        for r in (client.list_recurring_runs(experiment_id=experiment_id, page_size=200).recurring_runs or [])
         if r.display_name == job_name
     ]
     for run in existing:
@@ -181,7 +205,13 @@ def schedule(
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(name, Path(tmp) / f"{name}.yaml", settings.image)
         created = client.create_recurring_run(
-            experiment_id=experiment_id, job_name=job_name, cron_expression=cron6, pipeline_package_path=str(package),
-            params=params, max_concurrency=1, no_catchup=True, enabled=True,
+            experiment_id=experiment_id,
+            job_name=job_name,
+            cron_expression=cron6,
+            pipeline_package_path=str(package),
+            params=params,
+            max_concurrency=1,
+            no_catchup=True,
+            enabled=True,
         )
     return ("replaced" if existing else "created"), str(created.recurring_run_id)

@@ -17,7 +17,7 @@ def training_pipeline(
     as_of_date: str = "",
     training_window_days: int = 120,
     candidates: list = DEFAULT_CANDIDATES,
-) -> NamedTuple("TrainingOutputs", model_version=str, auc=float, decision=str):  # type: ignore[valid-type]
+) -> NamedTuple("TrainingOutputs", model_version=str, auc=float, decision=str):
     """as_of_date: last day of data to learn from (empty: the day after the last transaction)."""
     features = c.materialize_features(as_of_date=as_of_date).set_display_name("Materialize features in Feast")
     training_set = c.build_training_set(

@@ -40,12 +40,23 @@ def cmd_generate(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data.customers.to_parquet(out / "customers.parquet", index=False)
     data.transactions.to_parquet(out / "transactions.parquet", index=False)
-    summary = {"out": str(out), "customers": len(data.customers), "transactions": len(data.transactions),
-               "first": str(data.transactions["timestamp"].min()), "last": str(data.transactions["timestamp"].max())}
-    _emit(args, summary, [f"Wrote {summary['customers']} customers and {summary['transactions']} transactions "
-                          f"({summary['first'][:10]} to {summary['last'][:10]}) to {out}",
-                          f"Next: propensity ingest --transactions {out / 'transactions.parquet'} "
-                          f"--customers {out / 'customers.parquet'}"])
+    summary: dict[str, Any] = {
+        "out": str(out),
+        "customers": len(data.customers),
+        "transactions": len(data.transactions),
+        "first": str(data.transactions["timestamp"].min()),
+        "last": str(data.transactions["timestamp"].max()),
+    }
+    _emit(
+        args,
+        summary,
+        [
+            f"Wrote {summary['customers']} customers and {summary['transactions']} transactions "
+            f"({summary['first'][:10]} to {summary['last'][:10]}) to {out}",
+            f"Next: propensity ingest --transactions {out / 'transactions.parquet'} "
+            f"--customers {out / 'customers.parquet'}",
+        ],
+    )
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
@@ -56,10 +67,17 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         "Validating and ingesting",
         lambda: ingest(settings, Path(args.transactions), Path(args.customers) if args.customers else None),
     )
-    summary = {"customers": len(customers), "transactions": len(transactions), "lake": str(settings.lake_dir),
-               "last_transaction": str(transactions["timestamp"].max())}
-    _emit(args, summary, [f"Ingested {len(transactions)} transactions of {len(customers)} customers into "
-                          f"{settings.lake_dir}"])
+    summary = {
+        "customers": len(customers),
+        "transactions": len(transactions),
+        "lake": str(settings.lake_dir),
+        "last_transaction": str(transactions["timestamp"].max()),
+    }
+    _emit(
+        args,
+        summary,
+        [f"Ingested {len(transactions)} transactions of {len(customers)} customers into {settings.lake_dir}"],
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -69,13 +87,23 @@ def cmd_run(args: argparse.Namespace) -> None:
     log_file = settings.logs_dir / f"{args.pipeline}-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
     params = parse_params(args.param)
     try:
-        outputs = _with_status(f"Running the {args.pipeline} pipeline locally (log: {log_file})",
-                               lambda: run_local(args.pipeline, params, settings, log_file))
+        outputs = _with_status(
+            f"Running the {args.pipeline} pipeline locally (log: {log_file})",
+            lambda: run_local(args.pipeline, params, settings, log_file),
+        )
     except RuntimeError as exc:  # kfp.local reports a failed step this way
-        raise PropensityError(f"the {args.pipeline} pipeline failed ({str(exc).splitlines()[0]}); see {log_file}")
+        raise PropensityError(
+            f"the {args.pipeline} pipeline failed ({str(exc).splitlines()[0]}); see {log_file}"
+        ) from None
     summary = {"pipeline": args.pipeline, "outputs": outputs, "log": str(log_file)}
-    _emit(args, summary, [f"Pipeline {args.pipeline} succeeded: "
-                          + ", ".join(f"{k}={v}" for k, v in sorted(outputs.items())), f"Log: {log_file}"])
+    _emit(
+        args,
+        summary,
+        [
+            f"Pipeline {args.pipeline} succeeded: " + ", ".join(f"{k}={v}" for k, v in sorted(outputs.items())),
+            f"Log: {log_file}",
+        ],
+    )
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
@@ -83,8 +111,11 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
     settings = get_settings()
     paths = compile_all(Path(args.out), args.image or settings.image)
-    _emit(args, {"files": [str(p) for p in paths], "image": args.image or settings.image},
-          [f"Compiled {p}" for p in paths])
+    _emit(
+        args,
+        {"files": [str(p) for p in paths], "image": args.image or settings.image},
+        [f"Compiled {p}" for p in paths],
+    )
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -100,8 +131,11 @@ def cmd_schedule(args: argparse.Namespace) -> None:
 
     settings = get_settings()
     action, job_id = schedule(args.pipeline, args.host, args.cron, settings, args.experiment, parse_params(args.param))
-    _emit(args, {"action": action, "recurring_run_id": job_id},
-          [f"Recurring run for {args.pipeline} {action} ({job_id}), cron '{args.cron}'"])
+    _emit(
+        args,
+        {"action": action, "recurring_run_id": job_id},
+        [f"Recurring run for {args.pipeline} {action} ({job_id}), cron '{args.cron}'"],
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -116,6 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     settings = get_settings()
     options = DemoOptions(customers=args.customers, days=args.days, drift=args.drift)
     with console.status("Starting") as status:
+
         def progress(message: str) -> None:
             console.print(f"[bold green]>[/] {message}")
             status.update(message)
@@ -145,8 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transactions", required=True)
     p.add_argument("--customers")
 
-    for name, func, help_text in (("run", cmd_run, "run a pipeline locally (kfp.local)"),
-                                  ("submit", cmd_submit, "submit a pipeline run to Kubeflow Pipelines")):
+    for name, func, help_text in (
+        ("run", cmd_run, "run a pipeline locally (kfp.local)"),
+        ("submit", cmd_submit, "submit a pipeline run to Kubeflow Pipelines"),
+    ):
         p = add(name, func, help_text)
         p.add_argument("pipeline", choices=PIPELINES)
         p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")

@@ -19,11 +19,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
-
 
 from propensity.errors import PropensityError
 from propensity.lake import ingest
@@ -31,7 +29,18 @@ from propensity.settings import Settings
 from propensity.synthetic import COUNTRIES, generate
 
 DEMO_MARKER = ".propensity-demo"
-STATE_DIRS = ("lake", "feature_store", "mlflow", "tables", "kfp", "state", "logs", "reports", "tmp", "demo-data")
+STATE_DIRS = (
+    "lake",
+    "feature_store",
+    "mlflow",
+    "tables",
+    "kfp",
+    "state",
+    "logs",
+    "reports",
+    "tmp",
+    "demo-data",
+)
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,9 @@ def running_server(settings: Settings, port: int, timeout: float = 180.0) -> Ite
     with open(log_path, "a") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "propensity.cli", "serve", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -143,8 +154,13 @@ def demo_instances(settings: Settings, options: DemoOptions) -> list[dict[str, A
     )
     instances: list[dict[str, Any]] = [{"customer_id": c} for c in known]
     for i in range(options.new_requests):
-        instances.append({"customer_id": f"new-{i:05d}", "country": COUNTRIES[i % len(COUNTRIES)],
-                          "channel": ("web", "app", "social")[i % 3]})
+        instances.append(
+            {
+                "customer_id": f"new-{i:05d}",
+                "country": COUNTRIES[i % len(COUNTRIES)],
+                "channel": ("web", "app", "social")[i % 3],
+            }
+        )
     return instances
 
 
@@ -171,44 +187,82 @@ def run_demo(
         timings[name] = round(time.monotonic() - t0, 1)
         return result
 
-    tx = step("generate", f"Generating {options.customers} customers over {options.days} days",
-              lambda: write_and_ingest(settings, options.customers, options.days, 0.0, options.seed, "initial"))
-    training = step("training", "Training pipeline: Feast -> Great Expectations -> candidates -> MLflow",
-                    lambda: run_local("training", {}, settings, log_file))
-    scoring = step("batch_scoring", "Batch-scoring pipeline: Spark scores every known customer",
-                   lambda: run_local("batch-scoring", {}, settings, log_file))
+    tx = step(
+        "generate",
+        f"Generating {options.customers} customers over {options.days} days",
+        lambda: write_and_ingest(settings, options.customers, options.days, 0.0, options.seed, "initial"),
+    )
+    training = step(
+        "training",
+        "Training pipeline: Feast -> Great Expectations -> candidates -> MLflow",
+        lambda: run_local("training", {}, settings, log_file),
+    )
+    scoring = step(
+        "batch_scoring",
+        "Batch-scoring pipeline: Spark scores every known customer",
+        lambda: run_local("batch-scoring", {}, settings, log_file),
+    )
     say("Starting the KServe model server on 127.0.0.1")
     with running_server(settings, free_port()) as url:
-        serving = step("serving", "Querying known and new customers",
-                       lambda: query_server(url, demo_instances(settings, options)))
-        new_tx = step("new_data", f"{options.new_days} more days of data arrive, drifted by {options.drift}",
-                      lambda: write_and_ingest(settings, options.customers, options.days + options.new_days,
-                                               options.drift, options.seed, "drifted"))
+        serving = step(
+            "serving",
+            "Querying known and new customers",
+            lambda: query_server(url, demo_instances(settings, options)),
+        )
+        new_tx = step(
+            "new_data",
+            f"{options.new_days} more days of data arrive, drifted by {options.drift}",
+            lambda: write_and_ingest(
+                settings,
+                options.customers,
+                options.days + options.new_days,
+                options.drift,
+                options.seed,
+                "drifted",
+            ),
+        )
         history_before = len(read_history(settings))
-        monitoring = step("monitoring", "Monitoring pipeline: Evidently drift check (may retrain)",
-                          lambda: run_local("monitoring", {}, settings, log_file))
+        monitoring = step(
+            "monitoring",
+            "Monitoring pipeline: Evidently drift check (may retrain)",
+            lambda: run_local("monitoring", {}, settings, log_file),
+        )
         triggers = read_history(settings)[history_before:]
-        rescoring = step("batch_scoring_again", "Batch-scoring pipeline with the current champion",
-                         lambda: run_local("batch-scoring", {}, settings, log_file))
+        rescoring = step(
+            "batch_scoring_again",
+            "Batch-scoring pipeline with the current champion",
+            lambda: run_local("batch-scoring", {}, settings, log_file),
+        )
         say("Stopping the server")
     retrain = next((t for t in triggers if t.status != "skipped"), None)
     champion = alias_version(settings, settings.model_name, CHAMPION)
     summary = {
-        "training": {"model_version": training["model_version"], "auc": round(float(training["auc"]), 4),
-                     "decision": training["decision"]},
-        "batch_scoring": {"rows_scored": scoring["rows_scored"], "latest_rows": scoring["latest_rows"],
-                          "model_version": scoring["model_version"]},
+        "training": {
+            "model_version": training["model_version"],
+            "auc": round(float(training["auc"]), 4),
+            "decision": training["decision"],
+        },
+        "batch_scoring": {
+            "rows_scored": scoring["rows_scored"],
+            "latest_rows": scoring["latest_rows"],
+            "model_version": scoring["model_version"],
+        },
         "serving": serving,
-        "monitoring": {"drift_detected": bool(monitoring["Output"]), "retrain_triggered": retrain is not None,
-                       "trigger_status": retrain.status if retrain else (triggers[0].status if triggers else "none")},
+        "monitoring": {
+            "drift_detected": bool(monitoring["Output"]),
+            "retrain_triggered": retrain is not None,
+            "trigger_status": retrain.status if retrain else (triggers[0].status if triggers else "none"),
+        },
         "retraining": {
             "model_version": retrain.outputs.get("model_version") if retrain else None,
             "auc": round(float(retrain.outputs["auc"]), 4) if retrain and "auc" in retrain.outputs else None,
             "decision": retrain.outputs.get("decision") if retrain else None,
         },
-        "batch_scoring_after_retraining": {"rows_scored": rescoring["rows_scored"],
-                                           "latest_rows": rescoring["latest_rows"],
-                                           "model_version": rescoring["model_version"]},
+        "batch_scoring_after_retraining": {
+            "rows_scored": rescoring["rows_scored"],
+            "latest_rows": rescoring["latest_rows"],
+            "model_version": rescoring["model_version"],
+        },
         "champion_version": champion.version if champion else None,
         "data": {"transactions_initial": tx, "transactions_after_new_data": new_tx},
         "timings_seconds": {**timings, "total": round(time.monotonic() - started, 1)},
@@ -232,5 +286,3 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"Retraining      model v{r['model_version']}  AUC {r['auc']}  decision: {r['decision']}")
     lines.append(f"Champion        v{summary['champion_version']}  (total {summary['timings_seconds']['total']}s)")
     return lines
-
-

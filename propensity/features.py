@@ -82,9 +82,9 @@ def activity_features(
     out["revenue_90d"] = out["revenue_90d"].fillna(0.0)
     out["avg_order_value"] = (out["total_amount"] / out["orders_total"].where(out["orders_total"] > 0)).fillna(0.0)
     out["avg_items"] = out["avg_items"].fillna(0.0)
-    out["days_since_last_order"] = (
-        (out[EVENT_TIMESTAMP] - out["last_order"]).dt.total_seconds() / 86_400
-    ).fillna(NO_ORDER_DAYS)
+    out["days_since_last_order"] = ((out[EVENT_TIMESTAMP] - out["last_order"]).dt.total_seconds() / 86_400).fillna(
+        NO_ORDER_DAYS
+    )
     out["tenure_days"] = out["tenure_days"].astype("float64")
     return out[[ENTITY, EVENT_TIMESTAMP, *ACTIVITY_FEATURES]].reset_index(drop=True)
 
@@ -139,5 +139,5 @@ def fill_missing_features(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for column, value in defaults.items():
         if column in out.columns:
-            out[column] = out[column].fillna(value)  # type: ignore[arg-type]
+            out[column] = out[column].fillna(value)
     return out

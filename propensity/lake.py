@@ -63,7 +63,11 @@ def normalize_transactions(raw: pd.DataFrame, settings: Settings) -> pd.DataFram
     """Validate a user's transactions and map them onto the canonical columns."""
     if raw.empty:
         raise PropensityError("the transactions file has no rows; nothing to ingest")
-    id_col, ts_col, amount_col = settings.customer_id_column, settings.timestamp_column, settings.amount_column
+    id_col, ts_col, amount_col = (
+        settings.customer_id_column,
+        settings.timestamp_column,
+        settings.amount_column,
+    )
     _require_columns(raw, [id_col, ts_col, amount_col], "the transactions file")
     if raw[id_col].isna().any():
         raise PropensityError(f"the transactions file has {int(raw[id_col].isna().sum())} empty {id_col} value(s)")
@@ -73,7 +77,8 @@ def normalize_transactions(raw: pd.DataFrame, settings: Settings) -> pd.DataFram
         raise PropensityError(f"column {amount_col} has non-numeric or empty values (first: {example!r})")
     if (amount < 0).any():
         raise PropensityError(
-            f"column {amount_col} has {int((amount < 0).sum())} negative amount(s) (first: {amount[amount < 0].iloc[0]}); "
+            f"column {amount_col} has {int((amount < 0).sum())} negative amount(s) "
+            f"(first: {amount[amount < 0].iloc[0]}); "
             "remove refunds or net them out before ingesting"
         )
     tx = pd.DataFrame(
@@ -114,7 +119,8 @@ def normalize_customers(raw: pd.DataFrame | None, transactions: pd.DataFrame, se
         unknown = set(transactions["customer_id"]) - set(customers["customer_id"])
         if unknown:
             raise PropensityError(
-                f"{len(unknown)} customer(s) in transactions are not in the customers file (e.g. {sorted(unknown)[0]!r})"
+                f"{len(unknown)} customer(s) in transactions are not in the customers file "
+                f"(e.g. {sorted(unknown)[0]!r})"
             )
     for column in ("country", "channel"):
         if column not in customers.columns:

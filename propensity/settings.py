@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     feast_project: str = "propensity"
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_connection: str = "localhost:6379"
+    redis_password: SecretStr | None = None
 
     spark_master: str = "local[*]"
 
@@ -90,6 +91,8 @@ class Settings(BaseSettings):
         server) see exactly the settings of the process that started them."""
         env = {}
         for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             if value is not None:
                 env[f"PROPENSITY_{name.upper()}"] = str(value)
         return env

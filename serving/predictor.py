@@ -90,33 +90,51 @@ class PropensityModel(Model):
         now = now or datetime.now(UTC)
         max_age = timedelta(hours=self.settings.score_max_age_hours)
         online = self._online_features([i.customer_id for i in instances])
-        fresh = [is_fresh(online["scored_at"][i], now, max_age) and online["score"][i] is not None
-                 for i in range(len(instances))]
+        fresh = [
+            is_fresh(online["scored_at"][i], now, max_age) and online["score"][i] is not None
+            for i in range(len(instances))
+        ]
         predictions: list[Prediction | None] = [None] * len(instances)
         for i, instance in enumerate(instances):
             if fresh[i]:
-                predictions[i] = Prediction(customer_id=instance.customer_id, score=float(online["score"][i]),
-                                            source="batch", model_version=str(online["model_version"][i]),
-                                            scored_at=str(online["scored_at"][i]))
+                predictions[i] = Prediction(
+                    customer_id=instance.customer_id,
+                    score=float(online["score"][i]),
+                    source="batch",
+                    model_version=str(online["model_version"][i]),
+                    scored_at=str(online["scored_at"][i]),
+                )
         stale = [i for i, ok in enumerate(fresh) if not ok]
         if stale:
             subset = {k: [v[i] for i in stale] for k, v in online.items()}
             features = realtime_features([instances[i] for i in stale], subset, now)
             scores = np.asarray(self.realtime_model.predict_proba(features[F.REALTIME_MODEL_FEATURES])[:, 1])
             for j, i in enumerate(stale):
-                predictions[i] = Prediction(customer_id=instances[i].customer_id, score=float(scores[j]),
-                                            source="realtime", model_version=self.realtime_version,
-                                            scored_at=now.isoformat(timespec="seconds"))
+                predictions[i] = Prediction(
+                    customer_id=instances[i].customer_id,
+                    score=float(scores[j]),
+                    source="realtime",
+                    model_version=self.realtime_version,
+                    scored_at=now.isoformat(timespec="seconds"),
+                )
         result = [p for p in predictions if p is not None]
-        self.inference_log.log([
-            {"logged_at": now.isoformat(), **instance.model_dump(mode="json"), **p.model_dump(),
-             **{name: online[name][i] for name in F.ACTIVITY_FEATURES}}
-            for i, (instance, p) in enumerate(zip(instances, result, strict=True))
-        ])
+        self.inference_log.log(
+            [
+                {
+                    "logged_at": now.isoformat(),
+                    **instance.model_dump(mode="json"),
+                    **p.model_dump(),
+                    **{name: online[name][i] for name in F.ACTIVITY_FEATURES},
+                }
+                for i, (instance, p) in enumerate(zip(instances, result, strict=True))
+            ]
+        )
         return result
 
     def predict(
-        self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None,
+        self,
+        payload: dict[str, Any] | InferRequest,
+        headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> dict[str, Any] | InferResponse:
         try:
@@ -139,8 +157,13 @@ class PropensityModel(Model):
         rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
         predictions = self.score(parse_instances({"instances": rows}))
         outputs = []
-        for field, datatype in (("customer_id", "BYTES"), ("score", "FP64"), ("source", "BYTES"),
-                                ("model_version", "BYTES"), ("scored_at", "BYTES")):
+        for field, datatype in (
+            ("customer_id", "BYTES"),
+            ("score", "FP64"),
+            ("source", "BYTES"),
+            ("model_version", "BYTES"),
+            ("scored_at", "BYTES"),
+        ):
             data = [getattr(p, field) for p in predictions]
             outputs.append(InferOutput(name=field, shape=[len(data)], datatype=datatype, data=data))
         return InferResponse(response_id=request.id or "", model_name=self.name, infer_outputs=outputs)

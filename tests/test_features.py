@@ -1,3 +1,5 @@
+import itertools
+
 import pandas as pd
 
 from propensity import features as F
@@ -6,19 +8,37 @@ T = pd.Timestamp("2025-03-01")
 
 
 def _customers() -> pd.DataFrame:
-    return pd.DataFrame({"customer_id": ["a", "b", "c"],
-                         "signup_date": pd.to_datetime(["2024-01-01", "2025-02-20", "2025-03-05"]),
-                         "country": ["DE", "FR", "US"], "channel": ["web", "app", "social"]})
+    return pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c"],
+            "signup_date": pd.to_datetime(["2024-01-01", "2025-02-20", "2025-03-05"]),
+            "country": ["DE", "FR", "US"],
+            "channel": ["web", "app", "social"],
+        }
+    )
 
 
 def _tx(rows: list[tuple[str, str, float]]) -> pd.DataFrame:
-    return pd.DataFrame({"customer_id": [r[0] for r in rows], "timestamp": pd.to_datetime([r[1] for r in rows], format="mixed"),
-                         "amount": [r[2] for r in rows], "items": 1})
+    return pd.DataFrame(
+        {
+            "customer_id": [r[0] for r in rows],
+            "timestamp": pd.to_datetime([r[1] for r in rows], format="mixed"),
+            "amount": [r[2] for r in rows],
+            "items": 1,
+        }
+    )
 
 
 def test_activity_features_use_only_transactions_before_the_snapshot() -> None:
-    tx = _tx([("a", "2024-12-15", 10.0), ("a", "2025-02-25", 30.0), ("a", "2025-03-01 00:00:00", 999.0),
-              ("a", "2025-03-10", 999.0), ("b", "2025-02-21", 5.0)])
+    tx = _tx(
+        [
+            ("a", "2024-12-15", 10.0),
+            ("a", "2025-02-25", 30.0),
+            ("a", "2025-03-01 00:00:00", 999.0),
+            ("a", "2025-03-10", 999.0),
+            ("b", "2025-02-21", 5.0),
+        ]
+    )
     out = F.activity_features(_customers(), tx, [T]).set_index("customer_id")
     assert list(out.index) == ["a", "b"]  # c signed up after t
     a = out.loc["a"]
@@ -46,7 +66,7 @@ def test_training_snapshots_end_a_horizon_before_as_of() -> None:
     dates = F.training_snapshot_dates(pd.Timestamp("2025-06-30"), window_days=28, horizon_days=30, every_days=7)
     assert dates[-1] == pd.Timestamp("2025-05-31")
     assert dates == sorted(dates) and len(dates) == 5
-    assert all((b - a).days == 7 for a, b in zip(dates, dates[1:], strict=False))
+    assert all((b - a).days == 7 for a, b in itertools.pairwise(dates))
 
 
 def test_fill_missing_features_for_an_unknown_customer() -> None:

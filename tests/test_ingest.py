@@ -18,12 +18,17 @@ def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "tx.csv") -> Path:
     return path
 
 
-GOOD = pd.DataFrame({"customer_id": ["a", "b", "a"], "timestamp": ["2025-01-02", "2025-01-03T10:00:00", "2025-02-01"],
-                     "amount": [10.0, 20.5, 7.0]})
+GOOD = pd.DataFrame(
+    {
+        "customer_id": ["a", "b", "a"],
+        "timestamp": ["2025-01-02", "2025-01-03T10:00:00", "2025-02-01"],
+        "amount": [10.0, 20.5, 7.0],
+    }
+)
 
 
 def test_ingest_csv_derives_customers(settings: Settings, tmp_path: Path) -> None:
-    customers, transactions = ingest(settings, _write(tmp_path, GOOD))
+    customers, _transactions = ingest(settings, _write(tmp_path, GOOD))
     assert sorted(customers["customer_id"]) == ["a", "b"]
     assert customers.set_index("customer_id").loc["a", "signup_date"] == pd.Timestamp("2025-01-02")
     lake_customers, lake_tx = read_lake(settings)

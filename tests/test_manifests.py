@@ -58,7 +58,6 @@ REQUIRED_SETTINGS = {
     "PROPENSITY_MLFLOW_TRACKING_URI",
     "PROPENSITY_ONLINE_STORE",
     "PROPENSITY_REDIS_CONNECTION",
-    "PROPENSITY_OFFLINE_URI",
     "PROPENSITY_KFP_HOST",
     "PROPENSITY_SPARK_MASTER",
     "PROPENSITY_SCORE_MAX_AGE_HOURS",
@@ -104,10 +103,8 @@ OVERLAYS = [name for name in KUSTOMIZATIONS if name != "base"]
 
 def _kustomize_major(command: list[str]) -> int | None:
     """Major version of the kustomize behind `command`, or None if it cannot tell."""
-    if command[-1] == "kustomize":  # kubectl kustomize
-        probe = [command[0], "version", "--client", "-o", "json"]
-    else:
-        probe = [command[0], "version"]
+    is_kubectl = command[-1] == "kustomize"  # `kubectl kustomize`
+    probe = [command[0], "version", "--client", "-o", "json"] if is_kubectl else [command[0], "version"]
     try:
         done = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False)
     except OSError:
@@ -445,17 +442,13 @@ def test_images_are_set_by_kustomize(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_no_secret_values_in_yaml(overlay: str) -> None:
     objects = render(overlay)
-    with_values = [
-        ident(obj) for obj in by_kind(objects, "Secret") if obj.get("data") or obj.get("stringData")
-    ]
+    with_values = [ident(obj) for obj in by_kind(objects, "Secret") if obj.get("data") or obj.get("stringData")]
     assert not with_values, f"Secrets with values in YAML: {with_values}"
     for config_map in by_kind(objects, "ConfigMap"):
         leaked = [key for key in config_map.get("data", {}) if SECRET_LIKE.search(key)]
         assert not leaked, f"{ident(config_map)} holds secret-like keys {leaked}; use {SECRET_NAME}"
     for where, container in all_containers(objects):
-        literal = [
-            e["name"] for e in container.get("env", []) if SECRET_LIKE.search(e["name"]) and "value" in e
-        ]
+        literal = [e["name"] for e in container.get("env", []) if SECRET_LIKE.search(e["name"]) and "value" in e]
         assert not literal, f"{where}: {literal} must come from a secretKeyRef, not a literal value"
     referenced = {name for obj in objects for name in secret_refs(obj)}
     assert referenced <= {SECRET_NAME}, f"unexpected Secrets referenced: {referenced - {SECRET_NAME}}"
@@ -566,6 +559,12 @@ def test_settings_config_map(overlay: str) -> None:
     data = the(objects, "ConfigMap", CONFIG_MAP_NAME)["data"]
     assert set(data) >= REQUIRED_SETTINGS, f"missing settings: {REQUIRED_SETTINGS - set(data)}"
     assert all(key.startswith("PROPENSITY_") for key in data), "settings are PROPENSITY_* variables"
+    # Every key must be a real setting: an unknown one would be silently ignored by the settings object.
+    from propensity.settings import Settings
+
+    fields = {f"PROPENSITY_{name.upper()}" for name in Settings.model_fields}
+    assert set(data) <= fields, f"not settings: {set(data) - fields}"
+    Settings(**{k.removeprefix("PROPENSITY_").lower(): v for k, v in data.items()})  # values parse
     assert all(isinstance(value, str) for value in data.values())
     # The work directory must be writable under a read-only root filesystem.
     mounts = {m["mountPath"] for m in predictor_container(objects).get("volumeMounts", [])}
@@ -615,9 +614,7 @@ def test_dockerfile_builds_the_one_project_image() -> None:
     assert "uv pip install --system --no-deps ." in text
     copied = set(re.findall(r"^COPY\s+(.+?)\s+\S+\s*$", text, re.MULTILINE))
     sources = {source for line in copied for source in line.split()}
-    missing = [
-        p for p in ["requirements.lock", "pyproject.toml", "README.md", *_packages()] if p not in sources
-    ]
+    missing = [p for p in ["requirements.lock", "pyproject.toml", "README.md", *_packages()] if p not in sources]
     assert not missing, f"Dockerfile does not copy {missing}"
     assert "PYSPARK_PYTHON=" in text
     assert re.search(r'^ENTRYPOINT \["propensity"\]\s*$', text, re.MULTILINE)

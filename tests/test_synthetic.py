@@ -20,8 +20,10 @@ def test_longer_drifted_run_reproduces_every_earlier_day() -> None:
     long = generate(customers=300, days=90, drift=0.9, seed=3)
     cutoff = DEFAULT_START + pd.Timedelta(days=60)
     prefix = long.transactions[long.transactions["timestamp"] < cutoff].drop(columns="transaction_id")
-    pd.testing.assert_frame_equal(prefix.reset_index(drop=True),
-                                  short.transactions.drop(columns="transaction_id").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        prefix.reset_index(drop=True),
+        short.transactions.drop(columns="transaction_id").reset_index(drop=True),
+    )
 
 
 def test_drift_changes_the_last_period() -> None:

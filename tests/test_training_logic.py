@@ -22,20 +22,22 @@ def _frame(n_dates: int = 12, per_date: int = 80, seed: int = 0) -> pd.DataFrame
     dates = pd.date_range("2025-01-05", periods=n_dates, freq="7D")
     n = n_dates * per_date
     orders_90d = rng.integers(0, 6, n)
-    frame = pd.DataFrame({
-        F.ENTITY: [f"c-{i % per_date}" for i in range(n)],
-        F.EVENT_TIMESTAMP: np.repeat(dates, per_date),
-        "tenure_days": rng.uniform(0, 500, n),
-        "orders_total": orders_90d + rng.integers(1, 4, n),
-        "orders_30d": np.minimum(orders_90d, rng.integers(0, 3, n)),
-        "orders_90d": orders_90d,
-        "revenue_90d": orders_90d * 50.0,
-        "avg_order_value": rng.uniform(10, 100, n),
-        "avg_items": rng.uniform(1, 3, n),
-        "days_since_last_order": rng.uniform(0, 200, n),
-        "country": rng.choice(["DE", "FR"], n),
-        "channel": rng.choice(["web", "app"], n),
-    })
+    frame = pd.DataFrame(
+        {
+            F.ENTITY: [f"c-{i % per_date}" for i in range(n)],
+            F.EVENT_TIMESTAMP: np.repeat(dates, per_date),
+            "tenure_days": rng.uniform(0, 500, n),
+            "orders_total": orders_90d + rng.integers(1, 4, n),
+            "orders_30d": np.minimum(orders_90d, rng.integers(0, 3, n)),
+            "orders_90d": orders_90d,
+            "revenue_90d": orders_90d * 50.0,
+            "avg_order_value": rng.uniform(10, 100, n),
+            "avg_items": rng.uniform(1, 3, n),
+            "days_since_last_order": rng.uniform(0, 200, n),
+            "country": rng.choice(["DE", "FR"], n),
+            "channel": rng.choice(["web", "app"], n),
+        }
+    )
     frame[F.LABEL] = (rng.random(n) < 0.2 + 0.1 * orders_90d).astype(int)
     return frame
 
@@ -75,7 +77,13 @@ def test_select_best_prefers_higher_validation_auc() -> None:
 
 @pytest.mark.parametrize(
     ("challenger", "champion", "expected"),
-    [(0.55, None, REJECT), (0.7, None, PROMOTE), (0.7, 0.69, PROMOTE), (0.7, 0.72, REJECT), (0.7, 0.7, PROMOTE)],
+    [
+        (0.55, None, REJECT),
+        (0.7, None, PROMOTE),
+        (0.7, 0.69, PROMOTE),
+        (0.7, 0.72, REJECT),
+        (0.7, 0.7, PROMOTE),
+    ],
 )
 def test_promotion_rule(challenger: float, champion: float | None, expected: str) -> None:
     decision, reason = decide(challenger, champion, min_auc=0.6, min_improvement=0.0)

@@ -56,6 +56,7 @@ def test_failed_launch_is_recorded_and_retried(settings: Settings) -> None:
     with pytest.raises(RuntimeError):
         trigger_retraining(settings, "2025-06-30", "drift", broken, now=NOW)
     assert read_history(settings)[-1].status == FAILED
-    later = trigger_retraining(settings, "2025-06-30", "drift", lambda a: (SUCCEEDED, "r", {}),
-                               now=NOW + timedelta(minutes=5))
+    later = trigger_retraining(
+        settings, "2025-06-30", "drift", lambda a: (SUCCEEDED, "r", {}), now=NOW + timedelta(minutes=5)
+    )
     assert later.status == SUCCEEDED

@@ -1,0 +1,229 @@
+"""The whole loop on small data through the demo's code path, then HTTP checks on a real server.
+
+One module-scoped run of `run_demo` (the same function `propensity demo` calls) with a few thousand
+customers; every assertion below reads what that run measured or wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from components.batch_scoring import read_latest_scores
+from monitoring.trigger import read_history
+from propensity.demo import DemoOptions, free_port, run_demo, running_server
+from propensity.settings import Settings, get_settings
+from propensity.tracking import CHAMPION, alias_version
+from serving.inference_log import read_records
+
+pytestmark = pytest.mark.integration
+
+OPTIONS = DemoOptions(customers=1500, days=150, new_days=30, drift=0.8, known_requests=40, new_requests=20)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[str, Any]]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROPENSITY_HOME", str(tmp_path_factory.mktemp("demo") / "home"))
+        settings = get_settings()
+        summary = run_demo(settings, OPTIONS)
+    return settings, summary
+
+
+def test_summary_file_has_the_promised_figures(demo: tuple[Settings, dict[str, Any]]) -> None:
+    settings, summary = demo
+    written = json.loads((settings.reports_dir / "demo-summary.json").read_text())
+    assert written == json.loads(json.dumps(summary, default=str))
+    for section, key in [
+        ("training", "model_version"),
+        ("training", "auc"),
+        ("training", "decision"),
+        ("batch_scoring", "rows_scored"),
+        ("batch_scoring", "latest_rows"),
+        ("serving", "requests"),
+        ("serving", "batch_hits"),
+        ("serving", "realtime_hits"),
+        ("serving", "errors"),
+        ("monitoring", "drift_detected"),
+        ("monitoring", "retrain_triggered"),
+        ("retraining", "model_version"),
+        ("retraining", "decision"),
+    ]:
+        assert written[section][key] is not None, f"{section}.{key}"
+    assert written["champion_version"] is not None
+
+
+def test_first_training_promotes_a_useful_model(demo: tuple[Settings, dict[str, Any]]) -> None:
+    _, summary = demo
+    assert summary["training"]["decision"] == "promote"
+    assert summary["training"]["auc"] > 0.65
+
+
+def test_every_known_customer_scored_exactly_once(demo: tuple[Settings, dict[str, Any]]) -> None:
+    settings, summary = demo
+    historic = pd.read_parquet(settings.historic_scores_path)
+    assert historic["score_date"].nunique() == 2  # the first date and the date after new data
+    for score_date, rows in historic.groupby("score_date"):
+        assert rows["customer_id"].is_unique, score_date
+        customers = pd.read_parquet(settings.customers_path)
+        transactions = pd.read_parquet(settings.transactions_path)
+        cutoff = pd.Timestamp(str(score_date))
+        known = set(transactions.loc[transactions["timestamp"] < cutoff, "customer_id"])
+        known &= set(customers.loc[customers["signup_date"] < cutoff, "customer_id"])
+        assert set(rows["customer_id"]) == known
+    latest = read_latest_scores(settings)
+    assert latest["customer_id"].is_unique
+    assert len(latest) == summary["batch_scoring_after_retraining"]["latest_rows"]
+    assert summary["batch_scoring"]["rows_scored"] == summary["batch_scoring"]["latest_rows"]
+    assert latest["score"].between(0, 1).all()
+
+
+def test_both_serving_paths_were_used_without_errors(demo: tuple[Settings, dict[str, Any]]) -> None:
+    settings, summary = demo
+    serving = summary["serving"]
+    assert serving["errors"] == 0 and serving["requests"] == OPTIONS.known_requests + OPTIONS.new_requests
+    assert serving["batch_hits"] == OPTIONS.known_requests
+    assert serving["realtime_hits"] == OPTIONS.new_requests
+    assert serving["malformed_request_status"] == 400
+    records = read_records(settings.inference_log_dir)
+    assert len(records) == serving["requests"]
+    assert {r["source"] for r in records} == {"batch", "realtime"}
+
+
+def test_drift_triggers_retraining_and_the_challenger_is_judged(
+    demo: tuple[Settings, dict[str, Any]],
+) -> None:
+    settings, summary = demo
+    assert summary["monitoring"]["drift_detected"] is True
+    assert summary["monitoring"]["retrain_triggered"] is True
+    assert summary["retraining"]["decision"] in {"promote", "reject"}
+    assert int(summary["retraining"]["model_version"]) > int(summary["training"]["model_version"])
+    champion = alias_version(settings, settings.model_name, CHAMPION)
+    assert champion is not None and champion.version == summary["champion_version"]
+    expected = (
+        summary["retraining"]["model_version"]
+        if summary["retraining"]["decision"] == "promote"
+        else summary["training"]["model_version"]
+    )
+    assert summary["champion_version"] == expected
+    assert summary["batch_scoring_after_retraining"]["model_version"] == expected
+    assert [r.status for r in read_history(settings)] == ["succeeded"]
+
+
+def test_rescoring_a_date_replaces_its_partition(demo: tuple[Settings, dict[str, Any]]) -> None:
+    from components.batch_scoring import score_customers
+
+    settings, _ = demo
+    before = pd.read_parquet(settings.historic_scores_path)
+    result = score_customers(settings)  # the same date again
+    after = pd.read_parquet(settings.historic_scores_path)
+    assert len(after) == len(before)
+    assert (after["score_date"] == result.score_date).sum() == result.rows_scored
+
+
+def test_no_drift_on_undrifted_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same steps as the pipelines, in-process: undrifted new data must not look like drift."""
+    from components.features import build_training_set, materialize_features
+    from components.registry import compare_with_champion, promote, register_models
+    from components.training import DEFAULT_CANDIDATES, evaluate_run, train_candidate, train_realtime_model
+    from monitoring.drift import check_drift
+    from propensity.demo import write_and_ingest
+
+    monkeypatch.setenv("PROPENSITY_HOME", str(tmp_path / "home"))
+    settings = get_settings()
+    write_and_ingest(settings, OPTIONS.customers, OPTIONS.days, 0.0, OPTIONS.seed, "initial")
+    materialize_features(settings)
+    training_set = tmp_path / "training.parquet"
+    build_training_set(settings, training_set)
+    candidate = train_candidate(settings, training_set, DEFAULT_CANDIDATES[0])
+    evaluation, _ = evaluate_run(settings, training_set, candidate.run_id)
+    decision = compare_with_champion(settings, training_set, evaluation.auc)
+    registered = register_models(settings, candidate.run_id, train_realtime_model(settings, training_set), decision)
+    promote(settings, registered.batch.version, registered.realtime.version)
+
+    write_and_ingest(settings, OPTIONS.customers, OPTIONS.days + OPTIONS.new_days, 0.0, OPTIONS.seed, "calm")
+    materialize_features(settings)
+    calm, _ = check_drift(settings)
+    assert not calm.drift_detected, calm
+
+    write_and_ingest(settings, OPTIONS.customers, OPTIONS.days + OPTIONS.new_days, OPTIONS.drift, OPTIONS.seed, "drift")
+    materialize_features(settings)
+    drifted, html = check_drift(settings)
+    assert drifted.drift_detected and drifted.drifted_share > calm.drifted_share
+    assert "<html" in html.lower()
+
+
+@pytest.fixture(scope="module")
+def server(demo: tuple[Settings, dict[str, Any]]) -> Any:
+    settings, _ = demo
+    with running_server(settings, free_port()) as url:
+        yield url, settings
+
+
+def test_http_known_and_new_customers(server: tuple[str, Settings]) -> None:
+    url, settings = server
+    known = read_latest_scores(settings)["customer_id"].iloc[0]
+    response = httpx.post(
+        f"{url}/v1/models/propensity:predict",
+        json={
+            "instances": [
+                {"customer_id": known},
+                {"customer_id": "brand-new", "country": "DE", "channel": "app"},
+            ]
+        },
+    )
+    assert response.status_code == 200
+    batch, realtime = response.json()["predictions"]
+    assert batch["source"] == "batch" and realtime["source"] == "realtime"
+    assert 0 <= realtime["score"] <= 1 and batch["model_version"] and realtime["model_version"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"instances": [{"country": "DE"}]}, {"instances": []}, {"rows": [1]}, {"instances": "c-1"}],
+)
+def test_http_malformed_requests_get_400(server: tuple[str, Settings], body: dict[str, Any]) -> None:
+    url, _ = server
+    response = httpx.post(f"{url}/v1/models/propensity:predict", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]
+
+
+def test_http_invalid_json_gets_400(server: tuple[str, Settings]) -> None:
+    url, _ = server
+    response = httpx.post(
+        f"{url}/v1/models/propensity:predict",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+
+
+def test_http_v2_open_inference_protocol(server: tuple[str, Settings]) -> None:
+    url, _ = server
+    body = {
+        "inputs": [
+            {"name": "customer_id", "shape": [2], "datatype": "BYTES", "data": ["new-1", "new-2"]},
+            {"name": "country", "shape": [2], "datatype": "BYTES", "data": ["FR", "US"]},
+        ]
+    }
+    response = httpx.post(f"{url}/v2/models/propensity/infer", json=body)
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    assert outputs["customer_id"] == ["new-1", "new-2"] and outputs["source"] == ["realtime", "realtime"]
+    bad = httpx.post(
+        f"{url}/v2/models/propensity/infer",
+        json={"inputs": [{"name": "country", "shape": [1], "datatype": "BYTES", "data": ["FR"]}]},
+    )
+    assert bad.status_code == 400
+
+
+def test_health_and_readiness(server: tuple[str, Settings]) -> None:
+    url, _ = server
+    assert httpx.get(f"{url}/v2/health/live").status_code == 200
+    assert httpx.get(f"{url}/v2/models/propensity/ready").status_code == 200

@@ -1,0 +1,124 @@
+"""Compiled IR YAML (what the KFP backend consumes) and the small code that talks to KFP."""
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+
+from pipelines.runner import compile_all, parse_params, schedule, submit
+from propensity.errors import PropensityError
+from propensity.settings import Settings
+
+IMAGE = "registry.example.com/ml/propensity:1.2.3"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("compiled")
+    return {p.stem: yaml.safe_load(p.read_text()) for p in compile_all(out, IMAGE)}
+
+
+def test_one_yaml_per_pipeline_on_the_project_image(compiled: dict[str, dict[str, Any]]) -> None:
+    assert set(compiled) == {"training", "batch-scoring", "monitoring"}
+    for spec in compiled.values():
+        executors = spec["deploymentSpec"]["executors"].values()
+        assert {e["container"]["image"] for e in executors} == {IMAGE}
+        assert spec["schemaVersion"] == "2.1.0" and spec["pipelineInfo"]["name"].startswith("propensity-")
+
+
+def test_components_are_thin_and_install_nothing(compiled: dict[str, dict[str, Any]]) -> None:
+    for spec in compiled.values():
+        for executor in spec["deploymentSpec"]["executors"].values():
+            script = "\n".join(executor["container"]["command"] + executor["container"].get("args", []))
+            assert "pip install" not in script
+            body = script.split("def ", 1)[1]
+            assert "import" in body and len(body.splitlines()) < 40
+
+
+def test_training_pipeline_shape(compiled: dict[str, dict[str, Any]]) -> None:
+    spec = compiled["training"]
+    root = spec["root"]
+    assert root["inputDefinitions"]["parameters"]["as_of_date"]["defaultValue"] == ""
+    assert root["inputDefinitions"]["parameters"]["training_window_days"]["defaultValue"] == 120
+    tasks = root["dag"]["tasks"]
+    loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
+    assert "parameterIterator" in loop and "validate-training-set" in loop["dependentTasks"]
+    condition = next(t for name, t in tasks.items() if name.startswith("condition"))
+    assert "== 'promote'" in condition["triggerPolicy"]["condition"]
+    names = {t["taskInfo"]["name"] for t in tasks.values()}
+    assert {
+        "Validate data (Great Expectations)",
+        "Compare with champion",
+        "Register in MLflow (challenger)",
+    } <= names
+    outputs = spec["components"]["comp-evaluate-model"]["outputDefinitions"]["artifacts"]
+    assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    assert outputs["roc"]["artifactType"]["schemaTitle"] == "system.ClassificationMetrics"
+
+
+def test_monitoring_retrains_only_on_drift(compiled: dict[str, dict[str, Any]]) -> None:
+    tasks = compiled["monitoring"]["root"]["dag"]["tasks"]
+    condition = next(t for name, t in tasks.items() if name.startswith("condition"))
+    assert condition["triggerPolicy"]["condition"].endswith("== true")
+
+
+def test_parse_params() -> None:
+    assert parse_params(["as_of_date=2025-06-30", "training_window_days=90", "x="]) == {
+        "as_of_date": "2025-06-30",
+        "training_window_days": 90,
+        "x": "",
+    }
+    with pytest.raises(PropensityError):
+        parse_params(["no-equals-sign"])
+
+
+class FakeKfp:
+    """Records calls like kfp.Client would receive them."""
+
+    def __init__(self) -> None:
+        self.recurring: list[SimpleNamespace] = []
+        self.runs: list[dict[str, Any]] = []
+
+    def create_run_from_pipeline_package(self, pipeline_file: str, arguments: dict[str, Any], **kw: Any) -> Any:
+        assert yaml.safe_load(Path(pipeline_file).read_text())["deploymentSpec"]
+        self.runs.append({"arguments": arguments, **kw})
+        return SimpleNamespace(run_id=f"run-{len(self.runs)}")
+
+    def create_experiment(self, name: str, **kw: Any) -> Any:
+        return SimpleNamespace(experiment_id="exp-1")
+
+    def list_recurring_runs(self, **kw: Any) -> Any:
+        return SimpleNamespace(recurring_runs=list(self.recurring))
+
+    def create_recurring_run(self, experiment_id: str, job_name: str, **kw: Any) -> Any:
+        run = SimpleNamespace(
+            recurring_run_id=f"rr-{len(self.recurring) + 1}",
+            display_name=job_name,
+            trigger=SimpleNamespace(cron_schedule=SimpleNamespace(cron=kw["cron_expression"])),
+            runtime_config=SimpleNamespace(parameters=kw["params"]),
+        )
+        self.recurring.append(run)
+        return run
+
+    def delete_recurring_run(self, recurring_run_id: str) -> Any:
+        self.recurring = [r for r in self.recurring if r.recurring_run_id != recurring_run_id]
+
+
+def test_submit_compiles_with_the_configured_image(settings: Settings) -> None:
+    client = FakeKfp()
+    run_id = submit("training", "http://kfp", {"as_of_date": "2025-06-30"}, settings, client=client)
+    assert run_id == "run-1" and client.runs[0]["arguments"] == {"as_of_date": "2025-06-30"}
+    with pytest.raises(PropensityError, match="unknown parameter"):
+        submit("training", "http://kfp", {"typo": 1}, settings, client=client)
+
+
+def test_schedule_is_idempotent(settings: Settings) -> None:
+    client = FakeKfp()
+    assert schedule("batch-scoring", "http://kfp", "0 2 * * *", settings, client=client)[0] == "created"
+    assert schedule("batch-scoring", "http://kfp", "0 2 * * *", settings, client=client)[0] == "unchanged"
+    assert schedule("batch-scoring", "http://kfp", "0 3 * * *", settings, client=client)[0] == "replaced"
+    assert len(client.recurring) == 1 and client.recurring[0].trigger.cron_schedule.cron == "0 0 3 * * *"
+    with pytest.raises(PropensityError, match="cron"):
+        schedule("batch-scoring", "http://kfp", "every night", settings, client=client)
