@@ -47,8 +47,9 @@ class Split:
 
 
 def known_customers(frame: pd.DataFrame) -> pd.DataFrame:
-    """The batch model scores customers with purchase history; the others go to the real-time model."""
-    return frame[frame["orders_total"] > 0]
+    """Customers with recent purchase history (the active base) get batch scores; the real-time model
+    serves everyone else. A fixed window keeps the population comparable from one date to the next."""
+    return frame[frame["days_since_last_order"] <= F.ACTIVE_WINDOW_DAYS]
 
 
 def split_by_time(frame: pd.DataFrame) -> Split:

@@ -43,6 +43,7 @@ def training_set_suite() -> gx.ExpectationSuite:
         "orders_total",
         "orders_30d",
         "orders_90d",
+        "revenue_30d",
         "revenue_90d",
         "avg_order_value",
         "tenure_days",

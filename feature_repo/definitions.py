@@ -57,37 +57,35 @@ def source_paths(data_dir: Path) -> dict[str, Path]:
 def build_repo(data_dir: Path, snapshot_every_days: int) -> FeatureRepo:
     paths = source_paths(data_dir)
     customer = Entity(name="customer", join_keys=[ENTITY], value_type=ValueType.STRING, description="A shopper")
-    activity = FeatureView(
-        name=ACTIVITY_VIEW,
-        entities=[customer],
+
+    def view(name: str, ttl: timedelta, schema: list[Field], description: str) -> FeatureView:
+        source = FileSource(name=name, path=str(paths[name]), timestamp_field=EVENT_TIMESTAMP)
+        return FeatureView(
+            name=name, entities=[customer], ttl=ttl, schema=schema, source=source, online=True, description=description
+        )
+
+    activity = view(
+        ACTIVITY_VIEW,
         # A snapshot is valid until the next one; older rows must not leak into later training rows.
-        ttl=timedelta(days=snapshot_every_days),
-        schema=[Field(name=f, dtype=Int64 if f in _INT_FEATURES else Float64) for f in ACTIVITY_FEATURES],
-        source=FileSource(name=ACTIVITY_VIEW, path=str(paths[ACTIVITY_VIEW]), timestamp_field=EVENT_TIMESTAMP),
-        online=True,
-        description="Purchase behaviour before each snapshot date",
+        timedelta(days=snapshot_every_days),
+        [Field(name=f, dtype=Int64 if f in _INT_FEATURES else Float64) for f in ACTIVITY_FEATURES],
+        "Purchase behaviour before each snapshot date",
     )
-    profile = FeatureView(
-        name=PROFILE_VIEW,
-        entities=[customer],
-        ttl=timedelta(0),  # a profile never expires
-        schema=[Field(name="country", dtype=String), Field(name="channel", dtype=String)],
-        source=FileSource(name=PROFILE_VIEW, path=str(paths[PROFILE_VIEW]), timestamp_field=EVENT_TIMESTAMP),
-        online=True,
-        description="Who the customer is: country and acquisition channel",
+    profile = view(
+        PROFILE_VIEW,
+        timedelta(0),  # a profile never expires
+        [Field(name="country", dtype=String), Field(name="channel", dtype=String)],
+        "Who the customer is: country and acquisition channel",
     )
-    score = FeatureView(
-        name=SCORE_VIEW,
-        entities=[customer],
-        ttl=timedelta(0),
-        schema=[
+    score = view(
+        SCORE_VIEW,
+        timedelta(0),
+        [
             Field(name="score", dtype=Float64),
             Field(name="model_version", dtype=String),
             Field(name="scored_at", dtype=String),
         ],
-        source=FileSource(name=SCORE_VIEW, path=str(paths[SCORE_VIEW]), timestamp_field=EVENT_TIMESTAMP),
-        online=True,
-        description="Latest nightly batch score, pushed after each batch-scoring run",
+        "Latest nightly batch score, pushed after each batch-scoring run",
     )
     training_service = FeatureService(name=TRAINING_SERVICE, features=[activity, profile])
     online_service = FeatureService(name=ONLINE_SERVICE, features=[activity, profile, score])

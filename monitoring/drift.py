@@ -19,8 +19,8 @@ from propensity.lake import read_lake
 from propensity.settings import Settings
 from propensity.tracking import CHAMPION, alias_version, configure, load_sklearn
 
-# tenure_days grows with the calendar for everyone; its shift is not a change in behaviour.
-MONITORED_NUMERIC = [c for c in F.ACTIVITY_FEATURES if c != "tenure_days"] + ["score"]
+# tenure_days and orders_total grow with the calendar for everyone: their shift is not a change in behaviour.
+MONITORED_NUMERIC = [c for c in F.ACTIVITY_FEATURES if c not in ("tenure_days", "orders_total")] + ["score"]
 MONITORED_CATEGORICAL = list(F.CATEGORICAL_FEATURES)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,21 +83,35 @@ def _quiet_kfp_logs(log_file: Path | None) -> Iterator[None]:
                 lg.handlers, lg.propagate = handlers, propagate
 
 
+@contextlib.contextmanager
+def _settings_in_environment(settings: Settings) -> Iterator[None]:
+    """Pipeline steps are subprocesses that read settings from the environment: export ours while
+    the pipeline runs, then put the environment back as it was."""
+    exported = settings.as_env()
+    saved = {key: os.environ.get(key) for key in exported}
+    os.environ.update(exported)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_local(name: str, params: dict[str, Any], settings: Settings, log_file: Path | None = None) -> dict[str, Any]:
     """Run a pipeline with kfp.local's SubprocessRunner in this environment; return its outputs."""
-    import os
-
     from kfp import local
 
     func = pipeline_function(name)
     _check_params(func, params)
-    os.environ.update(settings.as_env())  # steps are subprocesses: they read settings from the environment
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(settings.pipeline_root),
         raise_on_error=True,
     )
-    with _quiet_kfp_logs(log_file):
+    with _settings_in_environment(settings), _quiet_kfp_logs(log_file):
         task = func(**params)
     return dict(task.outputs)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +26,7 @@ def _emit(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -
         print(json.dumps(summary, indent=2, default=str))
     else:
         for line in lines:
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, soft_wrap=True)
 
 
 def _with_status(message: str, func: Callable[[], Any]) -> Any:
@@ -207,13 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo, "run the whole loop locally")
     p.add_argument("--customers", type=int, default=4000)
-    p.add_argument("--days", type=int, default=150)
+    p.add_argument("--days", type=int, default=480)
     p.add_argument("--drift", type=float, default=0.8)
     return parser
 
 
+def quiet_libraries() -> None:
+    """Library deprecation chatter and download progress bars hide the progress a user needs to see."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         args.func(args)
     except (PropensityError, ValueError, FileNotFoundError) as exc:

@@ -46,7 +46,7 @@ STATE_DIRS = (
 @dataclass(frozen=True)
 class DemoOptions:
     customers: int = 4000
-    days: int = 150
+    days: int = 480  # over a year of history: the active base is in its steady state
     new_days: int = 30
     drift: float = 0.8
     seed: int = 7

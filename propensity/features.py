@@ -21,6 +21,7 @@ ACTIVITY_FEATURES = [
     "orders_total",
     "orders_30d",
     "orders_90d",
+    "revenue_30d",
     "revenue_90d",
     "avg_order_value",
     "avg_items",
@@ -32,6 +33,8 @@ BATCH_MODEL_FEATURES = ACTIVITY_FEATURES + PROFILE_FEATURES
 # The real-time (cold-start) model sees what is known about a new customer at request time.
 REALTIME_MODEL_FEATURES = ["tenure_days", "orders_total", "orders_90d", "revenue_90d", *PROFILE_FEATURES]
 NO_ORDER_DAYS = 9999.0  # days_since_last_order for a customer who never bought
+# A known customer bought within this many days; lapsed customers are scored like new ones.
+ACTIVE_WINDOW_DAYS = 365
 
 
 def snapshot_dates(first: pd.Timestamp, last: pd.Timestamp, every_days: int) -> list[pd.Timestamp]:
@@ -58,12 +61,14 @@ def activity_features(
         grouped = past.assign(
             in_30d=age_days <= 30,
             in_90d=age_days <= 90,
+            revenue_30=np.where(age_days <= 30, past["amount"], 0.0),
             revenue_90=np.where(age_days <= 90, past["amount"], 0.0),
         ).groupby(ENTITY)
         agg = grouped.agg(
             orders_total=("amount", "size"),
             orders_30d=("in_30d", "sum"),
             orders_90d=("in_90d", "sum"),
+            revenue_30d=("revenue_30", "sum"),
             revenue_90d=("revenue_90", "sum"),
             total_amount=("amount", "sum"),
             avg_items=("items", "mean"),
@@ -79,7 +84,7 @@ def activity_features(
     out = pd.concat(frames, ignore_index=True)
     for column in ("orders_total", "orders_30d", "orders_90d"):
         out[column] = out[column].fillna(0).astype("int64")
-    out["revenue_90d"] = out["revenue_90d"].fillna(0.0)
+    out[["revenue_30d", "revenue_90d"]] = out[["revenue_30d", "revenue_90d"]].fillna(0.0)
     out["avg_order_value"] = (out["total_amount"] / out["orders_total"].where(out["orders_total"] > 0)).fillna(0.0)
     out["avg_items"] = out["avg_items"].fillna(0.0)
     out["days_since_last_order"] = ((out[EVENT_TIMESTAMP] - out["last_order"]).dt.total_seconds() / 86_400).fillna(

@@ -5,9 +5,10 @@ noise, a churn hazard, and a short-lived boost after each purchase (so recency a
 signal). New customers keep arriving. With `drift > 0` the last `drift_days` change: fewer but
 larger orders, and new customers come mostly from one country and from social ads.
 
-Randomness is drawn day by day from generators seeded with (seed, day), and the number of draws per
-day never depends on `days` or `drift`, so a longer or drifted run reproduces every earlier day of a
-shorter undrifted one exactly. The demo relies on this to let "new data arrive".
+Arrivals balance churn, so with a year or more of history the active base is in a steady state and
+undrifted data does not drift. Randomness is drawn day by day from generators seeded with (seed, day),
+and the number of draws per day never depends on `days` or `drift`, so a longer or drifted run
+reproduces every earlier day of a shorter undrifted one exactly. The demo relies on this to let "new data arrive".
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ CHANNEL_RATE = {"web": 0.0, "app": 0.45, "marketplace": -0.15, "social": -0.50}
 COUNTRY_BASKET = {"DE": 3.9, "FR": 3.8, "GB": 3.85, "US": 4.1, "ES": 3.6, "IT": 3.65}
 
 DEFAULT_START = pd.Timestamp("2025-01-01")
-ARRIVALS_PER_DAY_SHARE = 0.002  # new customers per day, as a share of the initial customers
+ARRIVALS_PER_DAY_SHARE = 0.003  # new customers per day, as a share of the initial customers: balances churn
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def generate(
 
         active &= rng.random(len(active)) >= churn
         boost = 1.0 + 2.0 * np.exp(-last_purchase / 10.0)  # recent buyers buy again soon
-        p = np.clip(rate * boost * (1.0 - 0.6 * drift_now), 0.0, 0.5)
+        p = np.clip(rate * boost * (1.0 - 0.4 * drift_now), 0.0, 0.5)
         buys = active & (rng.random(len(active)) < p)
         basket_noise = rng.normal(0.0, 0.5, len(active))
         items_draw = rng.poisson(1.5, len(active))

@@ -30,6 +30,7 @@ def _frame(n_dates: int = 12, per_date: int = 80, seed: int = 0) -> pd.DataFrame
             "orders_total": orders_90d + rng.integers(1, 4, n),
             "orders_30d": np.minimum(orders_90d, rng.integers(0, 3, n)),
             "orders_90d": orders_90d,
+            "revenue_30d": orders_90d * 10.0,
             "revenue_90d": orders_90d * 50.0,
             "avg_order_value": rng.uniform(10, 100, n),
             "avg_items": rng.uniform(1, 3, n),
