@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -111,8 +112,14 @@ def run_local(name: str, params: dict[str, Any], settings: Settings, log_file: P
         pipeline_root=str(settings.pipeline_root),
         raise_on_error=True,
     )
-    with _settings_in_environment(settings), _quiet_kfp_logs(log_file):
-        task = func(**params)
+    original_print = builtins.print
+    try:
+        with _settings_in_environment(settings), _quiet_kfp_logs(log_file):
+            task = func(**params)
+    finally:
+        # kfp.local indents print() while a step runs by swapping builtins.print; with parallel steps
+        # (ParallelFor) its save/restore pairs interleave and the indentation can stick. Undo that.
+        builtins.print = original_print
     return dict(task.outputs)
 
 
