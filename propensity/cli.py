@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -93,9 +94,9 @@ def cmd_run(args: argparse.Namespace) -> None:
             f"Running the {args.pipeline} pipeline locally (log: {log_file})",
             lambda: run_local(args.pipeline, params, settings, log_file),
         )
-    except RuntimeError as exc:  # kfp.local reports a failed step this way
+    except RuntimeError:  # kfp.local reports a failed step this way; the cause is in the step's log
         raise PropensityError(
-            f"the {args.pipeline} pipeline failed ({str(exc).splitlines()[0]}); see {log_file}"
+            f"the {args.pipeline} pipeline failed: {step_error(log_file)}; full log: {log_file}"
         ) from None
     summary = {"pipeline": args.pipeline, "outputs": outputs, "log": str(log_file)}
     _emit(
@@ -106,6 +107,18 @@ def cmd_run(args: argparse.Namespace) -> None:
             f"Log: {log_file}",
         ],
     )
+
+
+def step_error(log_file: Path) -> str:
+    """The last exception a failed step printed, e.g. 'PropensityError: model ... has no champion'."""
+    pattern = re.compile(r"\b(\w+(?:Error|Exception)): (.+)$")
+    found = "a step failed"
+    if log_file.exists():
+        for line in log_file.read_text(errors="replace").splitlines():
+            match = pattern.search(re.sub(r"\x1b\[[0-9;]*m", "", line))
+            if match and not match.group(1).endswith("Warning"):
+                found = f"{match.group(1)}: {match.group(2).strip()}"
+    return found
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
@@ -227,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (PropensityError, ValueError, FileNotFoundError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
     return 0
 

@@ -122,3 +122,12 @@ def test_schedule_is_idempotent(settings: Settings) -> None:
     assert len(client.recurring) == 1 and client.recurring[0].trigger.cron_schedule.cron == "0 0 3 * * *"
     with pytest.raises(PropensityError, match="cron"):
         schedule("batch-scoring", "http://kfp", "every night", settings, client=client)
+
+
+def test_failed_local_run_names_the_cause(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """A real kfp.local run that fails in a step: the CLI says why in one line, not just 'FAILURE'."""
+    from propensity.cli import main
+
+    assert main(["run", "batch-scoring"]) == 2  # no data ingested yet
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "PropensityError: no data in" in err
