@@ -10,7 +10,6 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from pyspark.sql import Window
 from pyspark.sql import functions as sf
 
 from components.features import historical_features, resolve_date
@@ -101,14 +100,13 @@ def score_customers(settings: Settings, score_date: str | None = None) -> Scorin
             f"{len(eligible)} eligible; the latest table was left unchanged"
         )
 
-    # Latest = each customer's most recent score over all dates, written aside, then switched.
-    newest_first = Window.partitionBy(F.ENTITY).orderBy(sf.col("score_date").desc(), sf.col("scored_at").desc())
-    latest = (
-        spark.read.parquet(historic)
-        .withColumn("_rank", sf.row_number().over(newest_first))
-        .where("_rank = 1")
-        .select(*SCORE_COLUMNS)
-    )
+    # Latest = the newest scoring date's partition: the current active base, one row per customer.
+    # Taking the newest date (not this run's) keeps a backfill of an older date from going live;
+    # customers who lapsed out of the active base drop out instead of keeping an old score.
+    all_scores = spark.read.parquet(historic)
+    newest = all_scores.agg(sf.max("score_date")).first()
+    assert newest is not None
+    latest = all_scores.where(sf.col("score_date") == newest[0]).select(*SCORE_COLUMNS)
     version = f"v-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     latest.coalesce(1).write.parquet(str(settings.latest_scores_path / version))
     latest_rows = spark.read.parquet(str(settings.latest_scores_path / version)).count()

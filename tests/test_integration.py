@@ -66,7 +66,7 @@ def test_first_training_promotes_a_useful_model(demo: tuple[Settings, dict[str, 
 
 def test_every_known_customer_scored_exactly_once(demo: tuple[Settings, dict[str, Any]]) -> None:
     settings, summary = demo
-    historic = pd.read_parquet(settings.historic_scores_path)
+    historic = pd.read_parquet(settings.historic_scores_path).astype({"score_date": str})
     assert historic["score_date"].nunique() == 2  # the first date and the date after new data
     for score_date, rows in historic.groupby("score_date"):
         assert rows["customer_id"].is_unique, score_date
@@ -80,7 +80,10 @@ def test_every_known_customer_scored_exactly_once(demo: tuple[Settings, dict[str
     latest = read_latest_scores(settings)
     assert latest["customer_id"].is_unique
     assert len(latest) == summary["batch_scoring_after_retraining"]["latest_rows"]
-    assert summary["batch_scoring"]["rows_scored"] == summary["batch_scoring"]["latest_rows"]
+    for run in ("batch_scoring", "batch_scoring_after_retraining"):
+        assert summary[run]["rows_scored"] == summary[run]["latest_rows"]
+    newest = historic["score_date"].max()
+    assert set(latest["customer_id"]) == set(historic.loc[historic["score_date"] == newest, "customer_id"])
     assert latest["score"].between(0, 1).all()
 
 
@@ -120,11 +123,21 @@ def test_rescoring_a_date_replaces_its_partition(demo: tuple[Settings, dict[str,
     from components.batch_scoring import score_customers
 
     settings, _ = demo
-    before = pd.read_parquet(settings.historic_scores_path)
+    before = pd.read_parquet(settings.historic_scores_path).astype({"score_date": str})
     result = score_customers(settings)  # the same date again
-    after = pd.read_parquet(settings.historic_scores_path)
+    after = pd.read_parquet(settings.historic_scores_path).astype({"score_date": str})
     assert len(after) == len(before)
     assert (after["score_date"] == result.score_date).sum() == result.rows_scored
+    # Backfilling the older date replaces only its partition and does not change what is live.
+    live = read_latest_scores(settings)
+    older = str(before["score_date"].min())
+    backfill = score_customers(settings, older)
+    assert backfill.score_date == older and backfill.latest_rows == len(live)
+    pd.testing.assert_frame_equal(
+        read_latest_scores(settings).sort_values("customer_id").reset_index(drop=True)[["customer_id", "score_date"]],
+        live.sort_values("customer_id").reset_index(drop=True)[["customer_id", "score_date"]],
+    )
+    assert len(pd.read_parquet(settings.historic_scores_path)) == len(before)
 
 
 def test_no_drift_on_undrifted_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
