@@ -39,15 +39,7 @@ def training_set_suite() -> gx.ExpectationSuite:
     ]
     for column in [F.ENTITY, F.LABEL, *F.BATCH_MODEL_FEATURES]:
         expectations.append(e.ExpectColumnValuesToNotBeNull(column=column))
-    for column in (
-        "orders_total",
-        "orders_30d",
-        "orders_90d",
-        "revenue_30d",
-        "revenue_90d",
-        "avg_order_value",
-        "tenure_days",
-    ):
+    for column in F.ACTIVITY_FEATURES:  # counts, sums, averages and ages are never negative
         expectations.append(e.ExpectColumnValuesToBeBetween(column=column, min_value=0))
     # Features are computed strictly before the snapshot: a 30-day count can never exceed the 90-day one.
     expectations.append(

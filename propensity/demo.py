@@ -149,9 +149,8 @@ def query_server(url: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
 def demo_instances(settings: Settings, options: DemoOptions) -> list[dict[str, Any]]:
     from components.batch_scoring import read_latest_scores
 
-    known = read_latest_scores(settings)["customer_id"].sample(
-        n=min(options.known_requests, len(read_latest_scores(settings))), random_state=options.seed
-    )
+    scored = read_latest_scores(settings)["customer_id"]
+    known = scored.sample(n=min(options.known_requests, len(scored)), random_state=options.seed)
     instances: list[dict[str, Any]] = [{"customer_id": c} for c in known]
     for i in range(options.new_requests):
         instances.append(
