@@ -12,13 +12,12 @@ import mlflow
 import pandas as pd
 from pyspark.sql import functions as sf
 
-from components.features import historical_features, resolve_date
-from components.training import known_customers
+from components.features import scoring_inputs
 from feature_repo.definitions import SCORE_VIEW
 from feature_repo.store import feature_store
 from propensity import features as F
 from propensity.errors import PropensityError
-from propensity.lake import atomic_path, read_lake
+from propensity.lake import atomic_path
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.tracking import CHAMPION, alias_version, configure
@@ -66,12 +65,7 @@ def score_customers(settings: Settings, score_date: str | None = None) -> Scorin
     champion = alias_version(settings, settings.model_name, CHAMPION)
     if champion is None:
         raise PropensityError(f"model '{settings.model_name}' has no champion yet; run the training pipeline first")
-    as_of = resolve_date(settings, score_date)
-    customers, _ = read_lake(settings)
-    entities = pd.DataFrame(
-        {F.ENTITY: customers.loc[customers["signup_date"] < as_of, F.ENTITY], F.EVENT_TIMESTAMP: as_of}
-    )
-    eligible = known_customers(historical_features(settings, entities))
+    as_of, eligible = scoring_inputs(settings, score_date)
     if eligible.empty:
         raise PropensityError(f"no customer has purchase history before {as_of.date()}; nothing to score")
     date_key = str(as_of.date())

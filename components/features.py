@@ -10,7 +10,7 @@ import pandas as pd
 from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, SCORE_VIEW, TRAINING_SERVICE, source_paths
 from feature_repo.store import feature_data_dir, feature_repo, feature_store
 from propensity import features as F
-from propensity.lake import atomic_path, last_data_date, read_lake
+from propensity.lake import atomic_path, last_data_date, read_lake, require_lake
 from propensity.settings import Settings
 
 
@@ -48,8 +48,8 @@ def materialize_features(settings: Settings, as_of_date: str | None = None) -> M
     dates = [d for d in dates if d > first] + [as_of]
     activity = F.activity_features(customers, transactions, dates)
 
+    store = feature_store(settings)  # also creates the folders
     paths = source_paths(feature_data_dir(settings))
-    feature_store(settings)  # creates the folders
     if paths[ACTIVITY_VIEW].exists():  # keep snapshots of other dates (earlier scoring runs)
         previous = pd.read_parquet(paths[ACTIVITY_VIEW])
         previous = previous[~previous[F.EVENT_TIMESTAMP].isin(dates)]
@@ -68,7 +68,6 @@ def materialize_features(settings: Settings, as_of_date: str | None = None) -> M
         )
         _write_parquet(empty, paths[SCORE_VIEW])
 
-    store = feature_store(settings)
     store.apply(feature_repo(settings).objects)  # type: ignore[arg-type]
     end = (as_of + pd.Timedelta(seconds=1)).to_pydatetime()
     start_activity = (as_of - pd.Timedelta(seconds=1)).to_pydatetime()
@@ -90,6 +89,17 @@ def historical_features(settings: Settings, entity_rows: pd.DataFrame) -> pd.Dat
     frame = store.get_historical_features(entity_df=entity_rows, features=service).to_df()
     frame[F.EVENT_TIMESTAMP] = pd.to_datetime(frame[F.EVENT_TIMESTAMP], utc=True).dt.tz_convert(None)
     return F.fill_missing_features(frame).sort_values([F.EVENT_TIMESTAMP, F.ENTITY]).reset_index(drop=True)
+
+
+def scoring_inputs(settings: Settings, as_of_date: str | None) -> tuple[pd.Timestamp, pd.DataFrame]:
+    """Features of the known customers as of a date: what batch scoring scores and monitoring checks."""
+    require_lake(settings)
+    as_of = resolve_date(settings, as_of_date)
+    customers = pd.read_parquet(settings.customers_path, columns=[F.ENTITY, "signup_date"])
+    entities = pd.DataFrame(
+        {F.ENTITY: customers.loc[customers["signup_date"] < as_of, F.ENTITY], F.EVENT_TIMESTAMP: as_of}
+    )
+    return as_of, F.known_customers(historical_features(settings, entities))
 
 
 @dataclass(frozen=True)

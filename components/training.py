@@ -46,12 +46,6 @@ class Split:
     test: pd.DataFrame
 
 
-def known_customers(frame: pd.DataFrame) -> pd.DataFrame:
-    """Customers with recent purchase history (the active base) get batch scores; the real-time model
-    serves everyone else. A fixed window keeps the population comparable from one date to the next."""
-    return frame[frame["days_since_last_order"] <= F.ACTIVE_WINDOW_DAYS]
-
-
 def split_by_time(frame: pd.DataFrame) -> Split:
     dates = np.sort(frame[F.EVENT_TIMESTAMP].unique())
     if len(dates) < 3:
@@ -151,7 +145,7 @@ def train_candidate(
 ) -> Candidate:
     """Fit one hyperparameter candidate of the batch model and log it as an MLflow run."""
     params = coerce_params(params)
-    split = split_by_time(known_customers(pd.read_parquet(training_set)))
+    split = split_by_time(F.known_customers(pd.read_parquet(training_set)))
     # Candidates run side by side; OpenMP threads beyond the cores they share make each fit far slower.
     with threadpool_limits(limits=settings.candidate_threads, user_api="openmp"):
         model = make_model(F.BATCH_MODEL_FEATURES, params).fit(
@@ -227,7 +221,7 @@ def evaluate_scores(labels: pd.Series, scores: np.ndarray, segments: pd.Series) 
 
 
 def test_rows(training_set: Path) -> pd.DataFrame:
-    return split_by_time(known_customers(pd.read_parquet(training_set))).test
+    return split_by_time(F.known_customers(pd.read_parquet(training_set))).test
 
 
 def evaluate_run(settings: Settings, training_set: Path, run_id: str) -> tuple[Evaluation, pd.DataFrame]:

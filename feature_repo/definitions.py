@@ -20,7 +20,6 @@ PROFILE_VIEW = "customer_profile"
 SCORE_VIEW = "customer_score"
 TRAINING_SERVICE = "propensity_training"
 ONLINE_SERVICE = "propensity_online"
-SCORE_FEATURES = ["score", "model_version", "scored_at"]
 
 _INT_FEATURES = {"orders_total", "orders_30d", "orders_90d"}
 

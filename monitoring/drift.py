@@ -11,13 +11,12 @@ import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.presets import DataDriftPreset
 
-from components.features import historical_features, resolve_date
-from components.training import known_customers, predict_scores
+from components.features import scoring_inputs
+from components.training import predict_scores
 from propensity import features as F
 from propensity.errors import PropensityError
-from propensity.lake import read_lake
 from propensity.settings import Settings
-from propensity.tracking import CHAMPION, alias_version, configure, load_sklearn
+from propensity.tracking import CHAMPION, ModelRef, alias_version, configure, load_sklearn
 
 # tenure_days and orders_total grow with the calendar for everyone: their shift is not a change in behaviour.
 MONITORED_NUMERIC = [c for c in F.ACTIVITY_FEATURES if c not in ("tenure_days", "orders_total")] + ["score"]
@@ -62,29 +61,18 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, share_threshold
     return result, html
 
 
-def champion_reference(settings: Settings) -> pd.DataFrame:
+def champion_reference(settings: Settings, champion: ModelRef) -> pd.DataFrame:
     """The rows the champion was evaluated on, with its scores: logged with the model at training."""
-    champion = alias_version(settings, settings.model_name, CHAMPION)
-    if champion is None:
-        raise PropensityError("no champion model yet; run the training pipeline before monitoring")
     configure(settings)
     path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="monitoring/reference.parquet")
     return pd.read_parquet(path)
 
 
-def current_inputs(settings: Settings, as_of_date: str | None) -> pd.DataFrame:
-    """What batch scoring serves on at `as_of_date`: known customers' features, scored by the champion."""
-    customers, _ = read_lake(settings)
-    as_of = resolve_date(settings, as_of_date)
-    entities = pd.DataFrame(
-        {F.ENTITY: customers.loc[customers["signup_date"] < as_of, F.ENTITY], F.EVENT_TIMESTAMP: as_of}
-    )
-    current = known_customers(historical_features(settings, entities))
-    champion = alias_version(settings, settings.model_name, CHAMPION)
-    assert champion is not None
-    return current.assign(score=predict_scores(load_sklearn(champion), current, F.BATCH_MODEL_FEATURES))
-
-
 def check_drift(settings: Settings, as_of_date: str | None = None) -> tuple[DriftResult, str]:
-    reference = champion_reference(settings)
-    return drift_report(reference, current_inputs(settings, as_of_date), settings.drift_share_threshold)
+    """Today's scoring inputs, scored by the champion, against the champion's reference."""
+    champion = alias_version(settings, settings.model_name, CHAMPION)
+    if champion is None:
+        raise PropensityError("no champion model yet; run the training pipeline before monitoring")
+    _, current = scoring_inputs(settings, as_of_date)
+    current = current.assign(score=predict_scores(load_sklearn(champion), current, F.BATCH_MODEL_FEATURES))
+    return drift_report(champion_reference(settings, champion), current, settings.drift_share_threshold)

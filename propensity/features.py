@@ -37,6 +37,12 @@ NO_ORDER_DAYS = 9999.0  # days_since_last_order for a customer who never bought
 ACTIVE_WINDOW_DAYS = 365
 
 
+def known_customers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Customers with recent purchase history (the active base) get batch scores; the real-time model
+    serves everyone else. A fixed window keeps the population comparable from one date to the next."""
+    return frame[frame["days_since_last_order"] <= ACTIVE_WINDOW_DAYS]
+
+
 def snapshot_dates(first: pd.Timestamp, last: pd.Timestamp, every_days: int) -> list[pd.Timestamp]:
     """Dates every `every_days` days ending exactly at `last` (the as-of date), none before `first`."""
     last = pd.Timestamp(last).normalize()

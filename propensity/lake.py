@@ -154,19 +154,24 @@ def write_lake(settings: Settings, customers: pd.DataFrame, transactions: pd.Dat
         transactions[TRANSACTION_COLUMNS].to_parquet(t_tmp, index=False)
 
 
-def read_lake(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+def require_lake(settings: Settings) -> None:
     if not settings.transactions_path.exists():
         raise PropensityError(
             f"no data in {settings.lake_dir}; run `propensity generate --out DIR` and `propensity ingest`, "
             "or `propensity demo`"
         )
+
+
+def read_lake(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    require_lake(settings)
     return pd.read_parquet(settings.customers_path), pd.read_parquet(settings.transactions_path)
 
 
 def last_data_date(settings: Settings) -> pd.Timestamp:
     """The day after the last transaction: the default `as_of_date` / `score_date` of every pipeline."""
-    _, tx = read_lake(settings)
-    return (tx["timestamp"].max() + pd.Timedelta(days=1)).normalize()
+    require_lake(settings)
+    last = pd.read_parquet(settings.transactions_path, columns=["timestamp"])["timestamp"].max()
+    return (last + pd.Timedelta(days=1)).normalize()
 
 
 def ingest(
