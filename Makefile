@@ -7,7 +7,7 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint check-prereqs lock compile benchmark clean
+.PHONY: setup demo test lint check-prereqs lock compile benchmark crds clean
 
 setup: $(STAMP)
 
@@ -42,9 +42,13 @@ compile: setup
 benchmark: setup
 	$(BIN)/python benchmarks/run.py
 
+# The pinned KServe and Spark Operator CRD schemas for the manifest tests (needs internet once).
+crds: setup
+	$(BIN)/python manifests/fetch_crds.py
+
 # Regenerate the lock after editing dependencies in pyproject.toml.
 lock: setup
 	$(BIN)/uv pip compile --python-version 3.11 pyproject.toml --extra dev --generate-hashes --no-header -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .propensity compiled
+	rm -rf $(VENV) .propensity compiled .cache

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import io
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import yaml
 
@@ -60,28 +62,50 @@ def _check_params(func: Callable[..., Any], params: dict[str, Any]) -> None:
         raise PropensityError(f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}")
 
 
+class _TaskWatcher(io.TextIOBase):
+    """Writes kfp.local's output through to the log and reports each task as kfp.local starts it."""
+
+    STARTED = re.compile(r"Executing task '([^']+)'")
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, sink: TextIO, on_task: Callable[[str], Any] | None) -> None:
+        self._sink, self._on_task = sink, on_task
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._sink.write(text)
+        if self._on_task is not None and "Executing task" in text:
+            for match in self.STARTED.finditer(self.ANSI.sub("", text)):
+                self._on_task(match.group(1))
+        return len(text)
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+
 @contextlib.contextmanager
-def _quiet_kfp_logs(log_file: Path | None) -> Iterator[None]:
-    """kfp.local streams every step's output; send it to a log file when one is given."""
+def _quiet_kfp_logs(log_file: Path | None, on_task: Callable[[str], Any] | None = None) -> Iterator[None]:
+    """kfp.local streams every step's output; send it to a log file when one is given, and tell
+    `on_task` the name of each task as it starts."""
     if log_file is None:
         yield
         return
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        open(log_file, "a") as handle,
-        contextlib.redirect_stdout(handle),
-        contextlib.redirect_stderr(handle),
-    ):
-        handler = logging.StreamHandler(handle)
-        loggers = [logging.getLogger(), logging.getLogger("kfp")]
-        saved = [(lg, lg.handlers[:], lg.propagate) for lg in loggers]
-        for lg in loggers:
-            lg.handlers = [handler]
-        try:
-            yield
-        finally:
-            for lg, handlers, propagate in saved:
-                lg.handlers, lg.propagate = handlers, propagate
+    with open(log_file, "a") as log:
+        handle = _TaskWatcher(log, on_task)
+        with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+            handler = logging.StreamHandler(handle)
+            loggers = [logging.getLogger(), logging.getLogger("kfp")]
+            saved = [(lg, lg.handlers[:], lg.propagate) for lg in loggers]
+            for lg in loggers:
+                lg.handlers = [handler]
+            try:
+                yield
+            finally:
+                for lg, handlers, propagate in saved:
+                    lg.handlers, lg.propagate = handlers, propagate
 
 
 @contextlib.contextmanager
@@ -101,8 +125,17 @@ def _settings_in_environment(settings: Settings) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def run_local(name: str, params: dict[str, Any], settings: Settings, log_file: Path | None = None) -> dict[str, Any]:
-    """Run a pipeline with kfp.local's SubprocessRunner in this environment; return its outputs."""
+def run_local(
+    name: str,
+    params: dict[str, Any],
+    settings: Settings,
+    log_file: Path | None = None,
+    on_task: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    """Run a pipeline with kfp.local's SubprocessRunner in this environment; return its outputs.
+
+    With a log file, the steps' output goes there and `on_task` hears each task's name as it starts.
+    """
     from kfp import local
 
     func = pipeline_function(name)
@@ -114,7 +147,7 @@ def run_local(name: str, params: dict[str, Any], settings: Settings, log_file: P
     )
     original_print = builtins.print
     try:
-        with _settings_in_environment(settings), _quiet_kfp_logs(log_file):
+        with _settings_in_environment(settings), _quiet_kfp_logs(log_file, on_task):
             task = func(**params)
     finally:
         # kfp.local indents print() while a step runs by swapping builtins.print; with parallel steps

@@ -1,4 +1,9 @@
-"""The `propensity` command line: the verbs of DESIGN.md, each ending with a summary (or --json)."""
+"""propensity: batch-and-online purchase propensity on Kubeflow (Feast, MLflow, Spark, KServe).
+
+Generate or ingest data, run the training, batch-scoring and monitoring pipelines locally or on
+Kubeflow Pipelines, serve scores, or run the whole loop with `propensity demo`. Every command ends
+with a short summary (`--json` for a machine-readable one). See the README for the walkthrough.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from propensity.errors import PropensityError
+from propensity.progress import StepProgress
 from propensity.settings import get_settings
 
 PIPELINES = ("training", "batch-scoring", "monitoring")
@@ -30,15 +36,17 @@ def _emit(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -
             console.print(line, highlight=False, soft_wrap=True)
 
 
-def _with_status(message: str, func: Callable[[], Any]) -> Any:
-    with console.status(message):
+def _with_progress(message: str, func: Callable[[], Any]) -> Any:
+    with StepProgress(console).step(message):
         return func()
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from propensity.synthetic import generate
 
-    data = _with_status("Generating synthetic data", lambda: generate(args.customers, args.days, args.drift, args.seed))
+    data = _with_progress(
+        "Generating synthetic data", lambda: generate(args.customers, args.days, args.drift, args.seed)
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data.customers.to_parquet(out / "customers.parquet", index=False)
@@ -66,7 +74,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     from propensity.lake import ingest
 
     settings = get_settings()
-    customers, transactions = _with_status(
+    customers, transactions = _with_progress(
         "Validating and ingesting",
         lambda: ingest(settings, Path(args.transactions), Path(args.customers) if args.customers else None),
     )
@@ -89,11 +97,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     settings = get_settings()
     log_file = settings.logs_dir / f"{args.pipeline}-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
     params = parse_params(args.param)
+    progress = StepProgress(console)
     try:
-        outputs = _with_status(
-            f"Running the {args.pipeline} pipeline locally (log: {log_file})",
-            lambda: run_local(args.pipeline, params, settings, log_file),
-        )
+        with progress.step(f"Running the {args.pipeline} pipeline locally (log: {log_file})"):
+            outputs = run_local(args.pipeline, params, settings, log_file, on_task=progress.detail)
     except RuntimeError:  # kfp.local reports a failed step this way; the cause is in the step's log
         raise PropensityError(
             f"the {args.pipeline} pipeline failed: {step_error(log_file)}; full log: {log_file}"
@@ -164,18 +171,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     settings = get_settings()
     options = DemoOptions(customers=args.customers, days=args.days, drift=args.drift)
-    with console.status("Starting") as status:
-
-        def progress(message: str) -> None:
-            console.print(f"[bold green]>[/] {message}")
-            status.update(message)
-
-        summary = run_demo(settings, options, progress)
+    summary = run_demo(settings, options, StepProgress(console))
     _emit(args, summary, [*summary_lines(summary), f"Summary: {settings.reports_dir / 'demo-summary.json'}"])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="propensity", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="propensity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], None], help_text: str) -> argparse.ArgumentParser:

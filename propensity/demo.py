@@ -17,14 +17,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from rich.console import Console
 
 from propensity.errors import PropensityError
 from propensity.lake import ingest
+from propensity.progress import StepProgress
 from propensity.settings import Settings
 from propensity.synthetic import COUNTRIES, generate
 
@@ -166,25 +168,28 @@ def demo_instances(settings: Settings, options: DemoOptions) -> list[dict[str, A
 def run_demo(
     settings: Settings,
     options: DemoOptions | None = None,
-    progress: Callable[[str], Any] | None = None,
+    progress: StepProgress | None = None,
 ) -> dict[str, Any]:
     from monitoring.trigger import read_history
     from pipelines.runner import run_local
     from propensity.tracking import CHAMPION, alias_version
 
     options = options or DemoOptions()
-    say = progress or (lambda message: None)
+    progress = progress or StepProgress(Console(quiet=True), live=False)
     started = time.monotonic()
     prepare_home(settings)
     log_file = settings.logs_dir / "pipelines.log"
     timings: dict[str, float] = {}
 
     def step(name: str, message: str, func: Callable[[], Any]) -> Any:
-        say(message)
         t0 = time.monotonic()
-        result = func()
+        with progress.step(message):
+            result = func()
         timings[name] = round(time.monotonic() - t0, 1)
         return result
+
+    def pipeline(name: str) -> Callable[[], dict[str, Any]]:
+        return lambda: run_local(name, {}, settings, log_file, on_task=progress.detail)
 
     tx = step(
         "generate",
@@ -194,15 +199,19 @@ def run_demo(
     training = step(
         "training",
         "Training pipeline: Feast -> Great Expectations -> candidates -> MLflow",
-        lambda: run_local("training", {}, settings, log_file),
+        pipeline("training"),
     )
     scoring = step(
         "batch_scoring",
         "Batch-scoring pipeline: Spark scores every known customer",
-        lambda: run_local("batch-scoring", {}, settings, log_file),
+        pipeline("batch-scoring"),
     )
-    say("Starting the KServe model server on 127.0.0.1")
-    with running_server(settings, free_port()) as url:
+    with ExitStack() as server:
+        url = step(
+            "server_start",
+            "Starting the KServe model server on 127.0.0.1",
+            lambda: server.enter_context(running_server(settings, free_port())),
+        )
         serving = step(
             "serving",
             "Querying known and new customers",
@@ -224,15 +233,14 @@ def run_demo(
         monitoring = step(
             "monitoring",
             "Monitoring pipeline: Evidently drift check (may retrain)",
-            lambda: run_local("monitoring", {}, settings, log_file),
+            pipeline("monitoring"),
         )
         triggers = read_history(settings)[history_before:]
         rescoring = step(
             "batch_scoring_again",
             "Batch-scoring pipeline with the current champion",
-            lambda: run_local("batch-scoring", {}, settings, log_file),
+            pipeline("batch-scoring"),
         )
-        say("Stopping the server")
     retrain = next((t for t in triggers if t.status != "skipped"), None)
     champion = alias_version(settings, settings.model_name, CHAMPION)
     summary = {
