@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from components.batch_scoring import read_latest_scores
+from components.batch_scoring import sample_latest_customers
 from propensity.demo import DemoOptions, free_port, run_demo, running_server
 from propensity.settings import get_settings
 
@@ -47,7 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = get_settings(home=Path(tmp) / "home")
         summary = run_demo(settings, DemoOptions(customers=args.customers))
-        known = read_latest_scores(settings)["customer_id"].head(200).tolist()
+        known = sample_latest_customers(settings, 200)
         batch_bodies = [{"instances": [{"customer_id": c}]} for c in known]
         new_bodies = [{"instances": [{"customer_id": f"bench-{i}", "country": "DE"}]} for i in range(200)]
         with running_server(settings, free_port()) as url, httpx.Client(base_url=url, timeout=30) as client:

@@ -1,29 +1,50 @@
-"""Nightly batch scoring with Spark: historic partition per date, latest table switched atomically."""
+"""Nightly batch scoring with Spark, where the data lives.
+
+Spark reads the score date's partition of the offline feature table, the champion's native model is
+loaded once per Python worker and applied to Arrow batches (`mapInPandas`), and the historic
+partition is written to a staging location. It is committed only after it reconciles with the
+eligible population that Spark computes independently from the lake; a failed check (or a crash
+before the commit) leaves both the historic and the latest tables as they were. The latest table is
+a new version switched atomically; its push to the online store streams the version's files in
+batches.
+"""
 
 from __future__ import annotations
 
 import shutil
-import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import mlflow
 import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 
-from components.features import scoring_inputs
+from components.features import push_snapshot_online
 from feature_repo.definitions import SCORE_VIEW
-from feature_repo.store import feature_store
 from propensity import features as F
 from propensity.errors import PropensityError
-from propensity.lake import atomic_path
+from propensity.feature_table import scoring_features, snapshot_key
+from propensity.lake import read_customers, read_transactions, resolve_date
 from propensity.settings import Settings
 from propensity.spark import spark_session
-from propensity.tracking import CHAMPION, alias_version, configure
+from propensity.tables import (
+    current_version,
+    new_version,
+    parquet_batches,
+    partition_name,
+    partition_values,
+    replace_partitions,
+    staging_dir,
+    switch_version,
+)
+from propensity.tracking import CHAMPION, ModelRef, alias_version
 
-SCORE_COLUMNS = [F.ENTITY, "score", "model_version", "scored_at", "score_date"]
-CURRENT_POINTER = "_CURRENT"
+SCORE_DATE = "score_date"
+SCORE_COLUMNS = [F.ENTITY, "score", "model_version", "scored_at", SCORE_DATE]
+LATEST_COLUMNS = [*SCORE_COLUMNS, F.EVENT_TIMESTAMP]
 
 
 @dataclass(frozen=True)
@@ -35,29 +56,59 @@ class ScoringResult:
     latest_rows: int
 
 
-def current_latest_dir(table: Path) -> Path | None:
-    pointer = table / CURRENT_POINTER
-    if not pointer.exists():
-        return None
-    return table / pointer.read_text().strip()
+# The champion, loaded at most once per Python worker process (Spark reuses its workers).
+_WORKER_MODELS: dict[str, Any] = {}
 
 
-def read_latest_scores(settings: Settings) -> pd.DataFrame:
-    """The latest table as readers see it: whatever version the pointer names, never a mix."""
-    current = current_latest_dir(settings.latest_scores_path)
-    if current is None:
-        raise PropensityError("no latest scores yet; run the batch-scoring pipeline first")
-    return pd.read_parquet(current)
+def _worker_model(tracking_uri: str, model_uri: str) -> Any:
+    if model_uri not in _WORKER_MODELS:
+        import mlflow
+        import mlflow.sklearn
+
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        _WORKER_MODELS.clear()
+        _WORKER_MODELS[model_uri] = mlflow.sklearn.load_model(model_uri)
+    return _WORKER_MODELS[model_uri]
 
 
-def switch_latest(table: Path, new_version: str, keep: int = 2) -> None:
-    """Point readers at `new_version` with one atomic rename, then drop versions nobody can see."""
-    with atomic_path(table / CURRENT_POINTER) as tmp:
-        tmp.write_text(new_version)
-    versions = sorted((p for p in table.glob("v-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    for old in versions[:-keep]:
-        if old.name != new_version:
-            shutil.rmtree(old, ignore_errors=True)
+def score_batches(
+    tracking_uri: str, model_uri: str, features: list[str]
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The `mapInPandas` function: (customer_id, features...) batches to (customer_id, score)."""
+
+    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = _worker_model(tracking_uri, model_uri)
+        for batch in batches:
+            probabilities = model.predict_proba(batch[features])[:, 1]
+            yield pd.DataFrame({F.ENTITY: batch[F.ENTITY], "score": probabilities.astype("float64")})
+
+    return score
+
+
+def apply_model(frame: DataFrame, settings: Settings, champion: ModelRef, partitions: int | None = None) -> DataFrame:
+    scored = frame.repartition(partitions) if partitions else frame
+    return scored.mapInPandas(
+        score_batches(settings.tracking_uri, champion.uri, F.BATCH_MODEL_FEATURES),
+        schema=f"{F.ENTITY} string, score double",
+    )
+
+
+def reconcile(staged: DataFrame, eligible: DataFrame) -> tuple[int, int]:
+    """(rows scored, eligible customers); raises unless every eligible customer is scored exactly once."""
+    counts = staged.agg(sf.count(sf.lit(1)).alias("rows"), sf.count_distinct(F.ENTITY).alias("customers")).first()
+    assert counts is not None
+    eligible_count = eligible.count()
+    missing = eligible.join(staged, F.ENTITY, "left_anti").limit(1).collect()
+    extra = staged.select(F.ENTITY).join(eligible, F.ENTITY, "left_anti").limit(1).collect()
+    if counts["rows"] != counts["customers"] or missing or extra or counts["rows"] != eligible_count:
+        detail = (
+            f"{counts['rows']} rows, {counts['customers']} distinct customers, {eligible_count} eligible"
+            + (f"; e.g. {missing[0][F.ENTITY]!r} is not scored" if missing else "")
+            + (f"; e.g. {extra[0][F.ENTITY]!r} is scored but not eligible" if extra else "")
+        )
+        raise PropensityError(f"scores do not reconcile with the lake: {detail}; the tables were left unchanged")
+    return int(counts["rows"]), eligible_count
 
 
 def score_customers(settings: Settings, score_date: str | None = None) -> ScoringResult:
@@ -65,53 +116,65 @@ def score_customers(settings: Settings, score_date: str | None = None) -> Scorin
     champion = alias_version(settings, settings.model_name, CHAMPION)
     if champion is None:
         raise PropensityError(f"model '{settings.model_name}' has no champion yet; run the training pipeline first")
-    as_of, eligible = scoring_inputs(settings, score_date)
-    if eligible.empty:
-        raise PropensityError(f"no customer has purchase history before {as_of.date()}; nothing to score")
-    date_key = str(as_of.date())
-
-    configure(settings)
+    as_of = resolve_date(settings, score_date)
+    date_key = snapshot_key(as_of)
     spark = spark_session(settings, "propensity-batch-scoring")
-    predict = mlflow.pyfunc.spark_udf(spark, champion.uri, result_type="array<double>", env_manager="local")
     scored = (
-        spark.createDataFrame(eligible[[F.ENTITY, *F.BATCH_MODEL_FEATURES]])
-        .repartition(4)
-        .select(F.ENTITY, predict(*F.BATCH_MODEL_FEATURES).getItem(1).alias("score"))
+        apply_model(scoring_features(spark, settings, as_of), settings, champion, settings.scoring_partitions)
         .withColumn("model_version", sf.lit(champion.version))
         .withColumn("scored_at", sf.lit(datetime.now(UTC).isoformat(timespec="seconds")))
-        .withColumn("score_date", sf.lit(date_key))
+        .withColumn(SCORE_DATE, sf.lit(date_key))
     )
-    historic = str(settings.historic_scores_path)
-    # Dynamic partition overwrite: only this date's partition is replaced, so reruns never duplicate.
-    scored.write.mode("overwrite").partitionBy("score_date").parquet(historic)
+    historic = settings.historic_scores_path
+    staged = staging_dir(historic)
+    try:
+        scored.write.partitionBy(SCORE_DATE).parquet(str(staged))
+        staged_scores = spark.read.parquet(str(staged / partition_name(SCORE_DATE, date_key)))
+        eligible = F.active_customers(read_customers(spark, settings), read_transactions(spark, settings), as_of)
+        rows, eligible_count = reconcile(staged_scores, eligible)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    replace_partitions(staged, historic, SCORE_DATE)
+    latest_rows = write_latest(spark, settings)
+    return ScoringResult(date_key, champion.version, eligible_count, rows, latest_rows)
 
-    partition = spark.read.parquet(historic).where(sf.col("score_date") == date_key)
-    counts = partition.agg(sf.count("*").alias("rows"), sf.countDistinct(F.ENTITY).alias("customers")).first()
-    assert counts is not None
-    if not counts["rows"] == counts["customers"] == len(eligible):
-        raise PropensityError(
-            f"scores for {date_key} do not reconcile: {counts['rows']} rows, {counts['customers']} customers, "
-            f"{len(eligible)} eligible; the latest table was left unchanged"
-        )
 
-    # Latest = the newest scoring date's partition: the current active base, one row per customer.
-    # Taking the newest date (not this run's) keeps a backfill of an older date from going live;
-    # customers who lapsed out of the active base drop out instead of keeping an old score.
-    all_scores = spark.read.parquet(historic)
-    newest = all_scores.agg(sf.max("score_date")).first()
-    assert newest is not None
-    latest = all_scores.where(sf.col("score_date") == newest[0]).select(*SCORE_COLUMNS)
-    version = f"v-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    latest.coalesce(1).write.parquet(str(settings.latest_scores_path / version))
-    latest_rows = spark.read.parquet(str(settings.latest_scores_path / version)).count()
-    switch_latest(settings.latest_scores_path, version)
-    return ScoringResult(date_key, champion.version, len(eligible), int(counts["rows"]), int(latest_rows))
+def write_latest(spark: SparkSession, settings: Settings) -> int:
+    """Latest = the newest score date's partition (the current active base, one row per customer),
+    as a new version switched atomically. Taking the newest date, not this run's, keeps a backfill
+    of an older date from going live; customers who lapsed out of the active base drop out."""
+    newest = partition_values(settings.historic_scores_path, SCORE_DATE)[-1]
+    partition = settings.historic_scores_path / partition_name(SCORE_DATE, newest)
+    latest = spark.read.parquet(str(partition)).withColumn(SCORE_DATE, sf.lit(newest))
+    # Online rows are stamped with the scoring time: a rescored date replaces what serving holds.
+    latest = latest.withColumn(F.EVENT_TIMESTAMP, sf.to_timestamp("scored_at").cast("timestamp_ntz"))
+    version = new_version()
+    target = settings.latest_scores_path / version
+    latest.select(*LATEST_COLUMNS).write.parquet(str(target))
+    rows = spark.read.parquet(str(target)).count()
+    switch_version(settings.latest_scores_path, version)
+    return rows
+
+
+def latest_scores_dir(settings: Settings) -> Path:
+    """The version of the latest table readers see now."""
+    current = current_version(settings.latest_scores_path)
+    if current is None:
+        raise PropensityError("no latest scores yet; run the batch-scoring pipeline first")
+    return current
+
+
+def sample_latest_customers(settings: Settings, n: int, seed: int = 0) -> list[str]:
+    """Up to `n` customer ids from the latest table, from its first batch only (no full read)."""
+    first = next(parquet_batches(latest_scores_dir(settings), max(n * 20, 10_000), [F.ENTITY]), None)
+    if first is None:
+        return []
+    return first[F.ENTITY].sample(n=min(n, len(first)), random_state=seed).tolist()
 
 
 def publish_latest_scores(settings: Settings) -> int:
     """Push the latest table to the online store, where the predictor looks scores up."""
-    latest = read_latest_scores(settings)
-    latest[F.EVENT_TIMESTAMP] = pd.to_datetime(latest["score_date"])
-    rows = latest[[F.ENTITY, F.EVENT_TIMESTAMP, "score", "model_version", "scored_at"]]
-    feature_store(settings).write_to_online_store(SCORE_VIEW, rows)
-    return len(rows)
+    current = latest_scores_dir(settings)
+    score_date = partition_values(settings.historic_scores_path, SCORE_DATE)[-1]
+    return push_snapshot_online(settings, SCORE_VIEW, pd.Timestamp(score_date), current.name, current)

@@ -1,85 +1,128 @@
-"""Feature materialization and point-in-time training sets through Feast."""
+"""The offline feature table (Spark), its Feast views, online pushes and point-in-time training sets.
+
+* `build_feature_table`: snapshot features for the requested dates, computed by Spark from the lake
+  in one job and written to the offline table partitioned by `snapshot_date`. Incremental: only
+  snapshots that are missing, or whose input days changed since they were computed, are computed.
+* `materialize_features`: the table for a training window or a scoring date, the Feast repo applied
+  over it, and the newest snapshot (and changed profiles) pushed to the online store in batches.
+  An older snapshot than the one online never replaces it (a backfill cannot roll serving back).
+* `build_training_set`: labelled entity rows computed by Spark, capped by a setting with sampling
+  stratified by snapshot date, joined point-in-time by Feast `get_historical_features`.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as sf
 
-from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, SCORE_VIEW, TRAINING_SERVICE, source_paths
-from feature_repo.store import feature_data_dir, feature_repo, feature_store
+from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, TRAINING_SERVICE
+from feature_repo.store import feature_repo, feature_store
 from propensity import features as F
-from propensity.lake import atomic_path, last_data_date, read_lake, require_lake
+from propensity.feature_table import build_feature_table, computed_snapshots, snapshot_key, snapshot_partition
+from propensity.lake import first_data_date, read_customers, read_transactions, resolve_date
 from propensity.settings import Settings
+from propensity.spark import spark_session
+from propensity.tables import current_version, parquet_batches, read_manifest, write_manifest
+
+# ---------------------------------------------------------------------------------------------------
+# Online store
 
 
-def resolve_date(settings: Settings, value: str | None) -> pd.Timestamp:
-    """A pipeline date parameter: an ISO date, or empty for the day after the last transaction."""
-    if value:
-        try:
-            return pd.Timestamp(value).normalize()
-        except ValueError as exc:
-            raise ValueError(f"'{value}' is not a date; use YYYY-MM-DD") from exc
-    return last_data_date(settings)
+def push_online(settings: Settings, view: str, batches: Iterator[pd.DataFrame]) -> int:
+    """Write rows to a view of the online store through Feast, one batch at a time."""
+    store = feature_store(settings)
+    rows = 0
+    for batch in batches:
+        store.write_to_online_store(view, batch)
+        rows += len(batch)
+    return rows
+
+
+def push_snapshot_online(settings: Settings, view: str, date: pd.Timestamp, version: str, source: Path) -> int:
+    """Push a whole snapshot of a view unless the online store already holds a newer one (or this
+    very version); returns the rows pushed. `version` tells recomputed snapshots of a date apart."""
+    pushes = read_manifest(settings.online_pushes_path)
+    online = pushes.get(view, {})
+    key = snapshot_key(date)
+    if online.get("snapshot", "") > key or (online.get("snapshot") == key and online.get("version") == version):
+        return 0
+    rows = push_online(settings, view, parquet_batches(source, settings.online_push_batch_rows))
+    pushes[view] = {"snapshot": key, "version": version, "pushed_at": datetime.now(UTC).isoformat()}
+    write_manifest(settings.online_pushes_path, pushes)
+    return rows
+
+
+def push_profiles_online(settings: Settings) -> int:
+    """Push the customers table's profiles when its version changed since the last push."""
+    version = current_version(settings.customers_path)
+    pushes = read_manifest(settings.online_pushes_path)
+    if version is None or pushes.get(PROFILE_VIEW, {}).get("version") == version.name:
+        return 0
+    columns = [F.ENTITY, "signup_date", *F.PROFILE_FEATURES]
+    rows = push_online(settings, PROFILE_VIEW, parquet_batches(version, settings.online_push_batch_rows, columns))
+    pushes[PROFILE_VIEW] = {"version": version.name, "pushed_at": datetime.now(UTC).isoformat()}
+    write_manifest(settings.online_pushes_path, pushes)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# The materialize step
 
 
 @dataclass(frozen=True)
 class MaterializeResult:
     as_of_date: str
     snapshot_dates: int
-    feature_rows: int
-    customers: int
+    snapshots_computed: int
+    online_rows: int
+    seconds: float
 
 
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+def feature_dates(settings: Settings, as_of: pd.Timestamp, window_days: int | None = None) -> list[pd.Timestamp]:
+    """The training snapshots of the window (those after the lake's first day) and `as_of` itself."""
+    window = window_days or settings.training_window_days
+    first = first_data_date(settings)
+    dates = F.training_snapshot_dates(as_of, window, settings.label_horizon_days, settings.snapshot_every_days)
+    return sorted({d for d in dates if d > first} | {as_of})
 
 
-def materialize_features(settings: Settings, as_of_date: str | None = None) -> MaterializeResult:
-    """Compute feature snapshots into the offline store, apply the Feast repo, load the online store."""
-    customers, transactions = read_lake(settings)
+def materialize_features(
+    settings: Settings, as_of_date: str | None = None, training_window_days: int | None = None
+) -> MaterializeResult:
+    """Bring the offline table up to date for the window, apply the Feast repo, push the newest
+    snapshot and changed profiles online."""
+    started = time.monotonic()
     as_of = resolve_date(settings, as_of_date)
-    first = transactions["timestamp"].min().normalize()
-    dates = F.training_snapshot_dates(
-        as_of, settings.training_window_days, settings.label_horizon_days, settings.snapshot_every_days
+    dates = feature_dates(settings, as_of, training_window_days)
+    spark = spark_session(settings, "propensity-features")
+    computed = build_feature_table(spark, settings, dates)
+    feature_store(settings).apply(feature_repo(settings).objects)  # type: ignore[arg-type]
+    online_rows = push_snapshot_online(
+        settings,
+        ACTIVITY_VIEW,
+        as_of,
+        computed_snapshots(settings)[snapshot_key(as_of)],
+        snapshot_partition(settings, as_of),
     )
-    dates = [d for d in dates if d > first] + [as_of]
-    activity = F.activity_features(customers, transactions, dates)
-
-    store = feature_store(settings)  # also creates the folders
-    paths = source_paths(feature_data_dir(settings))
-    if paths[ACTIVITY_VIEW].exists():  # keep snapshots of other dates (earlier scoring runs)
-        previous = pd.read_parquet(paths[ACTIVITY_VIEW])
-        previous = previous[~previous[F.EVENT_TIMESTAMP].isin(dates)]
-        activity = pd.concat([previous, activity], ignore_index=True)
-    _write_parquet(activity, paths[ACTIVITY_VIEW])
-    _write_parquet(F.customer_profiles(customers), paths[PROFILE_VIEW])
-    if not paths[SCORE_VIEW].exists():
-        empty = pd.DataFrame(
-            {
-                F.ENTITY: pd.Series(dtype=str),
-                F.EVENT_TIMESTAMP: pd.Series(dtype="datetime64[ns]"),
-                "score": pd.Series(dtype=float),
-                "model_version": pd.Series(dtype=str),
-                "scored_at": pd.Series(dtype=str),
-            }
-        )
-        _write_parquet(empty, paths[SCORE_VIEW])
-
-    store.apply(feature_repo(settings).objects)  # type: ignore[arg-type]
-    end = (as_of + pd.Timedelta(seconds=1)).to_pydatetime()
-    start_activity = (as_of - pd.Timedelta(seconds=1)).to_pydatetime()
-    store.materialize(start_date=start_activity, end_date=end, feature_views=[ACTIVITY_VIEW])
-    start_profile = customers["signup_date"].min().to_pydatetime()
-    store.materialize(start_date=start_profile, end_date=end, feature_views=[PROFILE_VIEW])
+    online_rows += push_profiles_online(settings)
     return MaterializeResult(
-        as_of_date=str(as_of.date()),
+        as_of_date=snapshot_key(as_of),
         snapshot_dates=len(dates),
-        feature_rows=len(activity),
-        customers=int((customers["signup_date"] < as_of).sum()),
+        snapshots_computed=len(computed),
+        online_rows=online_rows,
+        seconds=round(time.monotonic() - started, 1),
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training sets
 
 
 def historical_features(settings: Settings, entity_rows: pd.DataFrame) -> pd.DataFrame:
@@ -91,20 +134,36 @@ def historical_features(settings: Settings, entity_rows: pd.DataFrame) -> pd.Dat
     return F.fill_missing_features(frame).sort_values([F.EVENT_TIMESTAMP, F.ENTITY]).reset_index(drop=True)
 
 
-def scoring_inputs(settings: Settings, as_of_date: str | None) -> tuple[pd.Timestamp, pd.DataFrame]:
-    """Features of the known customers as of a date: what batch scoring scores and monitoring checks."""
-    require_lake(settings)
-    as_of = resolve_date(settings, as_of_date)
-    customers = pd.read_parquet(settings.customers_path, columns=[F.ENTITY, "signup_date"])
-    entities = pd.DataFrame(
-        {F.ENTITY: customers.loc[customers["signup_date"] < as_of, F.ENTITY], F.EVENT_TIMESTAMP: as_of}
+def labelled_entities(spark: SparkSession, settings: Settings, dates: list[pd.Timestamp]) -> DataFrame:
+    """(customer, t, label) for every customer signed up before each t, computed by Spark."""
+    snapshots = spark.createDataFrame(
+        [(pd.Timestamp(d).to_pydatetime(),) for d in dates], f"{F.EVENT_TIMESTAMP} timestamp_ntz"
     )
-    return as_of, F.known_customers(historical_features(settings, entities))
+    entities = (
+        read_customers(spark, settings)
+        .join(sf.broadcast(snapshots), sf.col("signup_date") < sf.col(F.EVENT_TIMESTAMP))
+        .select(F.ENTITY, F.EVENT_TIMESTAMP)
+    )
+    return F.snapshot_labels(entities, read_transactions(spark, settings), settings.label_horizon_days)
+
+
+def cap_rows(frame: DataFrame, max_rows: int, seed: int = 0) -> tuple[DataFrame, int]:
+    """At most about `max_rows` rows, sampled with the same fraction from every snapshot date (so
+    each date keeps its share); returns the frame and the row count before capping."""
+    stratum = sf.date_format(F.EVENT_TIMESTAMP, "yyyy-MM-dd")
+    counts = {row["stratum"]: int(row["count"]) for row in frame.groupBy(stratum.alias("stratum")).count().collect()}
+    total = sum(counts.values())
+    if total <= max_rows:
+        return frame, total
+    fractions = dict.fromkeys(counts, max_rows / total)
+    sampled = frame.withColumn("_stratum", stratum).sampleBy("_stratum", fractions=fractions, seed=seed)
+    return sampled.drop("_stratum"), total
 
 
 @dataclass(frozen=True)
 class TrainingSetResult:
     rows: int
+    rows_before_cap: int
     positives: int
     first_snapshot: str
     last_snapshot: str
@@ -115,27 +174,25 @@ def build_training_set(
     settings: Settings, out_path: Path, as_of_date: str | None = None, training_window_days: int | None = None
 ) -> TrainingSetResult:
     """Labelled rows (customer, t) with features as known at t, for every t whose label is complete."""
-    customers, transactions = read_lake(settings)
     as_of = resolve_date(settings, as_of_date)
     window = training_window_days or settings.training_window_days
-    dates = F.training_snapshot_dates(as_of, window, settings.label_horizon_days, settings.snapshot_every_days)
-    first = transactions["timestamp"].min().normalize()
-    dates = [d for d in dates if d > first]
+    dates = [d for d in feature_dates(settings, as_of, window) if d < as_of]
     if not dates:
         raise ValueError(
-            f"the data starts {first.date()}: not enough history before {as_of.date()} for "
+            f"the data starts {first_data_date(settings).date()}: not enough history before {as_of.date()} for "
             f"{settings.label_horizon_days}-day labels; pass a later as_of_date"
         )
-    entities = F.training_entities(customers, dates)
-    entities[F.LABEL] = F.labels(entities, transactions, settings.label_horizon_days)
-    frame = historical_features(settings, entities)
+    spark = spark_session(settings, "propensity-training-set")
+    entities, rows_before_cap = cap_rows(labelled_entities(spark, settings, dates), settings.training_max_rows)
+    frame = historical_features(settings, entities.toPandas())
     out_path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out_path, index=False)
     return TrainingSetResult(
         rows=len(frame),
+        rows_before_cap=rows_before_cap,
         positives=int(frame[F.LABEL].sum()),
-        first_snapshot=str(min(dates).date()),
-        last_snapshot=str(max(dates).date()),
+        first_snapshot=snapshot_key(min(dates)),
+        last_snapshot=snapshot_key(max(dates)),
         feature_service=TRAINING_SERVICE,
     )
 

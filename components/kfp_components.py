@@ -18,13 +18,15 @@ def component(func):
 
 
 @component
-def materialize_features(as_of_date: str) -> NamedTuple("Materialized", as_of_date=str, feature_rows=int):
-    """Compute feature snapshots, apply the Feast repo and load the online store."""
+def materialize_features(as_of_date: str, training_window_days: int = 0) -> NamedTuple(
+    "Materialized", as_of_date=str, snapshots_computed=int, online_rows=int
+):
+    """Bring the offline feature table up to date (Spark), apply the Feast repo, push the newest snapshot online."""
     from components.features import materialize_features as step
     from propensity.settings import get_settings
 
-    result = step(get_settings(), as_of_date or None)
-    return (result.as_of_date, result.feature_rows)
+    result = step(get_settings(), as_of_date or None, training_window_days or None)
+    return (result.as_of_date, result.snapshots_computed, result.online_rows)
 
 
 @component

@@ -45,20 +45,26 @@ class FeatureRepo:
         ]
 
 
-def source_paths(data_dir: Path) -> dict[str, Path]:
-    return {
-        ACTIVITY_VIEW: data_dir / f"{ACTIVITY_VIEW}.parquet",
-        PROFILE_VIEW: data_dir / f"{PROFILE_VIEW}.parquet",
-        SCORE_VIEW: data_dir / f"{SCORE_VIEW}.parquet",
+@dataclass(frozen=True)
+class SourcePaths:
+    """Where each view's offline rows live: tables written by Spark, not by Feast."""
+
+    activity: Path  # the offline feature table, partitioned by snapshot date
+    profile: Path  # the current version of the lake's customers table
+    score: Path  # an empty file: scores reach the online store by push only
+
+
+def build_repo(paths: SourcePaths, snapshot_every_days: int) -> FeatureRepo:
+    customer = Entity(name="customer", join_keys=[ENTITY], value_type=ValueType.STRING, description="A shopper")
+    sources = {
+        ACTIVITY_VIEW: (paths.activity, EVENT_TIMESTAMP),
+        PROFILE_VIEW: (paths.profile, "signup_date"),
+        SCORE_VIEW: (paths.score, EVENT_TIMESTAMP),
     }
 
-
-def build_repo(data_dir: Path, snapshot_every_days: int) -> FeatureRepo:
-    paths = source_paths(data_dir)
-    customer = Entity(name="customer", join_keys=[ENTITY], value_type=ValueType.STRING, description="A shopper")
-
     def view(name: str, ttl: timedelta, schema: list[Field], description: str) -> FeatureView:
-        source = FileSource(name=name, path=str(paths[name]), timestamp_field=EVENT_TIMESTAMP)
+        path, timestamp_field = sources[name]
+        source = FileSource(name=name, path=str(path), timestamp_field=timestamp_field)
         return FeatureView(
             name=name, entities=[customer], ttl=ttl, schema=schema, source=source, online=True, description=description
         )

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from feast import FeatureStore, RepoConfig
 from feast.repo_config import RegistryConfig
 
-from feature_repo.definitions import FeatureRepo, build_repo
+from feature_repo.definitions import FeatureRepo, SourcePaths, build_repo
+from propensity import features as F
+from propensity.errors import PropensityError
 from propensity.settings import Settings
-
-
-def feature_data_dir(settings: Settings) -> Path:
-    return settings.feature_store_dir / "data"
+from propensity.tables import atomic_path, current_version
 
 
 def repo_config(settings: Settings) -> RepoConfig:
@@ -36,11 +36,33 @@ def repo_config(settings: Settings) -> RepoConfig:
     )
 
 
+def _empty_score_source(settings: Settings) -> Path:
+    """Scores reach the online store by push; the view still needs an offline source with its schema."""
+    path = settings.feature_store_dir / "offline" / "customer_score.parquet"
+    if not path.exists():
+        empty = pd.DataFrame(
+            {
+                F.ENTITY: pd.Series(dtype=str),
+                F.EVENT_TIMESTAMP: pd.Series(dtype="datetime64[ns]"),
+                "score": pd.Series(dtype=float),
+                "model_version": pd.Series(dtype=str),
+                "scored_at": pd.Series(dtype=str),
+            }
+        )
+        with atomic_path(path) as tmp:
+            empty.to_parquet(tmp, index=False)
+    return path
+
+
 def feature_repo(settings: Settings) -> FeatureRepo:
-    return build_repo(feature_data_dir(settings), settings.snapshot_every_days)
+    """The Feast objects over this deployment's tables (apply them after the customers table changes)."""
+    profile = current_version(settings.customers_path)
+    if profile is None:
+        raise PropensityError(f"no customers table in {settings.lake_dir}; ingest data first")
+    paths = SourcePaths(activity=settings.offline_features_path, profile=profile, score=_empty_score_source(settings))
+    return build_repo(paths, settings.snapshot_every_days)
 
 
 def feature_store(settings: Settings) -> FeatureStore:
     settings.feature_store_dir.mkdir(parents=True, exist_ok=True)
-    feature_data_dir(settings).mkdir(parents=True, exist_ok=True)
     return FeatureStore(config=repo_config(settings))

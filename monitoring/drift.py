@@ -11,11 +11,12 @@ import pandas as pd
 from evidently import DataDefinition, Dataset, Report
 from evidently.presets import DataDriftPreset
 
-from components.features import scoring_inputs
-from components.training import predict_scores
 from propensity import features as F
 from propensity.errors import PropensityError
+from propensity.feature_table import scoring_features
+from propensity.lake import resolve_date
 from propensity.settings import Settings
+from propensity.spark import spark_session
 from propensity.tracking import CHAMPION, ModelRef, alias_version, configure, load_sklearn
 
 # tenure_days and orders_total grow with the calendar for everyone: their shift is not a change in behaviour.
@@ -73,6 +74,8 @@ def check_drift(settings: Settings, as_of_date: str | None = None) -> tuple[Drif
     champion = alias_version(settings, settings.model_name, CHAMPION)
     if champion is None:
         raise PropensityError("no champion model yet; run the training pipeline before monitoring")
-    _, current = scoring_inputs(settings, as_of_date)
-    current = current.assign(score=predict_scores(load_sklearn(champion), current, F.BATCH_MODEL_FEATURES))
+    as_of = resolve_date(settings, as_of_date)
+    # Still one frame of the whole scoring population; the monitoring work samples it at scale.
+    current: pd.DataFrame = scoring_features(spark_session(settings, "propensity-drift"), settings, as_of).toPandas()
+    current = current.assign(score=load_sklearn(champion).predict_proba(current[F.BATCH_MODEL_FEATURES])[:, 1])
     return drift_report(champion_reference(settings, champion), current, settings.drift_share_threshold)

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from propensity.lake import atomic_path
 from propensity.settings import Settings
+from propensity.tables import atomic_path
 
 RUNNING, SUCCEEDED, FAILED, SUBMITTED, SKIPPED = "running", "succeeded", "failed", "submitted", "skipped"
 

@@ -19,7 +19,9 @@ def training_pipeline(
     candidates: list = DEFAULT_CANDIDATES,
 ) -> NamedTuple("TrainingOutputs", model_version=str, auc=float, decision=str):
     """as_of_date: last day of data to learn from (empty: the day after the last transaction)."""
-    features = c.materialize_features(as_of_date=as_of_date).set_display_name("Materialize features in Feast")
+    features = c.materialize_features(
+        as_of_date=as_of_date, training_window_days=training_window_days
+    ).set_display_name("Materialize features in Feast")
     training_set = c.build_training_set(
         as_of_date=features.outputs["as_of_date"], training_window_days=training_window_days
     ).set_display_name("Build point-in-time training set")

@@ -14,6 +14,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,14 @@ def _emit(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -
             console.print(line, highlight=False, soft_wrap=True)
 
 
+def _progress() -> StepProgress:
+    """Progress bound to this moment's stderr: pipeline steps redirect sys.stderr to their log while
+    they run, and the progress lines must still reach the user."""
+    return StepProgress(Console(file=sys.stderr))
+
+
 def _with_progress(message: str, func: Callable[[], Any]) -> Any:
-    with StepProgress(console).step(message):
+    with _progress().step(message):
         return func()
 
 
@@ -74,20 +81,19 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     from propensity.lake import ingest
 
     settings = get_settings()
-    customers, transactions = _with_progress(
-        "Validating and ingesting",
+    result = _with_progress(
+        "Validating and ingesting (Spark)",
         lambda: ingest(settings, Path(args.transactions), Path(args.customers) if args.customers else None),
     )
-    summary = {
-        "customers": len(customers),
-        "transactions": len(transactions),
-        "lake": str(settings.lake_dir),
-        "last_transaction": str(transactions["timestamp"].max()),
-    }
+    summary = {**asdict(result), "lake": str(settings.lake_dir)}
     _emit(
         args,
         summary,
-        [f"Ingested {len(transactions)} transactions of {len(customers)} customers into {settings.lake_dir}"],
+        [
+            f"Ingested {result.transactions} transactions over {result.days} day(s) "
+            f"({result.first_day} to {result.last_day}) into {settings.lake_dir}; "
+            f"{result.customers_total} customers ({result.customers_changed} new or changed)"
+        ],
     )
 
 
@@ -97,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     settings = get_settings()
     log_file = settings.logs_dir / f"{args.pipeline}-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
     params = parse_params(args.param)
-    progress = StepProgress(console)
+    progress = _progress()
     try:
         with progress.step(f"Running the {args.pipeline} pipeline locally (log: {log_file})"):
             outputs = run_local(args.pipeline, params, settings, log_file, on_task=progress.detail)
@@ -171,7 +177,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     settings = get_settings()
     options = DemoOptions(customers=args.customers, days=args.days, drift=args.drift)
-    summary = run_demo(settings, options, StepProgress(console))
+    summary = run_demo(settings, options, _progress())
     _emit(args, summary, [*summary_lines(summary), f"Summary: {settings.reports_dir / 'demo-summary.json'}"])
 
 

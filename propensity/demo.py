@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pandas as pd
 from rich.console import Console
 
 from propensity.errors import PropensityError
 from propensity.lake import ingest
 from propensity.progress import StepProgress
 from propensity.settings import Settings
-from propensity.synthetic import COUNTRIES, generate
+from propensity.synthetic import COUNTRIES, DEFAULT_START, generate
 
 DEMO_MARKER = ".propensity-demo"
 STATE_DIRS = (
@@ -69,14 +70,18 @@ def prepare_home(settings: Settings) -> None:
     (home / DEMO_MARKER).write_text("created by `propensity demo`; the demo may wipe this folder\n")
 
 
-def write_and_ingest(settings: Settings, customers: int, days: int, drift: float, seed: int, name: str) -> int:
+def write_and_ingest(
+    settings: Settings, customers: int, days: int, drift: float, seed: int, name: str, since_day: int = 0
+) -> int:
+    """Generate `days` days, write the days from `since_day` on (as a shop's daily export would) and
+    ingest them: the lake appends those days. Returns the transactions ingested."""
     data = generate(customers=customers, days=days, drift=drift, seed=seed)
     folder = settings.home / "demo-data" / name
     folder.mkdir(parents=True, exist_ok=True)
+    since = DEFAULT_START + pd.Timedelta(days=since_day)
     data.customers.to_parquet(folder / "customers.parquet", index=False)
-    data.transactions.to_parquet(folder / "transactions.parquet", index=False)
-    _, transactions = ingest(settings, folder / "transactions.parquet", folder / "customers.parquet")
-    return len(transactions)
+    data.transactions[data.transactions["timestamp"] >= since].to_parquet(folder / "transactions.parquet", index=False)
+    return ingest(settings, folder / "transactions.parquet", folder / "customers.parquet").transactions
 
 
 def free_port() -> int:
@@ -149,10 +154,9 @@ def query_server(url: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def demo_instances(settings: Settings, options: DemoOptions) -> list[dict[str, Any]]:
-    from components.batch_scoring import read_latest_scores
+    from components.batch_scoring import sample_latest_customers
 
-    scored = read_latest_scores(settings)["customer_id"]
-    known = scored.sample(n=min(options.known_requests, len(scored)), random_state=options.seed)
+    known = sample_latest_customers(settings, options.known_requests, options.seed)
     instances: list[dict[str, Any]] = [{"customer_id": c} for c in known]
     for i in range(options.new_requests):
         instances.append(
@@ -227,6 +231,7 @@ def run_demo(
                 options.drift,
                 options.seed,
                 "drifted",
+                since_day=options.days,
             ),
         )
         history_before = len(read_history(settings))

@@ -1,4 +1,4 @@
-"""Feature and label logic: pure functions over DataFrames, no I/O.
+"""Feature and label logic: pure functions over (Spark) DataFrames, no I/O.
 
 Point-in-time rule: features for (customer, t) use only transactions strictly before t; the label
 for (customer, t) is whether the customer buys in [t, t + horizon). Feast then joins feature rows
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as sf
 
 ENTITY = "customer_id"
 EVENT_TIMESTAMP = "event_timestamp"
@@ -32,6 +33,7 @@ CATEGORICAL_FEATURES = PROFILE_FEATURES
 BATCH_MODEL_FEATURES = ACTIVITY_FEATURES + PROFILE_FEATURES
 # The real-time (cold-start) model sees what is known about a new customer at request time.
 REALTIME_MODEL_FEATURES = ["tenure_days", "orders_total", "orders_90d", "revenue_90d", *PROFILE_FEATURES]
+UNKNOWN = "unknown"  # a profile field nobody told us
 NO_ORDER_DAYS = 9999.0  # days_since_last_order for a customer who never bought
 # A known customer bought within this many days; lapsed customers are scored like new ones.
 ACTIVE_WINDOW_DAYS = 365
@@ -54,73 +56,139 @@ def snapshot_dates(first: pd.Timestamp, last: pd.Timestamp, every_days: int) -> 
     return sorted(dates)
 
 
-def activity_features(
-    customers: pd.DataFrame, transactions: pd.DataFrame, dates: Sequence[pd.Timestamp]
-) -> pd.DataFrame:
-    """One row per (customer signed up by t, t) with behaviour features from transactions before t."""
-    tx = transactions[[ENTITY, "timestamp", "amount", "items"]]
-    frames = []
-    for t in dates:
-        t = pd.Timestamp(t)
-        past = tx[tx["timestamp"] < t]
-        age_days = (t - past["timestamp"]).dt.total_seconds() / 86_400
-        grouped = past.assign(
-            in_30d=age_days <= 30,
-            in_90d=age_days <= 90,
-            revenue_30=np.where(age_days <= 30, past["amount"], 0.0),
-            revenue_90=np.where(age_days <= 90, past["amount"], 0.0),
-        ).groupby(ENTITY)
-        agg = grouped.agg(
-            orders_total=("amount", "size"),
-            orders_30d=("in_30d", "sum"),
-            orders_90d=("in_90d", "sum"),
-            revenue_30d=("revenue_30", "sum"),
-            revenue_90d=("revenue_90", "sum"),
-            total_amount=("amount", "sum"),
-            avg_items=("items", "mean"),
-            last_order=("timestamp", "max"),
-        )
-        known = customers.loc[customers["signup_date"] < t, [ENTITY, "signup_date"]]
-        frame = known.merge(agg, left_on=ENTITY, right_index=True, how="left")
-        frame[EVENT_TIMESTAMP] = t
-        frame["tenure_days"] = (t - frame["signup_date"]).dt.total_seconds() / 86_400
-        frames.append(frame)
-    if not frames:
-        return pd.DataFrame(columns=[ENTITY, EVENT_TIMESTAMP, *ACTIVITY_FEATURES])
-    out = pd.concat(frames, ignore_index=True)
-    for column in ("orders_total", "orders_30d", "orders_90d"):
-        out[column] = out[column].fillna(0).astype("int64")
-    out[["revenue_30d", "revenue_90d"]] = out[["revenue_30d", "revenue_90d"]].fillna(0.0)
-    out["avg_order_value"] = (out["total_amount"] / out["orders_total"].where(out["orders_total"] > 0)).fillna(0.0)
-    out["avg_items"] = out["avg_items"].fillna(0.0)
-    out["days_since_last_order"] = ((out[EVENT_TIMESTAMP] - out["last_order"]).dt.total_seconds() / 86_400).fillna(
-        NO_ORDER_DAYS
+def _seconds(column: Column) -> Column:
+    """Seconds since the epoch of a zone-less (UTC wall-clock) timestamp."""
+    return column.cast("timestamp_ltz").cast("double")
+
+
+def _days_between(later: Column, earlier: Column) -> Column:
+    return (_seconds(later) - _seconds(earlier)) / 86_400
+
+
+def _snapshot_frame(spark: SparkSession, dates: Sequence[pd.Timestamp]) -> DataFrame:
+    rows = [(pd.Timestamp(d).normalize().to_pydatetime(),) for d in sorted(set(dates))]
+    return spark.createDataFrame(rows, f"{EVENT_TIMESTAMP} timestamp_ntz")
+
+
+def daily_activity(transactions: DataFrame) -> DataFrame:
+    """One row per (customer, day) with that day's orders, revenue, items and last purchase time:
+    every feature is a sum or a maximum of these, so the snapshots never touch single purchases."""
+    return transactions.groupBy(ENTITY, sf.to_date("timestamp").cast("timestamp_ntz").alias("day")).agg(
+        sf.count(sf.lit(1)).alias("orders"),
+        sf.sum("amount").alias("revenue"),
+        sf.sum("items").alias("items"),
+        sf.max("timestamp").alias("last_order"),
     )
-    out["tenure_days"] = out["tenure_days"].astype("float64")
-    return out[[ENTITY, EVENT_TIMESTAMP, *ACTIVITY_FEATURES]].reset_index(drop=True)
+
+
+def snapshot_features(customers: DataFrame, transactions: DataFrame, dates: Sequence[pd.Timestamp]) -> DataFrame:
+    """One row per (customer signed up before t, t) for every snapshot date t, with behaviour features
+    from transactions strictly before t, all dates in one Spark job.
+
+    Lifetime totals: each day's activity is added to the first requested snapshot after it, then
+    running totals over the snapshots of each customer. Windows (30 and 90 days): each day joins the
+    few snapshots within 90 days after it. Both are linear in the data; no pass per date.
+    """
+    spark = customers.sparkSession
+    snapshots = _snapshot_frame(spark, dates)
+    t = sf.col(EVENT_TIMESTAMP)
+    daily = daily_activity(transactions)
+    ordered = sorted({pd.Timestamp(d).normalize().to_pydatetime() for d in dates})
+    first_after = sf.try_element_at(
+        sf.filter(sf.array(*[sf.lit(d).cast("timestamp_ntz") for d in ordered]), lambda x: x > sf.col("day")), sf.lit(1)
+    )
+    lifetime = (
+        daily.withColumn(EVENT_TIMESTAMP, first_after)
+        .where(t.isNotNull())
+        .groupBy(ENTITY, EVENT_TIMESTAMP)
+        .agg(
+            sf.sum("orders").alias("orders"),
+            sf.sum("revenue").alias("revenue"),
+            sf.sum("items").alias("items"),
+            sf.max("last_order").alias("last_order"),
+        )
+    )
+    population = customers.select(ENTITY, "signup_date").join(sf.broadcast(snapshots), sf.col("signup_date") < t)
+    running = Window.partitionBy(ENTITY).orderBy(EVENT_TIMESTAMP).rowsBetween(Window.unboundedPreceding, 0)
+    totals = (
+        population.withColumn("_in_population", sf.lit(True))
+        .join(lifetime, [ENTITY, EVENT_TIMESTAMP], "full_outer")
+        .select(
+            ENTITY,
+            EVENT_TIMESTAMP,
+            "signup_date",
+            "_in_population",
+            sf.sum(sf.coalesce("orders", sf.lit(0))).over(running).alias("orders_total"),
+            sf.sum(sf.coalesce("revenue", sf.lit(0.0))).over(running).alias("revenue_total"),
+            sf.sum(sf.coalesce("items", sf.lit(0))).over(running).alias("items_total"),
+            sf.max("last_order").over(running).alias("last_order"),
+        )
+        .where(sf.col("_in_population"))
+    )
+    window_days = sf.datediff(t, sf.col("day"))
+    recent = (
+        daily.join(sf.broadcast(snapshots), (sf.col("day") < t) & (sf.col("day") >= sf.date_sub(t, 90)))
+        .groupBy(ENTITY, EVENT_TIMESTAMP)
+        .agg(
+            sf.sum(sf.when(window_days <= 30, sf.col("orders")).otherwise(0)).alias("orders_30d"),
+            sf.sum("orders").alias("orders_90d"),
+            sf.sum(sf.when(window_days <= 30, sf.col("revenue")).otherwise(0.0)).alias("revenue_30d"),
+            sf.sum("revenue").alias("revenue_90d"),
+        )
+    )
+    frame = totals.join(recent, [ENTITY, EVENT_TIMESTAMP], "left")
+    orders_total = sf.col("orders_total").cast("bigint")
+    return frame.select(
+        ENTITY,
+        EVENT_TIMESTAMP,
+        _days_between(t, sf.col("signup_date")).alias("tenure_days"),
+        orders_total.alias("orders_total"),
+        sf.coalesce(sf.col("orders_30d"), sf.lit(0)).cast("bigint").alias("orders_30d"),
+        sf.coalesce(sf.col("orders_90d"), sf.lit(0)).cast("bigint").alias("orders_90d"),
+        sf.coalesce(sf.col("revenue_30d"), sf.lit(0.0)).cast("double").alias("revenue_30d"),
+        sf.coalesce(sf.col("revenue_90d"), sf.lit(0.0)).cast("double").alias("revenue_90d"),
+        sf.when(orders_total > 0, sf.col("revenue_total") / orders_total).otherwise(0.0).alias("avg_order_value"),
+        sf.when(orders_total > 0, sf.col("items_total") / orders_total).otherwise(0.0).alias("avg_items"),
+        sf.coalesce(_days_between(t, sf.col("last_order")), sf.lit(NO_ORDER_DAYS)).alias("days_since_last_order"),
+    )
+
+
+def active_customers(customers: DataFrame, transactions: DataFrame, as_of: pd.Timestamp) -> DataFrame:
+    """The customers batch scoring must score as of `as_of`, straight from the lake: signed up before
+    it and bought within ACTIVE_WINDOW_DAYS before it (the same rule as `known_customers`)."""
+    start = pd.Timestamp(as_of) - pd.Timedelta(days=ACTIVE_WINDOW_DAYS)
+    buyers = (
+        transactions.where(sf.col("timestamp") >= sf.lit(start.to_pydatetime()).cast("timestamp_ntz"))
+        .where(sf.col("timestamp") < sf.lit(pd.Timestamp(as_of).to_pydatetime()).cast("timestamp_ntz"))
+        .select(ENTITY)
+        .distinct()
+    )
+    signed_up = customers.where(
+        sf.col("signup_date") < sf.lit(pd.Timestamp(as_of).to_pydatetime()).cast("timestamp_ntz")
+    )
+    return signed_up.select(ENTITY).join(buyers, ENTITY, "left_semi")
+
+
+def snapshot_labels(entities: DataFrame, transactions: DataFrame, horizon_days: int) -> DataFrame:
+    """`entities` (customer_id, event_timestamp) with LABEL: 1 if the customer buys in [t, t + horizon)."""
+    t = sf.col(EVENT_TIMESTAMP)
+    purchase_days = transactions.select(ENTITY, sf.to_date("timestamp").cast("timestamp_ntz").alias("day")).distinct()
+    bought = (
+        entities.select(ENTITY, EVENT_TIMESTAMP)
+        .join(purchase_days, ENTITY)
+        .where((sf.col("day") >= t) & (sf.col("day") < sf.date_add(t, horizon_days)))
+        .select(ENTITY, EVENT_TIMESTAMP)
+        .distinct()
+        .withColumn(LABEL, sf.lit(1))
+    )
+    return entities.join(bought, [ENTITY, EVENT_TIMESTAMP], "left").withColumn(
+        LABEL, sf.coalesce(sf.col(LABEL), sf.lit(0)).cast("bigint")
+    )
 
 
 def customer_profiles(customers: pd.DataFrame) -> pd.DataFrame:
     """Static profile rows, valid from signup on."""
     return customers.rename(columns={"signup_date": EVENT_TIMESTAMP})[[ENTITY, EVENT_TIMESTAMP, *PROFILE_FEATURES]]
-
-
-def labels(entity_rows: pd.DataFrame, transactions: pd.DataFrame, horizon_days: int) -> pd.Series:
-    """1 if the customer buys in [t, t + horizon_days), for each (customer_id, event_timestamp) row."""
-    rows = entity_rows[[ENTITY, EVENT_TIMESTAMP]].reset_index(drop=True)
-    rows["_row"] = np.arange(len(rows))
-    purchases = transactions[[ENTITY, "timestamp"]].rename(columns={"timestamp": "_next"})
-    matched = pd.merge_asof(
-        rows.sort_values(EVENT_TIMESTAMP),
-        purchases.sort_values("_next"),
-        left_on=EVENT_TIMESTAMP,
-        right_on="_next",
-        by=ENTITY,
-        direction="forward",
-        allow_exact_matches=True,
-    ).sort_values("_row")
-    bought = matched["_next"].notna() & (matched["_next"] < matched[EVENT_TIMESTAMP] + pd.Timedelta(days=horizon_days))
-    return pd.Series(bought.astype("int64").to_numpy(), index=entity_rows.index, name=LABEL)
 
 
 def training_snapshot_dates(
@@ -131,24 +199,15 @@ def training_snapshot_dates(
     return snapshot_dates(last_labelled - pd.Timedelta(days=window_days), last_labelled, every_days)
 
 
-def training_entities(customers: pd.DataFrame, dates: Sequence[pd.Timestamp]) -> pd.DataFrame:
-    """Entity rows (customer, t) for every customer signed up before each snapshot date t."""
-    frames = [
-        pd.DataFrame({ENTITY: customers.loc[customers["signup_date"] < t, ENTITY], EVENT_TIMESTAMP: pd.Timestamp(t)})
-        for t in dates
-    ]
-    if not frames:
-        raise ValueError("no snapshot dates given for the training set")
-    return pd.concat(frames, ignore_index=True)
-
-
 def fill_missing_features(frame: pd.DataFrame) -> pd.DataFrame:
     """Defaults for a customer the feature store knows nothing about (a brand-new customer)."""
     defaults: dict[str, object] = {column: 0.0 for column in ACTIVITY_FEATURES}
     defaults["days_since_last_order"] = NO_ORDER_DAYS
-    defaults.update({column: "unknown" for column in PROFILE_FEATURES})
+    defaults.update(dict.fromkeys(PROFILE_FEATURES, UNKNOWN))
     out = frame.copy()
     for column, value in defaults.items():
         if column in out.columns:
-            out[column] = out[column].fillna(value)
+            filled = out[column].where(out[column].notna(), value)
+            # A column that was all missing arrives as objects: give it the default's type.
+            out[column] = filled.infer_objects() if filled.dtype == object else filled
     return out

@@ -43,11 +43,19 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = None
 
     spark_master: str = "local[*]"
+    spark_shuffle_partitions: int = Field(8, ge=1, description="Partitions of Spark shuffles (joins, groupings).")
+    scoring_partitions: int | None = Field(
+        None, ge=1, description="Partitions batch scoring repartitions to (default: as the feature table is laid out)."
+    )
+    online_push_batch_rows: int = Field(10_000, ge=1, description="Rows per write when pushing to the online store.")
 
     # Labels and training.
     label_horizon_days: int = Field(30, gt=0)
     snapshot_every_days: int = Field(7, gt=0)
     training_window_days: int = Field(120, gt=0)
+    training_max_rows: int = Field(
+        500_000, ge=1, description="Cap on training-set rows; larger sets are sampled evenly per snapshot date."
+    )
     candidate_threads: int = Field(1, ge=1, description="OpenMP threads per parallel training candidate.")
     min_auc: float = Field(0.6, ge=0.0, le=1.0)
     min_auc_improvement: float = 0.0
@@ -105,15 +113,27 @@ class Settings(BaseSettings):
 
     @property
     def customers_path(self) -> Path:
-        return self.lake_dir / "customers.parquet"
+        """Versioned table (see propensity.tables)."""
+        return self.lake_dir / "customers"
 
     @property
     def transactions_path(self) -> Path:
-        return self.lake_dir / "transactions.parquet"
+        """Parquet partitioned by `date`."""
+        return self.lake_dir / "transactions"
 
     @property
     def feature_store_dir(self) -> Path:
         return self.home / "feature_store"
+
+    @property
+    def offline_features_path(self) -> Path:
+        """The offline feature table: Parquet partitioned by `snapshot_date`, written by Spark."""
+        return self.feature_store_dir / "offline" / "customer_activity"
+
+    @property
+    def online_pushes_path(self) -> Path:
+        """What was last pushed to the online store, per feature view (never roll it back)."""
+        return self.feature_store_dir / "online_pushes.json"
 
     @property
     def tables_dir(self) -> Path:

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
 from propensity.settings import Settings, get_settings
+from propensity.spark import spark_session
 
 # Quiet, deterministic runs of the real libraries.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -20,3 +22,10 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     home = tmp_path / "home"
     monkeypatch.setenv("PROPENSITY_HOME", str(home))
     return get_settings()
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> SparkSession:
+    """One local Spark session for the whole run (a JVM start costs seconds); small shuffles."""
+    home = tmp_path_factory.mktemp("spark-home")
+    return spark_session(get_settings(home=home, spark_shuffle_partitions=2), "propensity-tests")

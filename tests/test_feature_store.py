@@ -1,4 +1,5 @@
-"""Point-in-time correctness through the real Feast store: no training row sees its own future."""
+"""The offline feature table and Feast over it: point-in-time correctness (no training row sees its
+own future), incremental snapshots, online pushes that never roll back, a capped training set."""
 
 from pathlib import Path
 
@@ -9,16 +10,32 @@ from components.features import build_training_set, materialize_features
 from feature_repo.definitions import ONLINE_SERVICE
 from feature_repo.store import feature_store
 from propensity import features as F
-from propensity.lake import write_lake
-from propensity.settings import Settings
+from propensity.feature_table import computed_snapshots
+from propensity.lake import ingest
+from propensity.settings import Settings, get_settings
 from propensity.synthetic import generate
+from tests import reference
+from tests.test_ingest import lake_customers, lake_transactions
+
+
+def _ingest(settings: Settings, tmp_path: Path, transactions: pd.DataFrame, customers: pd.DataFrame) -> None:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    transactions.to_parquet(tmp_path / "tx.parquet", index=False)
+    customers.to_parquet(tmp_path / "customers.parquet", index=False)
+    ingest(settings, tmp_path / "tx.parquet", tmp_path / "customers.parquet")
 
 
 @pytest.fixture
-def lake(settings: Settings) -> Settings:
+def lake(settings: Settings, tmp_path: Path) -> Settings:
     data = generate(customers=400, days=150, seed=11)
-    write_lake(settings, data.customers, data.transactions)
+    _ingest(settings, tmp_path / "input", data.transactions, data.customers)
     return settings
+
+
+def online_rows(settings: Settings, ids: list[str]) -> dict[str, list[object]]:
+    store = feature_store(settings)
+    features = store.get_feature_service(ONLINE_SERVICE)
+    return store.get_online_features(features=features, entity_rows=[{F.ENTITY: i} for i in ids]).to_dict()
 
 
 def test_training_set_features_and_labels_never_see_the_future(lake: Settings, tmp_path: Path) -> None:
@@ -27,11 +44,10 @@ def test_training_set_features_and_labels_never_see_the_future(lake: Settings, t
     frame = pd.read_parquet(tmp_path / "training.parquet")
     assert result.rows == len(frame) > 0 and frame[F.EVENT_TIMESTAMP].nunique() > 3
 
-    customers = pd.read_parquet(lake.customers_path)
-    transactions = pd.read_parquet(lake.transactions_path)
+    customers, transactions = lake_customers(lake), lake_transactions(lake)
     for t, rows in frame.groupby(F.EVENT_TIMESTAMP):
         past_only = transactions[transactions["timestamp"] < t]
-        expected = F.activity_features(customers, past_only, [t]).set_index(F.ENTITY)
+        expected = reference.activity_features(customers, past_only, [t]).set_index(F.ENTITY)
         got = rows.set_index(F.ENTITY)
         pd.testing.assert_frame_equal(
             got[F.ACTIVITY_FEATURES].sort_index(),
@@ -53,11 +69,18 @@ def test_changing_the_future_does_not_change_the_past(lake: Settings, tmp_path: 
     build_training_set(lake, tmp_path / "before.parquet")
     before = pd.read_parquet(tmp_path / "before.parquet")
     first = before[F.EVENT_TIMESTAMP].min()
+    computed_before = computed_snapshots(lake)
 
-    transactions = pd.read_parquet(lake.transactions_path)
-    transactions.loc[transactions["timestamp"] >= first, "amount"] *= 10  # rewrite everything after t0
-    write_lake(lake, pd.read_parquet(lake.customers_path), transactions)
-    materialize_features(lake)
+    # Re-ingest every day from the first snapshot on with ten times the amounts.
+    transactions = lake_transactions(lake).drop(columns="date")
+    future = transactions[transactions["timestamp"] >= first].assign(amount=lambda f: f["amount"] * 10)
+    _ingest(lake, tmp_path / "rewrite", future, lake_customers(lake))
+    result = materialize_features(lake)
+    computed_after = computed_snapshots(lake)
+    # Incremental: snapshots up to the first rewritten day are reused, the later ones recomputed.
+    assert computed_after[str(first.date())] == computed_before[str(first.date())]
+    assert result.snapshots_computed == sum(1 for key in computed_before if key > str(first.date()))
+
     build_training_set(lake, tmp_path / "after.parquet")
     after = pd.read_parquet(tmp_path / "after.parquet")
     at_first = [F.ENTITY, *F.ACTIVITY_FEATURES, F.LABEL]
@@ -68,16 +91,42 @@ def test_changing_the_future_does_not_change_the_past(lake: Settings, tmp_path: 
     assert not before.equals(after)  # later snapshots did change
 
 
-def test_online_store_serves_the_as_of_snapshot(lake: Settings) -> None:
+def test_a_second_run_computes_and_pushes_nothing(lake: Settings) -> None:
+    first = materialize_features(lake)
+    again = materialize_features(lake)
+    assert first.snapshots_computed == first.snapshot_dates and first.online_rows > 0
+    assert (again.snapshots_computed, again.online_rows) == (0, 0)
+
+
+def test_online_store_serves_the_as_of_snapshot_and_a_backfill_never_rolls_it_back(lake: Settings) -> None:
     result = materialize_features(lake)
-    store = feature_store(lake)
-    online = store.get_online_features(
-        features=store.get_feature_service(ONLINE_SERVICE),
-        entity_rows=[{F.ENTITY: "c-0000001"}, {F.ENTITY: "never-seen"}],
-    ).to_dict()
-    customers = pd.read_parquet(lake.customers_path)
-    transactions = pd.read_parquet(lake.transactions_path)
-    expected = F.activity_features(customers, transactions, [pd.Timestamp(result.as_of_date)]).set_index(F.ENTITY)
+    customers, transactions = lake_customers(lake), lake_transactions(lake)
+    expected = reference.activity_features(customers, transactions, [pd.Timestamp(result.as_of_date)])
+    expected = expected.set_index(F.ENTITY)
+    online = online_rows(lake, ["c-0000001", "never-seen"])
     assert online["orders_total"][0] == expected.loc["c-0000001", "orders_total"]
+    assert online["days_since_last_order"][0] == expected.loc["c-0000001", "days_since_last_order"]
     assert online["country"][0] == customers.set_index(F.ENTITY).loc["c-0000001", "country"]
     assert online["orders_total"][1] is None and online["score"][0] is None
+
+    # Backfill an older date: its snapshot is computed offline, the online store keeps the newest.
+    older = pd.Timestamp(result.as_of_date) - pd.Timedelta(days=60)
+    backfill = materialize_features(lake, str(older.date()))
+    assert backfill.snapshots_computed >= 1 and backfill.online_rows == 0
+    assert online_rows(lake, ["c-0000001"])["days_since_last_order"][0] == online["days_since_last_order"][0]
+
+
+def test_training_set_is_capped_evenly_across_snapshot_dates(
+    lake: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    materialize_features(lake)
+    full = build_training_set(lake, tmp_path / "full.parquet")
+    monkeypatch.setenv("PROPENSITY_TRAINING_MAX_ROWS", str(full.rows // 4))
+    capped_settings = get_settings()
+    capped = build_training_set(capped_settings, tmp_path / "capped.parquet")
+    assert capped.rows_before_cap == full.rows
+    assert 0.15 * full.rows < capped.rows < 0.35 * full.rows
+    full_share = pd.read_parquet(tmp_path / "full.parquet")[F.EVENT_TIMESTAMP].value_counts(normalize=True)
+    capped_share = pd.read_parquet(tmp_path / "capped.parquet")[F.EVENT_TIMESTAMP].value_counts(normalize=True)
+    assert set(capped_share.index) == set(full_share.index)
+    assert (capped_share - full_share).abs().max() < 0.05

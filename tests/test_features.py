@@ -1,8 +1,17 @@
+"""Feature and label logic on a local Spark session: hand-computed values, then equality with the
+simple pandas reference (tests/reference.py) on random small data."""
+
+from __future__ import annotations
+
 import itertools
 
+import numpy as np
 import pandas as pd
+import pytest
+from pyspark.sql import SparkSession
 
 from propensity import features as F
+from tests import reference
 
 T = pd.Timestamp("2025-03-01")
 
@@ -24,12 +33,17 @@ def _tx(rows: list[tuple[str, str, float]]) -> pd.DataFrame:
             "customer_id": [r[0] for r in rows],
             "timestamp": pd.to_datetime([r[1] for r in rows], format="mixed"),
             "amount": [r[2] for r in rows],
-            "items": 1,
+            "items": np.ones(len(rows), dtype="int64"),
         }
     )
 
 
-def test_activity_features_use_only_transactions_before_the_snapshot() -> None:
+def features(spark: SparkSession, customers: pd.DataFrame, tx: pd.DataFrame, dates: list[pd.Timestamp]) -> pd.DataFrame:
+    frame = F.snapshot_features(spark.createDataFrame(customers), spark.createDataFrame(tx), dates).toPandas()
+    return frame.sort_values([F.EVENT_TIMESTAMP, F.ENTITY]).reset_index(drop=True)
+
+
+def test_activity_features_use_only_transactions_before_the_snapshot(spark: SparkSession) -> None:
     tx = _tx(
         [
             ("a", "2024-12-15", 10.0),
@@ -39,7 +53,7 @@ def test_activity_features_use_only_transactions_before_the_snapshot() -> None:
             ("b", "2025-02-21", 5.0),
         ]
     )
-    out = F.activity_features(_customers(), tx, [T]).set_index("customer_id")
+    out = features(spark, _customers(), tx, [T]).set_index("customer_id")
     assert list(out.index) == ["a", "b"]  # c signed up after t
     a = out.loc["a"]
     assert (a["orders_total"], a["orders_30d"], a["orders_90d"]) == (2, 1, 2)
@@ -48,18 +62,34 @@ def test_activity_features_use_only_transactions_before_the_snapshot() -> None:
     assert out.loc["b", "tenure_days"] == 9.0
 
 
-def test_customer_without_orders_gets_explicit_defaults() -> None:
-    out = F.activity_features(_customers(), _tx([("a", "2025-01-01", 1.0)]), [T]).set_index("customer_id")
+def test_customer_without_orders_gets_explicit_defaults(spark: SparkSession) -> None:
+    out = features(spark, _customers(), _tx([("a", "2025-01-01", 1.0)]), [T]).set_index("customer_id")
     b = out.loc["b"]
     assert b["orders_total"] == 0 and b["revenue_90d"] == 0.0
     assert b["days_since_last_order"] == F.NO_ORDER_DAYS
 
 
-def test_labels_cover_exactly_the_horizon() -> None:
+def test_window_edges_are_exact(spark: SparkSession) -> None:
+    # 30 days before t is inside the 30-day window, a minute earlier is not.
+    tx = _tx([("a", "2025-01-30 00:00:00", 1.0), ("a", "2025-01-29 23:59:00", 2.0), ("a", "2024-12-01", 4.0)])
+    a = features(spark, _customers(), tx, [T]).set_index("customer_id").loc["a"]
+    assert (a["orders_30d"], a["revenue_30d"], a["orders_90d"], a["revenue_90d"]) == (1, 1.0, 3, 7.0)
+
+
+def test_labels_cover_exactly_the_horizon(spark: SparkSession) -> None:
     rows = pd.DataFrame({"customer_id": ["a", "a", "b", "c"], "event_timestamp": [T, T - pd.Timedelta(days=40), T, T]})
     tx = _tx([("a", "2025-03-30 23:59:00", 1.0), ("b", "2025-03-31 00:00:00", 1.0), ("c", "2025-02-28", 1.0)])
     # a buys 29.99 days after t (in), b exactly 30 days after (out), c only before t (out).
-    assert F.labels(rows, tx, horizon_days=30).tolist() == [1, 0, 0, 0]
+    got = F.snapshot_labels(spark.createDataFrame(rows), spark.createDataFrame(tx), horizon_days=30).toPandas()
+    merged = rows.merge(got, on=["customer_id", "event_timestamp"], how="left")
+    assert merged[F.LABEL].tolist() == [1, 0, 0, 0]
+    assert merged[F.LABEL].tolist() == reference.labels(rows, tx, horizon_days=30).tolist()
+
+
+def test_active_customers_bought_within_the_window(spark: SparkSession) -> None:
+    tx = _tx([("a", "2024-02-01", 1.0), ("b", "2025-02-21", 1.0), ("c", "2025-03-06", 1.0)])
+    got = F.active_customers(spark.createDataFrame(_customers()), spark.createDataFrame(tx), T).toPandas()
+    assert sorted(got["customer_id"]) == ["b"]  # a lapsed over a year ago, c signed up after t
 
 
 def test_training_snapshots_end_a_horizon_before_as_of() -> None:
@@ -74,3 +104,54 @@ def test_fill_missing_features_for_an_unknown_customer() -> None:
     filled = F.fill_missing_features(frame)
     assert filled.loc[0, "days_since_last_order"] == F.NO_ORDER_DAYS
     assert filled.loc[0, "country"] == "unknown" and filled.loc[0, "orders_total"] == 0
+
+
+def _random_world(seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list[pd.Timestamp]]:
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2025-01-01")
+    n_customers, n_tx = int(rng.integers(1, 30)), int(rng.integers(0, 300))
+    customers = pd.DataFrame(
+        {
+            "customer_id": [f"{i:05d}" for i in range(n_customers)],
+            "signup_date": start + pd.to_timedelta(rng.integers(-100, 200, n_customers), unit="D"),
+            "country": "DE",
+            "channel": "web",
+        }
+    )
+    tx = pd.DataFrame(
+        {
+            "customer_id": customers["customer_id"].to_numpy()[rng.integers(0, n_customers, n_tx)],
+            # Times to the second, some exactly at midnight (window and snapshot edges).
+            "timestamp": start
+            + pd.to_timedelta(rng.integers(-150, 250, n_tx), unit="D")
+            + pd.to_timedelta(np.where(rng.random(n_tx) < 0.2, 0, rng.integers(0, 86_400, n_tx)), unit="s"),
+            "amount": np.round(rng.exponential(40.0, n_tx), 2),
+            "items": rng.integers(1, 5, n_tx).astype("int64"),
+        }
+    )
+    dates = sorted({start + pd.Timedelta(days=int(d)) for d in rng.integers(-120, 260, int(rng.integers(1, 8)))})
+    return customers, tx, dates
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_spark_features_equal_the_reference_on_random_data(spark: SparkSession, seed: int) -> None:
+    customers, tx, dates = _random_world(seed)
+    got = features(spark, customers, tx, dates)
+    expected = reference.activity_features(customers, tx, dates)
+    expected = expected.sort_values([F.EVENT_TIMESTAMP, F.ENTITY]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        got[[F.ENTITY, F.EVENT_TIMESTAMP, *F.ACTIVITY_FEATURES]],
+        expected[[F.ENTITY, F.EVENT_TIMESTAMP, *F.ACTIVITY_FEATURES]],
+        check_dtype=False,
+        check_datetimelike_compat=True,
+        rtol=1e-9,
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_spark_labels_equal_the_reference_on_random_data(spark: SparkSession, seed: int) -> None:
+    customers, tx, dates = _random_world(seed)
+    entities = customers[["customer_id"]].merge(pd.DataFrame({F.EVENT_TIMESTAMP: dates}), how="cross")
+    got = F.snapshot_labels(spark.createDataFrame(entities), spark.createDataFrame(tx), horizon_days=30).toPandas()
+    merged = entities.merge(got, on=[F.ENTITY, F.EVENT_TIMESTAMP], how="left")
+    assert merged[F.LABEL].tolist() == reference.labels(entities, tx, horizon_days=30).tolist()

@@ -1,4 +1,4 @@
-"""Bring-your-own data: validated completely before anything is written."""
+"""Bring-your-own data: validated completely (by Spark) before anything is written; days append."""
 
 import re
 from pathlib import Path
@@ -8,14 +8,34 @@ import pytest
 
 from propensity.cli import main
 from propensity.errors import PropensityError
-from propensity.lake import ingest, read_lake
+from propensity.lake import ingest, lake_changes
 from propensity.settings import Settings, get_settings
+from propensity.tables import current_version
 
 
 def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "tx.csv") -> Path:
     path = tmp_path / name
     frame.to_csv(path, index=False)
     return path
+
+
+def lake_transactions(settings: Settings) -> pd.DataFrame:
+    frame = pd.read_parquet(settings.transactions_path)
+    return frame.sort_values(["timestamp", "transaction_id"]).reset_index(drop=True)
+
+
+def lake_customers(settings: Settings) -> pd.DataFrame:
+    version = current_version(settings.customers_path)
+    assert version is not None
+    return pd.read_parquet(version).sort_values("customer_id").reset_index(drop=True)
+
+
+def error_line(err: str) -> str:
+    """The one error line a failed command printed (progress lines may precede it)."""
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert errors == [lines[-1]], lines
+    return errors[0]
 
 
 GOOD = pd.DataFrame(
@@ -28,11 +48,15 @@ GOOD = pd.DataFrame(
 
 
 def test_ingest_csv_derives_customers(settings: Settings, tmp_path: Path) -> None:
-    customers, _transactions = ingest(settings, _write(tmp_path, GOOD))
-    assert sorted(customers["customer_id"]) == ["a", "b"]
-    assert customers.set_index("customer_id").loc["a", "signup_date"] == pd.Timestamp("2025-01-02")
-    lake_customers, lake_tx = read_lake(settings)
-    assert len(lake_tx) == 3 and set(lake_customers["country"]) == {"unknown"}
+    result = ingest(settings, _write(tmp_path, GOOD))
+    assert (result.transactions, result.days, result.customers_total) == (3, 3, 2)
+    customers = lake_customers(settings).set_index("customer_id")
+    assert sorted(customers.index) == ["a", "b"]
+    assert customers.loc["a", "signup_date"] == pd.Timestamp("2025-01-02")
+    assert set(customers["country"]) == {"unknown"}
+    tx = lake_transactions(settings)
+    assert len(tx) == 3 and sorted(tx["date"].astype(str).unique()) == ["2025-01-02", "2025-01-03", "2025-02-01"]
+    assert tx["transaction_id"].is_unique
 
 
 def test_ingest_parquet_with_configured_column_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,9 +65,43 @@ def test_ingest_parquet_with_configured_column_names(tmp_path: Path, monkeypatch
     monkeypatch.setenv("PROPENSITY_TIMESTAMP_COLUMN", "ordered_at")
     monkeypatch.setenv("PROPENSITY_AMOUNT_COLUMN", "total")
     path = tmp_path / "orders.parquet"
-    GOOD.rename(columns={"customer_id": "user", "timestamp": "ordered_at", "amount": "total"}).to_parquet(path)
-    _, transactions = ingest(get_settings(), path)
-    assert list(transactions.columns) == ["transaction_id", "customer_id", "timestamp", "amount", "items"]
+    frame = GOOD.rename(columns={"customer_id": "user", "timestamp": "ordered_at", "amount": "total"})
+    frame.assign(ordered_at=pd.to_datetime(frame["ordered_at"], format="mixed")).to_parquet(path)  # nanoseconds
+    settings = get_settings()
+    ingest(settings, path)
+    tx = lake_transactions(settings)
+    assert list(tx.columns)[:5] == ["transaction_id", "customer_id", "timestamp", "amount", "items"]
+    assert tx["timestamp"].tolist() == list(pd.to_datetime(GOOD["timestamp"], format="mixed"))
+
+
+def test_customer_ids_stay_exactly_as_written(settings: Settings, tmp_path: Path) -> None:
+    frame = pd.DataFrame({"customer_id": ["00042", "42"], "timestamp": ["2025-01-02", "2025-01-02"], "amount": [1, 2]})
+    path = tmp_path / "ids.csv"
+    frame.to_csv(path, index=False)
+    ingest(settings, path)
+    assert sorted(lake_transactions(settings)["customer_id"]) == ["00042", "42"]
+    assert sorted(lake_customers(settings)["customer_id"]) == ["00042", "42"]
+
+
+def test_a_reingested_day_replaces_that_day_and_other_days_append(settings: Settings, tmp_path: Path) -> None:
+    ingest(settings, _write(tmp_path, GOOD))
+    changes_before = lake_changes(settings)
+    # Next export: 2025-02-01 again (corrected amount) and a new day, 2025-02-02.
+    later = pd.DataFrame(
+        {"customer_id": ["a", "c"], "timestamp": ["2025-02-01T09:00:00", "2025-02-02"], "amount": [8.0, 3.0]}
+    )
+    result = ingest(settings, _write(tmp_path, later, "later.csv"))
+    assert (result.days, result.customers_total, result.customers_changed) == (2, 3, 1)
+    tx = lake_transactions(settings)
+    assert len(tx) == 4  # 2 untouched days + the replaced day + the new day
+    assert tx.loc[tx["date"].astype(str) == "2025-02-01", "amount"].tolist() == [8.0]
+    # Only the touched days (and c's signup day) are marked changed again.
+    changes = lake_changes(settings)
+    assert changes["2025-01-02"] == changes_before["2025-01-02"]
+    assert changes["2025-02-01"] > changes_before["2025-02-01"] and "2025-02-02" in changes
+    # The same file again: nothing duplicates.
+    ingest(settings, _write(tmp_path, later, "later.csv"))
+    assert len(lake_transactions(settings)) == 4
 
 
 @pytest.mark.parametrize(
@@ -52,6 +110,9 @@ def test_ingest_parquet_with_configured_column_names(tmp_path: Path, monkeypatch
         (GOOD.drop(columns="amount"), "missing column(s) amount"),
         (GOOD.assign(timestamp=["2025-01-02", "not a date", "2025-02-01"]), "not parsable timestamps"),
         (GOOD.assign(amount=[10.0, -3.0, 1.0]), "negative amount"),
+        (GOOD.assign(amount=["1", "x", "2"]), "non-numeric"),
+        (GOOD.assign(customer_id=["a", None, "b"]), "empty customer_id"),
+        (GOOD.assign(transaction_id=["t1", "t2", "t1"]), "transaction_id 't1' appears 2 times"),
         (GOOD.iloc[0:0], "no rows"),
     ],
 )
@@ -65,15 +126,23 @@ def test_bad_input_is_rejected_and_nothing_written(
 
 def test_failed_ingest_keeps_the_previous_lake(settings: Settings, tmp_path: Path) -> None:
     ingest(settings, _write(tmp_path, GOOD))
-    before = read_lake(settings)[1]
+    before, customers_before = lake_transactions(settings), lake_customers(settings)
     with pytest.raises(PropensityError):
         ingest(settings, _write(tmp_path, GOOD.assign(amount=[1.0, -1.0, 1.0]), "bad.csv"))
-    pd.testing.assert_frame_equal(read_lake(settings)[1], before)
+    pd.testing.assert_frame_equal(lake_transactions(settings), before)
+    pd.testing.assert_frame_equal(lake_customers(settings), customers_before)
+    assert not [p for p in settings.lake_dir.iterdir() if p.name.startswith(".staging")]
 
 
 def test_customers_file_must_cover_transactions(settings: Settings, tmp_path: Path) -> None:
     customers = _write(tmp_path, pd.DataFrame({"customer_id": ["a"], "country": ["DE"]}), "customers.csv")
-    with pytest.raises(PropensityError, match="not in the customers file"):
+    with pytest.raises(PropensityError, match="neither in the customers file nor in the lake"):
+        ingest(settings, _write(tmp_path, GOOD), customers)
+
+
+def test_customers_file_with_duplicates_is_rejected(settings: Settings, tmp_path: Path) -> None:
+    customers = _write(tmp_path, pd.DataFrame({"customer_id": ["a", "b", "a"]}), "customers.csv")
+    with pytest.raises(PropensityError, match="lists customer 'a' more than once"):
         ingest(settings, _write(tmp_path, GOOD), customers)
 
 
@@ -82,8 +151,7 @@ def test_cli_reports_one_line_and_exits_non_zero(
 ) -> None:
     path = _write(tmp_path, GOOD.assign(amount=["x", "1", "2"]))
     assert main(["ingest", "--transactions", str(path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "non-numeric" in err and len(err.splitlines()) == 1
+    assert "non-numeric" in error_line(capsys.readouterr().err)
     assert not settings.transactions_path.exists()
 
 

@@ -14,14 +14,20 @@ import httpx
 import pandas as pd
 import pytest
 
-from components.batch_scoring import read_latest_scores
+from components.batch_scoring import latest_scores_dir
 from monitoring.trigger import read_history
 from propensity.demo import DemoOptions, free_port, run_demo, running_server
 from propensity.settings import Settings, get_settings
 from propensity.tracking import CHAMPION, alias_version
 from serving.inference_log import read_records
+from tests.test_ingest import lake_customers, lake_transactions
 
 pytestmark = pytest.mark.integration
+
+
+def read_latest_scores(settings: Settings) -> pd.DataFrame:
+    return pd.read_parquet(latest_scores_dir(settings))
+
 
 OPTIONS = DemoOptions(customers=1500, days=480, new_days=30, drift=0.8, known_requests=40, new_requests=20)
 
@@ -70,8 +76,7 @@ def test_every_known_customer_scored_exactly_once(demo: tuple[Settings, dict[str
     assert historic["score_date"].nunique() == 2  # the first date and the date after new data
     for score_date, rows in historic.groupby("score_date"):
         assert rows["customer_id"].is_unique, score_date
-        customers = pd.read_parquet(settings.customers_path)
-        transactions = pd.read_parquet(settings.transactions_path)
+        customers, transactions = lake_customers(settings), lake_transactions(settings)
         cutoff = pd.Timestamp(str(score_date))
         active = transactions["timestamp"].between(cutoff - pd.Timedelta(days=365), cutoff, inclusive="left")
         known = set(transactions.loc[active, "customer_id"])
@@ -160,12 +165,14 @@ def test_no_drift_on_undrifted_data(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     registered = register_models(settings, candidate.run_id, train_realtime_model(settings, training_set), decision)
     promote(settings, registered.batch.version, registered.realtime.version)
 
-    write_and_ingest(settings, OPTIONS.customers, OPTIONS.days + OPTIONS.new_days, 0.0, OPTIONS.seed, "calm")
+    new_days = {"customers": OPTIONS.customers, "days": OPTIONS.days + OPTIONS.new_days, "since_day": OPTIONS.days}
+    write_and_ingest(settings, drift=0.0, seed=OPTIONS.seed, name="calm", **new_days)
     materialize_features(settings)
     calm, _ = check_drift(settings)
     assert not calm.drift_detected and calm.drifted_share == 0.0, calm
 
-    write_and_ingest(settings, OPTIONS.customers, OPTIONS.days + OPTIONS.new_days, OPTIONS.drift, OPTIONS.seed, "drift")
+    # The same days again, drifted: they replace the calm ones.
+    write_and_ingest(settings, drift=OPTIONS.drift, seed=OPTIONS.seed, name="drift", **new_days)
     materialize_features(settings)
     drifted, html = check_drift(settings)
     assert drifted.drift_detected and drifted.drifted_share > calm.drifted_share

@@ -10,6 +10,7 @@ import yaml
 from pipelines.runner import compile_all, parse_params, schedule, submit
 from propensity.errors import PropensityError
 from propensity.settings import Settings
+from tests.test_ingest import error_line
 
 IMAGE = "registry.example.com/ml/propensity:1.2.3"
 
@@ -129,5 +130,4 @@ def test_failed_local_run_names_the_cause(settings: Settings, capsys: pytest.Cap
     from propensity.cli import main
 
     assert main(["run", "batch-scoring"]) == 2  # no data ingested yet
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "PropensityError: no data in" in err
+    assert "PropensityError: no data in" in error_line(capsys.readouterr().err)

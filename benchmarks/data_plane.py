@@ -1,0 +1,246 @@
+"""Data-plane benchmark: how feature build, training set, batch scoring and the online push scale.
+
+All figures of one invocation come from one run on one machine; compare ratios, not seconds:
+* scale ladder: wall time of each stage at every size (median of --repeats up to 100k customers,
+  one run above), and the growth ratio from one size to the next;
+* driver memory: peak RSS of the Python driver of a batch-scoring run (a subprocess per size);
+* scoring: rows/s of our job vs `mlflow.pyfunc.spark_udf` vs an identity pandas UDF over the same
+  columns (the cost of moving data between the JVM and Python, the floor), median of --repeats;
+* online push: rows/s of our push vs `feast materialize` of the same view and snapshot.
+
+Usage: `python benchmarks/data_plane.py [--sizes 10000 100000 1000000] [--repeats 3] [--days 480]`;
+prints Markdown that docs/benchmarks.md records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from components.batch_scoring import apply_model, publish_latest_scores, score_customers
+from components.features import build_training_set, feature_dates, push_snapshot_online
+from components.registry import Decision, promote, register_models
+from components.training import train_candidate, train_realtime_model
+from feature_repo.definitions import ACTIVITY_VIEW
+from feature_repo.store import feature_repo, feature_store
+from propensity import features as F
+from propensity.feature_table import build_feature_table, computed_snapshots, scoring_features, snapshot_partition
+from propensity.lake import ingest, last_data_date
+from propensity.settings import Settings, get_settings
+from propensity.spark import spark_session
+from propensity.synthetic import generate
+from propensity.tracking import CHAMPION, alias_version, configure
+
+FLOOR = "identity pandas UDF (floor)"
+LADDER_REPEAT_LIMIT = 100_000  # above this, one run per stage is enough (and all the machine can afford)
+
+
+def timed(func: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    result = func()
+    return time.perf_counter() - t0, result
+
+
+def reset_online(settings: Settings) -> None:
+    """Forget what was pushed, so the next push writes the whole snapshot again."""
+    settings.online_pushes_path.unlink(missing_ok=True)
+
+
+def reset_feature_table(settings: Settings) -> None:
+    shutil.rmtree(settings.offline_features_path, ignore_errors=True)
+
+
+def prepare(settings: Settings, customers: int, days: int, work: Path) -> dict[str, Any]:
+    data = generate(customers=customers, days=days, seed=7)
+    data.transactions.to_parquet(work / "tx.parquet", index=False)
+    data.customers.to_parquet(work / "customers.parquet", index=False)
+    facts = {"customers": len(data.customers), "transactions": len(data.transactions)}
+    del data
+    seconds, _ = timed(lambda: ingest(settings, work / "tx.parquet", work / "customers.parquet"))
+    facts["ingest_s"] = seconds
+    return facts
+
+
+def train_champion(settings: Settings, work: Path) -> None:
+    build_training_set(settings, work / "training.parquet")
+    candidate = train_candidate(settings, work / "training.parquet", {"max_iter": 50})
+    realtime = train_realtime_model(settings, work / "training.parquet")
+    registered = register_models(settings, candidate.run_id, realtime, Decision("promote", "bench", 0.0, None, None))
+    promote(settings, registered.batch.version, registered.realtime.version)
+
+
+def driver_peak_rss_mb(settings: Settings) -> float:
+    """Batch scoring in its own process; its Python driver reports its own peak RSS (not the JVM's)."""
+    code = (
+        "import json, resource\n"
+        "from components.batch_scoring import score_customers\n"
+        "from propensity.settings import get_settings\n"
+        "score_customers(get_settings())\n"
+        "print(json.dumps({'rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
+    )
+    env = {**os.environ, **settings.as_env()}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["rss_kb"]) / 1024
+
+
+def ladder_stage_times(settings: Settings, work: Path, repeats: int) -> dict[str, list[float]]:
+    spark = spark_session(settings, "bench")
+    as_of = last_data_date(settings)
+    dates = feature_dates(settings, as_of)
+    times: dict[str, list[float]] = {"feature build": [], "training set": [], "batch scoring": [], "online push": []}
+    for _ in range(repeats):
+        reset_feature_table(settings)
+        times["feature build"].append(timed(lambda: build_feature_table(spark, settings, dates))[0])
+        feature_store(settings).apply(feature_repo(settings).objects)  # type: ignore[arg-type]
+        if alias_version(settings, settings.model_name, CHAMPION) is None:
+            train_champion(settings, work)
+        times["training set"].append(timed(lambda: build_training_set(settings, work / "training.parquet"))[0])
+        times["batch scoring"].append(timed(lambda: score_customers(settings))[0])
+        reset_online(settings)
+        version = computed_snapshots(settings)[str(as_of.date())]
+
+        def push(version: str = version) -> None:
+            push_snapshot_online(settings, ACTIVITY_VIEW, as_of, version, snapshot_partition(settings, as_of))
+            publish_latest_scores(settings)
+
+        times["online push"].append(timed(push)[0])
+    return times
+
+
+def noop_write(frame: Any) -> None:
+    frame.write.format("noop").mode("overwrite").save()
+
+
+def identity(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    for batch in batches:
+        yield pd.DataFrame({F.ENTITY: batch[F.ENTITY], "score": 0.0})
+
+
+def scoring_comparison(settings: Settings, work: Path, repeats: int) -> dict[str, float]:
+    """rows/s of three ways to score the same cached features with the same model."""
+    spark = spark_session(settings, "bench")
+    as_of = last_data_date(settings)
+    path = work / "scoring-input"
+    scoring_features(spark, settings, as_of).write.mode("overwrite").parquet(str(path))
+    frame = spark.read.parquet(str(path))
+    rows = frame.count()
+    champion = alias_version(settings, settings.model_name, CHAMPION)
+    assert champion is not None
+    configure(settings)
+    udf = mlflow.pyfunc.spark_udf(spark, champion.uri, result_type="double", env_manager="local")
+    ways: dict[str, Callable[[], None]] = {
+        "our job (mapInPandas, model once per worker)": lambda: noop_write(apply_model(frame, settings, champion)),
+        "mlflow.pyfunc.spark_udf": lambda: noop_write(frame.select(F.ENTITY, udf(*F.BATCH_MODEL_FEATURES))),
+        FLOOR: lambda: noop_write(
+            frame.select(F.ENTITY, *F.BATCH_MODEL_FEATURES).mapInPandas(identity, f"{F.ENTITY} string, score double")
+        ),
+    }
+    for way in ways.values():  # warm every path once (worker start, model load)
+        way()
+    results: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(repeats):  # interleaved, so background load hits all alike
+        for name, way in ways.items():
+            results[name].append(rows / timed(way)[0])
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def push_comparison(settings: Settings, repeats: int) -> dict[str, float]:
+    """rows/s of our push vs `feast materialize` of the same view and snapshot."""
+    as_of = last_data_date(settings)
+    version = computed_snapshots(settings)[str(as_of.date())]
+    source = snapshot_partition(settings, as_of)
+    rows = len(pd.read_parquet(source, columns=[F.ENTITY]))
+    store = feature_store(settings)
+    start, end = (as_of - pd.Timedelta(seconds=1)).to_pydatetime(), (as_of + pd.Timedelta(seconds=1)).to_pydatetime()
+
+    def ours() -> None:
+        reset_online(settings)
+        push_snapshot_online(settings, ACTIVITY_VIEW, as_of, version, source)
+
+    def feast_materialize() -> None:
+        store.materialize(start_date=start, end_date=end, feature_views=[ACTIVITY_VIEW])
+
+    results: dict[str, list[float]] = {"our push (batched write_to_online_store)": [], "feast materialize": []}
+    for _ in range(repeats):
+        results["our push (batched write_to_online_store)"].append(rows / timed(ours)[0])
+        results["feast materialize"].append(rows / timed(feast_materialize)[0])
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--days", type=int, default=480)
+    parser.add_argument("--compare-at", type=int, default=100_000, help="size for the scoring and push comparisons")
+    args = parser.parse_args()
+    ladder: dict[int, dict[str, float]] = {}
+    facts: dict[int, dict[str, Any]] = {}
+    comparisons: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            work = Path(tmp) / str(size)
+            work.mkdir()
+            settings = get_settings(home=work / "home")
+            facts[size] = prepare(settings, size, args.days, work)
+            repeats = args.repeats if size <= LADDER_REPEAT_LIMIT else 1
+            times = ladder_stage_times(settings, work, repeats)
+            ladder[size] = {stage: statistics.median(values) for stage, values in times.items()}
+            facts[size]["driver_peak_rss_mb"] = driver_peak_rss_mb(settings)
+            if size == args.compare_at:
+                comparisons["scoring"] = scoring_comparison(settings, work, args.repeats)
+                comparisons["push"] = push_comparison(settings, args.repeats)
+            print(f"done {size}: {facts[size]} {ladder[size]}", file=sys.stderr, flush=True)
+            shutil.rmtree(work, ignore_errors=True)
+    report(args, ladder, facts, comparisons)
+
+
+def growth(values: list[float]) -> str:
+    return " | ".join(f"{b / a:.2f}x" for a, b in itertools.pairwise(values))
+
+
+def report(
+    args: argparse.Namespace,
+    ladder: dict[int, dict[str, float]],
+    facts: dict[int, dict[str, Any]],
+    comparisons: dict[str, dict[str, float]],
+) -> None:
+    sizes = sorted(ladder)
+    print(f"{args.days} days of history; median of {args.repeats} up to {LADDER_REPEAT_LIMIT:,} customers.\n")
+    steps = " | ".join(f"growth {a:,} -> {b:,}" for a, b in itertools.pairwise(sizes))
+    print(f"| stage | {' | '.join(f'{s:,} customers' for s in sizes)} | {steps} |")
+    print("|---|" + "---|" * (2 * len(sizes) - 1))
+    tx = [float(facts[s]["transactions"]) for s in sizes]
+    print(f"| transactions | {' | '.join(f'{v:,.0f}' for v in tx)} | {growth(tx)} |")
+    table = {"ingest": [facts[s]["ingest_s"] for s in sizes]}
+    table.update({stage: [ladder[s][stage] for s in sizes] for stage in ladder[sizes[0]]})
+    for stage, values in table.items():
+        print(f"| {stage} | {' | '.join(f'{v:.1f} s' for v in values)} | {growth(values)} |")
+    rss = [facts[s]["driver_peak_rss_mb"] for s in sizes]
+    print(f"| batch-scoring driver peak RSS | {' | '.join(f'{v:.0f} MB' for v in rss)} | {growth(rss)} |")
+    baselines = {"scoring": "mlflow.pyfunc.spark_udf", "push": "feast materialize"}
+    for name, results in comparisons.items():
+        print(f"\n| {name} at {args.compare_at:,} customers | rows/s | ratio to {baselines[name]} |\n|---|---|---|")
+        for way, value in results.items():
+            print(f"| {way} | {value:,.0f} | {value / results[baselines[name]]:.2f} |")
+        if name == "scoring":
+            ours, floor = (results[w] for w in ("our job (mapInPandas, model once per worker)", FLOOR))
+            print(f"\nOur job runs at {ours / floor:.2f}x the identity UDF's rows/s (the floor).")
+
+
+if __name__ == "__main__":
+    main()

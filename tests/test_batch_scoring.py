@@ -1,0 +1,144 @@
+"""Batch scoring on Spark: every eligible customer exactly once, reruns replace, a failed check or a
+killed run leaves the tables as they were, the latest table switches atomically and goes online."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components import batch_scoring
+from components.batch_scoring import latest_scores_dir, publish_latest_scores, score_customers
+from components.features import build_training_set, materialize_features
+from components.registry import Decision, promote, register_models
+from components.training import train_candidate, train_realtime_model
+from feature_repo.store import feature_store
+from propensity import features as F
+from propensity.errors import PropensityError
+from propensity.lake import ingest, last_data_date
+from propensity.settings import Settings, get_settings
+from propensity.synthetic import generate
+from propensity.tables import CURRENT_POINTER
+from tests.test_ingest import lake_customers, lake_transactions
+
+
+@pytest.fixture(scope="module")
+def scored_world(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A small lake, its features, a champion fitted and promoted, and one scoring run."""
+    root = tmp_path_factory.mktemp("scoring")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROPENSITY_HOME", str(root / "home"))
+        settings = get_settings()
+        data = generate(customers=500, days=420, seed=3)
+        data.transactions.to_parquet(root / "tx.parquet", index=False)
+        data.customers.to_parquet(root / "customers.parquet", index=False)
+        ingest(settings, root / "tx.parquet", root / "customers.parquet")
+        materialize_features(settings)
+        build_training_set(settings, root / "training.parquet")
+        candidate = train_candidate(settings, root / "training.parquet", {"max_iter": 30})
+        realtime = train_realtime_model(settings, root / "training.parquet")
+        registered = register_models(settings, candidate.run_id, realtime, Decision("promote", "test", 0.8, None, None))
+        promote(settings, registered.batch.version, registered.realtime.version)
+        score_customers(settings)
+    return settings
+
+
+def eligible(settings: Settings, as_of: pd.Timestamp) -> set[str]:
+    """The active base, recomputed in pandas from the lake: signed up and bought within a year before as_of."""
+    customers, tx = lake_customers(settings), lake_transactions(settings)
+    recent = tx["timestamp"].between(as_of - pd.Timedelta(days=F.ACTIVE_WINDOW_DAYS), as_of, inclusive="left")
+    return set(tx.loc[recent, "customer_id"]) & set(customers.loc[customers["signup_date"] < as_of, "customer_id"])
+
+
+def historic(settings: Settings) -> pd.DataFrame:
+    return pd.read_parquet(settings.historic_scores_path).astype({"score_date": str})
+
+
+def test_every_eligible_customer_is_scored_exactly_once(scored_world: Settings) -> None:
+    settings = scored_world
+    as_of = last_data_date(settings)
+    rows = historic(settings)
+    assert rows["score_date"].unique().tolist() == [str(as_of.date())]
+    assert rows["customer_id"].is_unique
+    assert set(rows["customer_id"]) == eligible(settings, as_of)
+    assert rows["score"].between(0, 1).all()
+    latest = pd.read_parquet(latest_scores_dir(settings))
+    assert sorted(latest["customer_id"]) == sorted(rows["customer_id"])
+
+
+def test_rerunning_a_date_replaces_its_partition(scored_world: Settings) -> None:
+    before = historic(scored_world)
+    pointer_before = (scored_world.latest_scores_path / CURRENT_POINTER).read_text()
+    result = score_customers(scored_world)
+    after = historic(scored_world)
+    assert len(after) == len(before) == result.rows_scored == result.latest_rows
+    assert (scored_world.latest_scores_path / CURRENT_POINTER).read_text() != pointer_before
+
+
+def test_a_failed_reconciliation_leaves_both_tables_as_they_were(
+    scored_world: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = scored_world
+    before, latest_before = historic(settings), latest_scores_dir(settings)
+    real = F.active_customers
+
+    def one_customer_too_many(customers, transactions, as_of):  # type: ignore[no-untyped-def]
+        spark = customers.sparkSession
+        return real(customers, transactions, as_of).unionByName(
+            spark.createDataFrame([("ghost",)], "customer_id string")
+        )
+
+    monkeypatch.setattr(batch_scoring.F, "active_customers", one_customer_too_many)
+    with pytest.raises(PropensityError, match=r"do not reconcile.*'ghost' is not scored"):
+        score_customers(settings)
+    pd.testing.assert_frame_equal(historic(settings), before)
+    assert latest_scores_dir(settings) == latest_before
+    assert not list(settings.tables_dir.glob(".staging-*"))
+
+
+def test_a_run_killed_before_its_commit_changes_nothing_and_a_rerun_completes(scored_world: Settings) -> None:
+    settings = scored_world
+    before, latest_before = historic(settings), latest_scores_dir(settings)
+    env = {**os.environ, **settings.as_env()}
+    code = "from components.batch_scoring import score_customers; from propensity.settings import get_settings; "
+    code += "score_customers(get_settings())"
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(settings.tables_dir.glob(".staging-historic_scores-*")):
+            assert process.poll() is None, "the run ended before it staged anything"
+            assert time.monotonic() < deadline, "the run never staged its partition"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    pd.testing.assert_frame_equal(historic(settings), before)
+    assert latest_scores_dir(settings) == latest_before
+
+    result = score_customers(settings)
+    assert result.rows_scored == len(before) and len(historic(settings)) == len(before)
+
+
+def test_latest_scores_reach_the_online_store(scored_world: Settings) -> None:
+    settings = scored_world
+    assert publish_latest_scores(settings) > 0
+    assert publish_latest_scores(settings) == 0  # this version is online already
+    latest = pd.read_parquet(latest_scores_dir(settings)).set_index("customer_id")
+    known = latest.index[0]
+    store = feature_store(settings)
+    online = store.get_online_features(
+        features=["customer_score:score", "customer_score:model_version"], entity_rows=[{F.ENTITY: known}]
+    ).to_dict()
+    assert online["score"][0] == pytest.approx(latest.loc[known, "score"])
+    assert online["model_version"][0] == latest.loc[known, "model_version"]
+
+
+def test_scoring_a_date_without_a_snapshot_says_what_to_do(scored_world: Settings, tmp_path: Path) -> None:
+    with pytest.raises(PropensityError, match="no feature snapshot for 2020-01-01; run the materialize step"):
+        score_customers(scored_world, "2020-01-01")
