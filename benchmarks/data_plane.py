@@ -84,13 +84,17 @@ def train_champion(settings: Settings, work: Path) -> None:
 
 
 def driver_peak_rss_mb(settings: Settings) -> float:
-    """Batch scoring in its own process; its Python driver reports its own peak RSS (not the JVM's)."""
+    """Batch scoring in its own process; its Python driver reports its own peak RSS (not the JVM's).
+
+    VmHWM, not getrusage: Linux carries ru_maxrss across exec, so a child forked from this (large)
+    benchmark process would report the parent's memory as its own."""
     code = (
-        "import json, resource\n"
+        "import json, re\n"
         "from components.batch_scoring import score_customers\n"
         "from propensity.settings import get_settings\n"
         "score_customers(get_settings())\n"
-        "print(json.dumps({'rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
+        "status = open('/proc/self/status').read()\n"
+        "print(json.dumps({'rss_kb': int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1))}))\n"
     )
     env = {**os.environ, **settings.as_env()}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -205,6 +209,8 @@ def main() -> None:
                 comparisons["scoring"] = scoring_comparison(settings, work, args.repeats)
                 comparisons["push"] = push_comparison(settings, args.repeats)
             print(f"done {size}: {facts[size]} {ladder[size]}", file=sys.stderr, flush=True)
+            # The session's scratch space lives in this size's work dir: the next size starts its own.
+            spark_session(settings, "bench").stop()
             shutil.rmtree(work, ignore_errors=True)
     report(args, ladder, facts, comparisons)
 
