@@ -136,14 +136,7 @@ def historical_features(settings: Settings, entity_rows: pd.DataFrame) -> pd.Dat
 
 def labelled_entities(spark: SparkSession, settings: Settings, dates: list[pd.Timestamp]) -> DataFrame:
     """(customer, t, label) for every customer signed up before each t, computed by Spark."""
-    snapshots = spark.createDataFrame(
-        [(pd.Timestamp(d).to_pydatetime(),) for d in dates], f"{F.EVENT_TIMESTAMP} timestamp_ntz"
-    )
-    entities = (
-        read_customers(spark, settings)
-        .join(sf.broadcast(snapshots), sf.col("signup_date") < sf.col(F.EVENT_TIMESTAMP))
-        .select(F.ENTITY, F.EVENT_TIMESTAMP)
-    )
+    entities = F.snapshot_population(read_customers(spark, settings), dates).select(F.ENTITY, F.EVENT_TIMESTAMP)
     return F.snapshot_labels(entities, read_transactions(spark, settings), settings.label_horizon_days)
 
 

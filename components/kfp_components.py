@@ -195,8 +195,8 @@ def check_drift(as_of_date: str, report: Output[HTML], metrics: Output[Metrics])
 @component
 def trigger_retraining(as_of_date: str, drift_metrics: Input[Metrics]) -> str:
     """Start the training pipeline, debounced by the active-run and cooldown rules."""
-    from components.features import resolve_date
     from monitoring.trigger import trigger_retraining as step
+    from propensity.lake import resolve_date
     from propensity.settings import get_settings
 
     settings = get_settings()

@@ -70,6 +70,14 @@ def _snapshot_frame(spark: SparkSession, dates: Sequence[pd.Timestamp]) -> DataF
     return spark.createDataFrame(rows, f"{EVENT_TIMESTAMP} timestamp_ntz")
 
 
+def snapshot_population(customers: DataFrame, dates: Sequence[pd.Timestamp]) -> DataFrame:
+    """(customer, t, signup_date) for every customer signed up before each snapshot date t."""
+    snapshots = _snapshot_frame(customers.sparkSession, dates)
+    return customers.select(ENTITY, "signup_date").join(
+        sf.broadcast(snapshots), sf.col("signup_date") < sf.col(EVENT_TIMESTAMP)
+    )
+
+
 def daily_activity(transactions: DataFrame) -> DataFrame:
     """One row per (customer, day) with that day's orders, revenue, items and last purchase time:
     every feature is a sum or a maximum of these, so the snapshots never touch single purchases."""
@@ -108,7 +116,7 @@ def snapshot_features(customers: DataFrame, transactions: DataFrame, dates: Sequ
             sf.max("last_order").alias("last_order"),
         )
     )
-    population = customers.select(ENTITY, "signup_date").join(sf.broadcast(snapshots), sf.col("signup_date") < t)
+    population = snapshot_population(customers, dates)
     running = Window.partitionBy(ENTITY).orderBy(EVENT_TIMESTAMP).rowsBetween(Window.unboundedPreceding, 0)
     totals = (
         population.withColumn("_in_population", sf.lit(True))
