@@ -59,22 +59,17 @@ def validate_training_set(training_set: Input[Dataset], report: Output[Markdown]
 
 
 @component
-def train_candidate(training_set: Input[Dataset], params: dict, pipeline_run_id: str) -> str:
-    """Fit one hyperparameter candidate; returns its result as JSON."""
+def train_candidates(training_set: Input[Dataset], candidates: list, pipeline_run_id: str) -> NamedTuple(
+    "Best", run_id=str, valid_auc=float
+):
+    """Fit every hyperparameter candidate on one read of the training set; returns the best."""
     from pathlib import Path
 
-    from components.training import train_candidate as step
+    from components.training import select_best
+    from components.training import train_candidates as step
     from propensity.settings import get_settings
 
-    return step(get_settings(), Path(training_set.path), params, pipeline_run_id).to_json()
-
-
-@component
-def select_best_candidate(candidates: list) -> NamedTuple("Best", run_id=str, valid_auc=float):
-    """The candidate with the best validation AUC."""
-    from components.training import Candidate, select_best
-
-    best = select_best([Candidate.from_json(c) for c in candidates])
+    best = select_best(step(get_settings(), Path(training_set.path), candidates, pipeline_run_id))
     return (best.run_id, best.valid_auc)
 
 

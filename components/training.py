@@ -140,13 +140,13 @@ def _lineage_tags(pipeline_run_id: str, frame: pd.DataFrame, role: str) -> dict[
     }
 
 
-def train_candidate(
-    settings: Settings, training_set: Path, params: dict[str, Any], pipeline_run_id: str = "local"
+def fit_candidate(
+    settings: Settings, split: Split, params: dict[str, Any], pipeline_run_id: str = "local"
 ) -> Candidate:
-    """Fit one hyperparameter candidate of the batch model and log it as an MLflow run."""
+    """Fit one hyperparameter candidate of the batch model on a split and log it as an MLflow run."""
     params = coerce_params(params)
-    split = split_by_time(F.known_customers(pd.read_parquet(training_set)))
-    # Candidates run side by side; OpenMP threads beyond the cores they share make each fit far slower.
+    # Other steps (the cold-start model) fit beside this one; OpenMP threads beyond the cores they
+    # share make each fit far slower.
     with threadpool_limits(limits=settings.candidate_threads, user_api="openmp"):
         model = make_model(F.BATCH_MODEL_FEATURES, params).fit(
             split.train[F.BATCH_MODEL_FEATURES], split.train[F.LABEL]
@@ -159,6 +159,16 @@ def train_candidate(
         mlflow.log_metrics({"valid_auc": valid_auc, "train_rows": len(split.train)})
         _log_model(model, split.train[F.BATCH_MODEL_FEATURES].head(200))
     return Candidate(run_id=run.info.run_id, valid_auc=valid_auc, params=params)
+
+
+def train_candidates(
+    settings: Settings, training_set: Path, candidates: list[dict[str, Any]], pipeline_run_id: str = "local"
+) -> list[Candidate]:
+    """Fit every hyperparameter candidate on one read of the training set, each logged as an MLflow run."""
+    if not candidates or not all(isinstance(params, dict) for params in candidates):
+        raise ValueError(f"candidates must be a non-empty list of parameter mappings, got {candidates!r}")
+    split = split_by_time(F.known_customers(pd.read_parquet(training_set)))
+    return [fit_candidate(settings, split, params, pipeline_run_id) for params in candidates]
 
 
 def select_best(candidates: list[Candidate]) -> Candidate:

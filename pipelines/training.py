@@ -1,4 +1,4 @@
-"""Training pipeline: Feast -> Great Expectations gate -> parallel candidates -> evaluation -> MLflow."""
+"""Training pipeline: Feast -> Great Expectations gate -> candidates -> evaluation -> MLflow."""
 
 from typing import NamedTuple
 
@@ -10,7 +10,7 @@ from components.training import DEFAULT_CANDIDATES
 
 @dsl.pipeline(
     name="propensity-training",
-    description="Build a point-in-time training set from Feast, validate it, train candidates in parallel, "
+    description="Build a point-in-time training set from Feast, validate it, train candidates, "
     "evaluate the best against the champion and register it in MLflow.",
 )
 def training_pipeline(
@@ -28,14 +28,17 @@ def training_pipeline(
     validation = c.validate_training_set(training_set=training_set.outputs["training_set"]).set_display_name(
         "Validate data (Great Expectations)"
     )
-    with dsl.ParallelFor(items=candidates, name="candidates") as params:
-        candidate = c.train_candidate(
+    # One step reads the training set once and fits every candidate, rather than one pod per
+    # candidate each reading the whole set.
+    best = (
+        c.train_candidates(
             training_set=training_set.outputs["training_set"],
-            params=params,
+            candidates=candidates,
             pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        ).after(validation)
-        candidate.set_display_name("Train candidate")
-    best = c.select_best_candidate(candidates=dsl.Collected(candidate.output)).set_display_name("Select best")
+        )
+        .after(validation)
+        .set_display_name("Train candidates, select the best")
+    )
     realtime = c.train_realtime_model(
         training_set=training_set.outputs["training_set"], pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
     ).after(validation)

@@ -17,7 +17,7 @@ from components import batch_scoring
 from components.batch_scoring import latest_scores_dir, publish_latest_scores, score_customers
 from components.features import build_training_set, materialize_features
 from components.registry import Decision, promote, register_models
-from components.training import train_candidate, train_realtime_model
+from components.training import train_candidates, train_realtime_model
 from feature_repo.store import feature_store
 from propensity import features as F
 from propensity.errors import PropensityError
@@ -41,7 +41,7 @@ def scored_world(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         ingest(settings, root / "tx.parquet", root / "customers.parquet")
         materialize_features(settings)
         build_training_set(settings, root / "training.parquet")
-        candidate = train_candidate(settings, root / "training.parquet", {"max_iter": 30})
+        candidate = train_candidates(settings, root / "training.parquet", [{"max_iter": 30}])[0]
         realtime = train_realtime_model(settings, root / "training.parquet")
         registered = register_models(settings, candidate.run_id, realtime, Decision("promote", "test", 0.8, None, None))
         promote(settings, registered.batch.version, registered.realtime.version)

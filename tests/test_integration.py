@@ -149,7 +149,7 @@ def test_no_drift_on_undrifted_data(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     """Same steps as the pipelines, in-process: undrifted new data must not look like drift."""
     from components.features import build_training_set, materialize_features
     from components.registry import compare_with_champion, promote, register_models
-    from components.training import DEFAULT_CANDIDATES, evaluate_run, train_candidate, train_realtime_model
+    from components.training import DEFAULT_CANDIDATES, evaluate_run, train_candidates, train_realtime_model
     from monitoring.drift import check_drift
     from propensity.demo import write_and_ingest
 
@@ -159,7 +159,7 @@ def test_no_drift_on_undrifted_data(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     materialize_features(settings)
     training_set = tmp_path / "training.parquet"
     build_training_set(settings, training_set)
-    candidate = train_candidate(settings, training_set, DEFAULT_CANDIDATES[0])
+    candidate = train_candidates(settings, training_set, DEFAULT_CANDIDATES[:1])[0]
     evaluation, _ = evaluate_run(settings, training_set, candidate.run_id)
     decision = compare_with_champion(settings, training_set, evaluation.auc)
     registered = register_models(settings, candidate.run_id, train_realtime_model(settings, training_set), decision)

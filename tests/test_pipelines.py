@@ -44,8 +44,12 @@ def test_training_pipeline_shape(compiled: dict[str, dict[str, Any]]) -> None:
     assert root["inputDefinitions"]["parameters"]["as_of_date"]["defaultValue"] == ""
     assert root["inputDefinitions"]["parameters"]["training_window_days"]["defaultValue"] == 120
     tasks = root["dag"]["tasks"]
-    loop = next(t for name, t in tasks.items() if name.startswith("for-loop"))
-    assert "parameterIterator" in loop and "validate-training-set" in loop["dependentTasks"]
+    # One task fits every candidate on one read of the training set (no per-candidate loop).
+    assert not any(name.startswith("for-loop") for name in tasks)
+    candidates = tasks["train-candidates"]
+    assert "validate-training-set" in candidates["dependentTasks"]
+    assert candidates["inputs"]["parameters"]["candidates"]["componentInputParameter"] == "candidates"
+    assert "train-candidates" in tasks["evaluate-model"]["dependentTasks"]
     condition = next(t for name, t in tasks.items() if name.startswith("condition"))
     assert "== 'promote'" in condition["triggerPolicy"]["condition"]
     names = {t["taskInfo"]["name"] for t in tasks.values()}

@@ -1,5 +1,7 @@
 """Pure logic of training and the promotion gate; the real fits run in the integration test."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,9 +14,11 @@ from components.training import (
     make_model,
     select_best,
     split_by_time,
+    train_candidates,
 )
 from components.validation import validate_training_set
 from propensity import features as F
+from propensity.settings import Settings
 
 
 def _frame(n_dates: int = 12, per_date: int = 80, seed: int = 0) -> pd.DataFrame:
@@ -74,6 +78,26 @@ def test_select_best_prefers_higher_validation_auc() -> None:
     assert best.run_id == "r2"
     with pytest.raises(ValueError):
         select_best([])
+
+
+def test_candidates_share_one_read_of_the_training_set(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "training.parquet"
+    _frame(per_date=100).to_parquet(path, index=False)
+    reads: list[object] = []
+    read_parquet = pd.read_parquet
+    monkeypatch.setattr(pd, "read_parquet", lambda *a, **k: reads.append(a) or read_parquet(*a, **k))
+    trained = train_candidates(settings, path, [{"max_iter": 10}, {"max_iter": 20, "max_depth": 2}])
+    assert len(reads) == 1
+    assert [c.params for c in trained] == [{"max_iter": 10}, {"max_iter": 20, "max_depth": 2}]
+    assert len({c.run_id for c in trained}) == 2 and all(0.5 < c.valid_auc <= 1 for c in trained)
+
+
+@pytest.mark.parametrize("candidates", [[], [{"max_iter": 10}, "fast"]])
+def test_candidates_must_be_parameter_mappings(settings: Settings, tmp_path: Path, candidates: list) -> None:
+    with pytest.raises(ValueError, match="candidates must be a non-empty list"):
+        train_candidates(settings, tmp_path / "never-read.parquet", candidates)
 
 
 @pytest.mark.parametrize(
