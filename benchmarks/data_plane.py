@@ -6,7 +6,8 @@ All figures of one invocation come from one run on one machine; compare ratios, 
 * driver memory: peak RSS of the Python driver of a batch-scoring run (a subprocess per size);
 * scoring: rows/s of our job vs `mlflow.pyfunc.spark_udf` vs an identity pandas UDF over the same
   columns (the cost of moving data between the JVM and Python, the floor), median of --repeats;
-* online push: rows/s of our push vs `feast materialize` of the same view and snapshot.
+* online push: rows/s of our push vs `feast materialize` of the same view and snapshot, on SQLite (the
+  local store) and, when a Redis server runs on 127.0.0.1:6379, on Redis (the cluster store).
 
 Usage: `python benchmarks/data_plane.py [--sizes 10000 100000 1000000] [--repeats 3] [--days 480]`;
 prints Markdown that docs/benchmarks.md records.
@@ -34,7 +35,7 @@ import pandas as pd
 from components.batch_scoring import apply_model, publish_latest_scores, score_customers
 from components.features import build_training_set, feature_dates, push_snapshot_online
 from components.registry import Decision, promote, register_models
-from components.training import train_candidate, train_realtime_model
+from components.training import train_candidates, train_realtime_model
 from feature_repo.definitions import ACTIVITY_VIEW
 from feature_repo.store import feature_repo, feature_store
 from propensity import features as F
@@ -77,7 +78,7 @@ def prepare(settings: Settings, customers: int, days: int, work: Path) -> dict[s
 
 def train_champion(settings: Settings, work: Path) -> None:
     build_training_set(settings, work / "training.parquet")
-    candidate = train_candidate(settings, work / "training.parquet", {"max_iter": 50})
+    candidate = train_candidates(settings, work / "training.parquet", [{"max_iter": 50}])[0]
     realtime = train_realtime_model(settings, work / "training.parquet")
     registered = register_models(settings, candidate.run_id, realtime, Decision("promote", "bench", 0.0, None, None))
     promote(settings, registered.batch.version, registered.realtime.version)
@@ -162,8 +163,27 @@ def scoring_comparison(settings: Settings, work: Path, repeats: int) -> dict[str
     return {name: statistics.median(values) for name, values in results.items()}
 
 
+OURS_PUSH = "our push (batched write_to_online_store)"
+REDIS_DB = 14  # the benchmark's own database on the local Redis, flushed before and after
+
+
+def redis_settings(settings: Settings) -> Settings | None:
+    """The same work dir with the Redis online store, if a Redis server runs on 127.0.0.1:6379."""
+    import redis
+
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_connect_timeout=1).flushdb()
+    except redis.exceptions.ConnectionError:
+        return None
+    on_redis = settings.model_copy(
+        update={"online_store": "redis", "redis_connection": f"127.0.0.1:6379,db={REDIS_DB}"}
+    )
+    feature_store(on_redis).apply(feature_repo(on_redis).objects)  # type: ignore[arg-type]
+    return on_redis
+
+
 def push_comparison(settings: Settings, repeats: int) -> dict[str, float]:
-    """rows/s of our push vs `feast materialize` of the same view and snapshot."""
+    """rows/s of our push vs `feast materialize` of the same view and snapshot, warm, interleaved."""
     as_of = last_data_date(settings)
     version = computed_snapshots(settings)[str(as_of.date())]
     source = snapshot_partition(settings, as_of)
@@ -173,15 +193,18 @@ def push_comparison(settings: Settings, repeats: int) -> dict[str, float]:
 
     def ours() -> None:
         reset_online(settings)
-        push_snapshot_online(settings, ACTIVITY_VIEW, as_of, version, source)
+        assert push_snapshot_online(settings, ACTIVITY_VIEW, as_of, version, source) == rows
 
     def feast_materialize() -> None:
         store.materialize(start_date=start, end_date=end, feature_views=[ACTIVITY_VIEW])
 
-    results: dict[str, list[float]] = {"our push (batched write_to_online_store)": [], "feast materialize": []}
+    ways = {OURS_PUSH: ours, "feast materialize": feast_materialize}
+    for way in ways.values():  # warm both (Spark's Python workers, imports, connections)
+        way()
+    results: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(repeats):
-        results["our push (batched write_to_online_store)"].append(rows / timed(ours)[0])
-        results["feast materialize"].append(rows / timed(feast_materialize)[0])
+        for name, way in ways.items():
+            results[name].append(rows / timed(way)[0])
     return {name: statistics.median(values) for name, values in results.items()}
 
 
@@ -207,7 +230,11 @@ def main() -> None:
             facts[size]["driver_peak_rss_mb"] = driver_peak_rss_mb(settings)
             if size == args.compare_at:
                 comparisons["scoring"] = scoring_comparison(settings, work, args.repeats)
-                comparisons["push"] = push_comparison(settings, args.repeats)
+                comparisons["push (SQLite, local)"] = push_comparison(settings, args.repeats)
+                on_redis = redis_settings(settings)
+                if on_redis is not None:
+                    comparisons["push (Redis, cluster)"] = push_comparison(on_redis, args.repeats)
+                    redis_settings(settings)  # flush the benchmark's keys
             print(f"done {size}: {facts[size]} {ladder[size]}", file=sys.stderr, flush=True)
             # The session's scratch space lives in this size's work dir: the next size starts its own.
             spark_session(settings, "bench").stop()
@@ -238,11 +265,11 @@ def report(
         print(f"| {stage} | {' | '.join(f'{v:.1f} s' for v in values)} | {growth(values)} |")
     rss = [facts[s]["driver_peak_rss_mb"] for s in sizes]
     print(f"| batch-scoring driver peak RSS | {' | '.join(f'{v:.0f} MB' for v in rss)} | {growth(rss)} |")
-    baselines = {"scoring": "mlflow.pyfunc.spark_udf", "push": "feast materialize"}
     for name, results in comparisons.items():
-        print(f"\n| {name} at {args.compare_at:,} customers | rows/s | ratio to {baselines[name]} |\n|---|---|---|")
+        baseline = "mlflow.pyfunc.spark_udf" if name == "scoring" else "feast materialize"
+        print(f"\n| {name} at {args.compare_at:,} customers | rows/s | ratio to {baseline} |\n|---|---|---|")
         for way, value in results.items():
-            print(f"| {way} | {value:,.0f} | {value / results[baselines[name]]:.2f} |")
+            print(f"| {way} | {value:,.0f} | {value / results[baseline]:.2f} |")
         if name == "scoring":
             ours, floor = (results[w] for w in ("our job (mapInPandas, model once per worker)", FLOOR))
             print(f"\nOur job runs at {ours / floor:.2f}x the identity UDF's rows/s (the floor).")

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,14 +35,41 @@ from propensity.tables import current_version, parquet_batches, read_manifest, w
 # Online store
 
 
-def push_online(settings: Settings, view: str, batches: Iterator[pd.DataFrame]) -> int:
-    """Write rows to a view of the online store through Feast, one batch at a time."""
-    store = feature_store(settings)
-    rows = 0
-    for batch in batches:
-        store.write_to_online_store(view, batch)
-        rows += len(batch)
-    return rows
+def push_online(settings: Settings, view: str, source: Path, columns: list[str] | None = None) -> int:
+    """Write a Parquet table to a view of the online store through Feast, in batches; returns rows.
+
+    SQLite is one file with one writer: the driver streams the table's batches into it. Any other
+    store (Redis) takes concurrent writers, so each Spark partition writes its own rows from the
+    Python worker that reads it, and the push grows with the executors instead of the driver."""
+    if settings.online_store == "sqlite":
+        store = feature_store(settings)
+        rows = 0
+        for batch in parquet_batches(source, settings.online_push_batch_rows, columns):
+            store.write_to_online_store(view, batch)
+            rows += len(batch)
+        return rows
+    spark = spark_session(settings, "propensity-online-push")
+    frame = spark.read.parquet(str(source))
+    writers = settings.online_push_partitions or spark.sparkContext.defaultParallelism
+    if frame.rdd.getNumPartitions() < writers:
+        frame = frame.repartition(writers)
+    written = frame.select(*(columns or frame.columns)).mapInPandas(write_partitions(settings, view), "rows long")
+    total = written.agg(sf.sum("rows")).first()
+    return int(total[0] or 0) if total is not None else 0
+
+
+def write_partitions(settings: Settings, view: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The `mapInPandas` function of a parallel push: write each Arrow batch, yield the row counts."""
+
+    def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        store = feature_store(settings)
+        size = settings.online_push_batch_rows
+        for batch in batches:
+            for start in range(0, len(batch), size):
+                store.write_to_online_store(view, batch.iloc[start : start + size])
+            yield pd.DataFrame({"rows": [len(batch)]})
+
+    return write
 
 
 def push_snapshot_online(settings: Settings, view: str, date: pd.Timestamp, version: str, source: Path) -> int:
@@ -53,7 +80,7 @@ def push_snapshot_online(settings: Settings, view: str, date: pd.Timestamp, vers
     key = snapshot_key(date)
     if online.get("snapshot", "") > key or (online.get("snapshot") == key and online.get("version") == version):
         return 0
-    rows = push_online(settings, view, parquet_batches(source, settings.online_push_batch_rows))
+    rows = push_online(settings, view, source)
     pushes[view] = {"snapshot": key, "version": version, "pushed_at": datetime.now(UTC).isoformat()}
     write_manifest(settings.online_pushes_path, pushes)
     return rows
@@ -66,7 +93,7 @@ def push_profiles_online(settings: Settings) -> int:
     if version is None or pushes.get(PROFILE_VIEW, {}).get("version") == version.name:
         return 0
     columns = [F.ENTITY, "signup_date", *F.PROFILE_FEATURES]
-    rows = push_online(settings, PROFILE_VIEW, parquet_batches(version, settings.online_push_batch_rows, columns))
+    rows = push_online(settings, PROFILE_VIEW, version, columns)
     pushes[PROFILE_VIEW] = {"version": version.name, "pushed_at": datetime.now(UTC).isoformat()}
     write_manifest(settings.online_pushes_path, pushes)
     return rows

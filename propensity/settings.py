@@ -7,6 +7,7 @@ at import time: call `get_settings()` where a value is needed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Literal
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
         None, ge=1, description="Partitions batch scoring repartitions to (default: as the feature table is laid out)."
     )
     online_push_batch_rows: int = Field(10_000, ge=1, description="Rows per write when pushing to the online store.")
+    online_push_partitions: int | None = Field(
+        None, ge=1, description="Parallel writers of a push to Redis (default: Spark's default parallelism)."
+    )
 
     # Labels and training.
     label_horizon_days: int = Field(30, gt=0)
@@ -56,7 +60,9 @@ class Settings(BaseSettings):
     training_max_rows: int = Field(
         500_000, ge=1, description="Cap on training-set rows; larger sets are sampled evenly per snapshot date."
     )
-    candidate_threads: int = Field(1, ge=1, description="OpenMP threads per parallel training candidate.")
+    candidate_threads: int = Field(
+        1, ge=1, description="OpenMP threads per model fit (the cold-start model fits beside the candidates)."
+    )
     min_auc: float = Field(0.6, ge=0.0, le=1.0)
     min_auc_improvement: float = 0.0
 
@@ -132,8 +138,12 @@ class Settings(BaseSettings):
 
     @property
     def online_pushes_path(self) -> Path:
-        """What was last pushed to the online store, per feature view (never roll it back)."""
-        return self.feature_store_dir / "online_pushes.json"
+        """What was last pushed to this online store, per feature view (never roll it back). One
+        record per store: pointing the settings at another store pushes everything to it again."""
+        if self.online_store == "sqlite":
+            return self.feature_store_dir / "online_pushes.json"
+        store = hashlib.sha256(self.redis_connection.encode()).hexdigest()[:12]
+        return self.feature_store_dir / f"online_pushes-{self.online_store}-{store}.json"
 
     @property
     def tables_dir(self) -> Path:

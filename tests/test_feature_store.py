@@ -130,3 +130,26 @@ def test_training_set_is_capped_evenly_across_snapshot_dates(
     capped_share = pd.read_parquet(tmp_path / "capped.parquet")[F.EVENT_TIMESTAMP].value_counts(normalize=True)
     assert set(capped_share.index) == set(full_share.index)
     assert (capped_share - full_share).abs().max() < 0.05
+
+
+def redis_or_skip(db: int) -> str:
+    redis = pytest.importorskip("redis")
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, db=db, socket_connect_timeout=1).flushdb()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("Redis is not running on 127.0.0.1:6379; install and start it (apt-get install redis-server)")
+    return f"127.0.0.1:6379,db={db}"
+
+
+def test_a_parallel_push_to_redis_serves_exactly_what_the_sqlite_push_serves(lake: Settings) -> None:
+    """Redis is written from Spark partitions, SQLite from the driver: Feast must read the same."""
+    connection = redis_or_skip(db=13)
+    on_redis = get_settings(home=lake.home, online_store="redis", redis_connection=connection)
+    try:
+        local, remote = materialize_features(lake), materialize_features(on_redis)
+        assert remote.online_rows == local.online_rows > 0 and remote.snapshots_computed == 0
+        ids = [*lake_customers(lake)[F.ENTITY].head(150), "never-seen"]
+        assert online_rows(on_redis, ids) == online_rows(lake, ids)
+        assert online_rows(on_redis, ids)["orders_total"][0] is not None
+    finally:
+        redis_or_skip(db=13)
