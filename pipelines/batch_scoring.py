@@ -5,6 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from components import kfp_components as c
+from pipelines.platform import SPARK_DRIVER, on_cluster
 
 
 @dsl.pipeline(
@@ -16,8 +17,12 @@ def batch_scoring_pipeline(
     score_date: str = "",
 ) -> NamedTuple("ScoringOutputs", rows_scored=int, latest_rows=int, model_version=str):
     """score_date: the date to score as of (empty: the day after the last transaction)."""
-    features = c.materialize_features(as_of_date=score_date).set_display_name("Materialize features in Feast")
-    scored = c.score_customers(score_date=features.outputs["as_of_date"]).set_display_name("Score customers (Spark)")
-    c.publish_latest_scores().after(scored).set_display_name("Publish latest scores online")
+    features = on_cluster(c.materialize_features(as_of_date=score_date), SPARK_DRIVER).set_display_name(
+        "Materialize features in Feast"
+    )
+    scored = on_cluster(c.score_customers(score_date=features.outputs["as_of_date"]), SPARK_DRIVER).set_display_name(
+        "Score customers (Spark)"
+    )
+    on_cluster(c.publish_latest_scores(), SPARK_DRIVER).after(scored).set_display_name("Publish latest scores online")
     outputs = NamedTuple("ScoringOutputs", rows_scored=int, latest_rows=int, model_version=str)
     return outputs(scored.outputs["rows_scored"], scored.outputs["latest_rows"], scored.outputs["model_version"])

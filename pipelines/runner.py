@@ -168,9 +168,16 @@ def compile_pipeline(name: str, path: Path, image: str) -> Path:
     from kfp import compiler
 
     compiler.Compiler().compile(pipeline_function(name), str(path))
-    spec = yaml.safe_load(path.read_text())
-    path.write_text(yaml.safe_dump(set_image(spec, image), sort_keys=False))
+    # Two documents: the pipeline spec, then the platform spec (Kubernetes settings of each step).
+    spec, *platform = yaml.safe_load_all(path.read_text())
+    path.write_text(yaml.safe_dump_all([set_image(spec, image), *platform], sort_keys=False))
     return path
+
+
+def read_compiled(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A compiled pipeline's (pipeline spec, platform spec); the latter is empty without one."""
+    spec, *platform = yaml.safe_load_all(path.read_text())
+    return spec, (platform[0] if platform else {})
 
 
 def compile_all(out_dir: Path, image: str) -> list[Path]:
@@ -219,7 +226,11 @@ def submit(
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(name, Path(tmp) / f"{name}.yaml", settings.image)
         run = client.create_run_from_pipeline_package(
-            str(package), arguments=params, run_name=f"propensity-{name}", experiment_name=experiment
+            str(package),
+            arguments=params,
+            run_name=f"propensity-{name}",
+            experiment_name=experiment,
+            service_account=settings.kfp_service_account,
         )
     return str(run.run_id)
 
@@ -253,7 +264,8 @@ def schedule(
     ]
     for run in existing:
         cron_now = run.trigger.cron_schedule.cron if run.trigger and run.trigger.cron_schedule else None
-        if cron_now == cron6 and (run.runtime_config.parameters or {}) == params:
+        same_account = getattr(run, "service_account", None) == settings.kfp_service_account
+        if cron_now == cron6 and (run.runtime_config.parameters or {}) == params and same_account:
             return "unchanged", str(run.recurring_run_id)
     for run in existing:
         client.delete_recurring_run(run.recurring_run_id)
@@ -268,5 +280,6 @@ def schedule(
             max_concurrency=1,
             no_catchup=True,
             enabled=True,
+            service_account=settings.kfp_service_account,
         )
     return ("replaced" if existing else "created"), str(created.recurring_run_id)

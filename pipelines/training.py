@@ -6,6 +6,7 @@ from kfp import dsl
 
 from components import kfp_components as c
 from components.training import DEFAULT_CANDIDATES
+from pipelines.platform import PURE, REGISTRY, SPARK_DRIVER, TRAINING, on_cluster
 
 
 @dsl.pipeline(
@@ -19,45 +20,63 @@ def training_pipeline(
     candidates: list = DEFAULT_CANDIDATES,
 ) -> NamedTuple("TrainingOutputs", model_version=str, auc=float, decision=str):
     """as_of_date: last day of data to learn from (empty: the day after the last transaction)."""
-    features = c.materialize_features(
-        as_of_date=as_of_date, training_window_days=training_window_days
+    features = on_cluster(
+        c.materialize_features(as_of_date=as_of_date, training_window_days=training_window_days),
+        SPARK_DRIVER,
     ).set_display_name("Materialize features in Feast")
-    training_set = c.build_training_set(
-        as_of_date=features.outputs["as_of_date"], training_window_days=training_window_days
+    training_set = on_cluster(
+        c.build_training_set(as_of_date=features.outputs["as_of_date"], training_window_days=training_window_days),
+        SPARK_DRIVER,
     ).set_display_name("Build point-in-time training set")
-    validation = c.validate_training_set(training_set=training_set.outputs["training_set"]).set_display_name(
-        "Validate data (Great Expectations)"
-    )
+    validation = on_cluster(
+        c.validate_training_set(training_set=training_set.outputs["training_set"]), PURE
+    ).set_display_name("Validate data (Great Expectations)")
     # One step reads the training set once and fits every candidate, rather than one pod per
     # candidate each reading the whole set.
     best = (
-        c.train_candidates(
-            training_set=training_set.outputs["training_set"],
-            candidates=candidates,
-            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        on_cluster(
+            c.train_candidates(
+                training_set=training_set.outputs["training_set"],
+                candidates=candidates,
+                pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            ),
+            TRAINING,
         )
         .after(validation)
         .set_display_name("Train candidates, select the best")
     )
-    realtime = c.train_realtime_model(
-        training_set=training_set.outputs["training_set"], pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    realtime = on_cluster(
+        c.train_realtime_model(
+            training_set=training_set.outputs["training_set"], pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        ),
+        TRAINING,
     ).after(validation)
     realtime.set_display_name("Train real-time (cold-start) model")
-    evaluation = c.evaluate_model(
-        training_set=training_set.outputs["training_set"], run_id=best.outputs["run_id"]
+    evaluation = on_cluster(
+        c.evaluate_model(training_set=training_set.outputs["training_set"], run_id=best.outputs["run_id"]), TRAINING
     ).set_display_name("Evaluate overall and per country")
-    gate = c.compare_with_champion(
-        training_set=training_set.outputs["training_set"], challenger_auc=evaluation.outputs["Output"]
+    # The champion may have moved since the last run: always compare again.
+    gate = on_cluster(
+        c.compare_with_champion(
+            training_set=training_set.outputs["training_set"], challenger_auc=evaluation.outputs["Output"]
+        ),
+        REGISTRY,
     ).set_display_name("Compare with champion")
-    registered = c.register_models(
-        batch_run_id=best.outputs["run_id"],
-        realtime_run_id=realtime.output,
-        gate_report=gate.outputs["report"],
+    registered = on_cluster(
+        c.register_models(
+            batch_run_id=best.outputs["run_id"],
+            realtime_run_id=realtime.output,
+            gate_report=gate.outputs["report"],
+        ),
+        REGISTRY,
     ).set_display_name("Register in MLflow (challenger)")
     with dsl.If(gate.outputs["Output"] == "promote", name="challenger-wins"):
-        c.promote_to_champion(
-            model_version=registered.outputs["model_version"],
-            realtime_model_version=registered.outputs["realtime_model_version"],
+        on_cluster(
+            c.promote_to_champion(
+                model_version=registered.outputs["model_version"],
+                realtime_model_version=registered.outputs["realtime_model_version"],
+            ),
+            REGISTRY,
         ).set_display_name("Promote to champion")
     outputs = NamedTuple("TrainingOutputs", model_version=str, auc=float, decision=str)
     return outputs(registered.outputs["model_version"], evaluation.outputs["Output"], gate.outputs["Output"])

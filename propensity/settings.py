@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     retrain_cooldown_hours: float = Field(24.0, ge=0.0)
 
     # Cluster.
+    kfp_service_account: str = Field(
+        "propensity-pipeline", description="Kubernetes ServiceAccount pipeline runs use (Spark starts executors)."
+    )
     kfp_host: str | None = None
     image: str = "propensity:0.1.0"
 
@@ -189,6 +192,10 @@ class Settings(BaseSettings):
         if self.mlflow_tracking_uri:
             return None
         return (self.home / "mlflow" / "artifacts").as_uri()
+
+
+# Settings that hold credentials: on a cluster they come from a Secret, never from the ConfigMap.
+SECRET_SETTINGS = ("redis_password",)
 
 
 def get_settings(**overrides: object) -> Settings:
