@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import os
 import re
+import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 import yaml
 
@@ -185,66 +189,133 @@ def compile_all(out_dir: Path, image: str) -> list[Path]:
     return [compile_pipeline(name, out_dir / f"{name}.yaml", image) for name in pipelines()]
 
 
-class KfpClient(Protocol):
-    """The part of `kfp.Client` this project uses (a protocol, so tests can pass a fake)."""
-
-    def create_run_from_pipeline_package(
-        self,
-        pipeline_file: str,
-        arguments: dict[str, Any],
-        run_name: str | None = ...,
-        experiment_name: str | None = ...,
-        **kwargs: Any,
-    ) -> Any: ...
-
-    def create_experiment(self, name: str, **kwargs: Any) -> Any: ...
-
-    def list_recurring_runs(self, **kwargs: Any) -> Any: ...
-
-    def create_recurring_run(self, experiment_id: str, job_name: str, **kwargs: Any) -> Any: ...
-
-    def delete_recurring_run(self, recurring_run_id: str) -> Any: ...
+IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubeflow/pipelines/token")  # KFP's projected ServiceAccount token
 
 
-def kfp_client(host: str) -> KfpClient:
+def kfp_client(settings: Settings, host: str | None = None) -> Any:
+    """A `kfp.Client` for the host (default `PROPENSITY_KFP_HOST`), authenticated by, in order: a
+    bearer token (`PROPENSITY_KFP_TOKEN`), a session cookie (`PROPENSITY_KFP_COOKIES`, e.g.
+    `authservice_session=...` behind Dex/oauth2-proxy), or, inside a pod, the projected
+    ServiceAccount token that KFP mounts (`KF_PIPELINES_SA_TOKEN_PATH`)."""
     import kfp
+    from kfp.client import ServiceAccountTokenVolumeCredentials
 
-    return kfp.Client(host=host)
+    host = host or settings.kfp_host
+    if not host:
+        raise PropensityError("no Kubeflow Pipelines host: pass --host or set PROPENSITY_KFP_HOST")
+    auth: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    token_file = Path(os.environ.get("KF_PIPELINES_SA_TOKEN_PATH", IN_CLUSTER_TOKEN))
+    if settings.kfp_token is not None:
+        auth["existing_token"] = settings.kfp_token.get_secret_value()
+        headers["Authorization"] = f"Bearer {auth['existing_token']}"
+    elif settings.kfp_cookies is not None:
+        auth["cookies"] = headers["Cookie"] = settings.kfp_cookies.get_secret_value()
+    elif token_file.is_file():
+        auth["credentials"] = ServiceAccountTokenVolumeCredentials(path=str(token_file))
+        headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+    _check_reachable(host, headers)
+    with kfp_errors(host), warnings.catch_warnings():
+        # Every kfp.Client says it needs KFP 2.0.0-beta.2 or later; the project pins a 2.x client.
+        warnings.filterwarnings("ignore", "This client only works with Kubeflow Pipeline", FutureWarning)
+        return kfp.Client(host=host, namespace=settings.kfp_namespace or "kubeflow", **auth)
+
+
+def _check_reachable(host: str, headers: dict[str, str]) -> None:
+    """Fail fast and in one line: kfp.Client retries its health check for half a minute, then
+    reports a timeout that hides a refused login or a wrong URL."""
+    import httpx
+
+    url = f"{host.rstrip('/')}/apis/v2beta1/healthz"
+    try:
+        response = httpx.get(url, headers=headers, timeout=10)
+    except httpx.HTTPError as error:
+        raise PropensityError(f"cannot reach Kubeflow Pipelines at {host}: {error}") from error
+    if response.status_code >= 300:
+        detail = response.text.strip().replace("\n", " ")[:300]
+        raise PropensityError(f"Kubeflow Pipelines at {host} answered HTTP {response.status_code}: {detail}")
+
+
+@contextlib.contextmanager
+def kfp_errors(host: str) -> Iterator[None]:
+    """One line naming the KFP host for what went wrong talking to it, instead of a traceback; the
+    client's own prints go to stderr."""
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        # kfp.Client prints links to the UI; keep stdout for our own (possibly JSON) output.
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    except ApiException as error:
+        detail = (error.body or error.reason or "").strip().replace("\n", " ")[:300]
+        raise PropensityError(f"Kubeflow Pipelines at {host} answered HTTP {error.status}: {detail}") from error
+    except (HTTPError, OSError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise PropensityError(f"cannot reach Kubeflow Pipelines at {host}: {reason}") from error
+
+
+def _experiment_id(client: Any, settings: Settings, experiment: str) -> str:
+    # Returns the existing experiment of that name (in the namespace) if there is one.
+    return str(client.create_experiment(experiment, namespace=settings.kfp_namespace).experiment_id)
 
 
 def submit(
     name: str,
-    host: str,
     params: dict[str, Any],
     settings: Settings,
+    host: str | None = None,
     experiment: str = "propensity",
-    client: KfpClient | None = None,
 ) -> str:
-    """Compile with the configured image and create a run; returns the run id."""
+    """Compile with the configured image and create a run as the pipeline ServiceAccount; returns its id."""
     _check_params(pipeline_function(name), params)
-    client = client or kfp_client(host)
-    with tempfile.TemporaryDirectory() as tmp:
+    client = kfp_client(settings, host)
+    with tempfile.TemporaryDirectory() as tmp, kfp_errors(host or str(settings.kfp_host)):
         package = compile_pipeline(name, Path(tmp) / f"{name}.yaml", settings.image)
         run = client.create_run_from_pipeline_package(
             str(package),
             arguments=params,
             run_name=f"propensity-{name}",
-            experiment_name=experiment,
+            experiment_id=_experiment_id(client, settings, experiment),
+            namespace=settings.kfp_namespace,
             service_account=settings.kfp_service_account,
         )
     return str(run.run_id)
 
 
+def _recurring_runs(client: Any, experiment_id: str, settings: Settings) -> list[Any]:
+    runs: list[Any] = []
+    token = ""
+    while True:
+        page = client.list_recurring_runs(
+            experiment_id=experiment_id, page_size=100, page_token=token, namespace=settings.kfp_namespace
+        )
+        runs += page.recurring_runs or []
+        token = page.next_page_token or ""
+        if not token:
+            return runs
+
+
+def schedule_fingerprint(package: Path, cron: str, params: dict[str, Any], service_account: str) -> str:
+    """What a recurring run is made of: the compiled pipeline (steps, image, platform settings),
+    its cron, parameters and ServiceAccount. Any change means the recurring run must be replaced."""
+    content = json.dumps(
+        {"package": package.read_text(), "cron": cron, "params": params, "service_account": service_account},
+        sort_keys=True,
+    )
+    return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
 def schedule(
     name: str,
-    host: str,
     cron: str,
     settings: Settings,
+    host: str | None = None,
     experiment: str = "propensity",
     params: dict[str, Any] | None = None,
-    client: KfpClient | None = None,
 ) -> tuple[str, str]:
-    """Create the recurring run `propensity-<name>`, replacing one with a different spec; idempotent.
+    """Create the recurring run `propensity-<name>`, or replace it when anything it is made of changed
+    (compiled pipeline, image, cron, parameters, ServiceAccount); never two of them.
 
     Returns (action, recurring_run_id) with action "created", "unchanged" or "replaced".
     """
@@ -254,26 +325,21 @@ def schedule(
     cron6 = cron if len(fields) == 6 else f"0 {cron}"  # KFP wants seconds first
     params = params or {}
     _check_params(pipeline_function(name), params)
-    client = client or kfp_client(host)
+    client = kfp_client(settings, host)
     job_name = f"propensity-{name}"
-    experiment_id = client.create_experiment(experiment).experiment_id  # returns the existing one if present
-    existing = [
-        r
-        for r in (client.list_recurring_runs(experiment_id=experiment_id, page_size=200).recurring_runs or [])
-        if r.display_name == job_name
-    ]
-    for run in existing:
-        cron_now = run.trigger.cron_schedule.cron if run.trigger and run.trigger.cron_schedule else None
-        same_account = getattr(run, "service_account", None) == settings.kfp_service_account
-        if cron_now == cron6 and (run.runtime_config.parameters or {}) == params and same_account:
-            return "unchanged", str(run.recurring_run_id)
-    for run in existing:
-        client.delete_recurring_run(run.recurring_run_id)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, kfp_errors(host or str(settings.kfp_host)):
         package = compile_pipeline(name, Path(tmp) / f"{name}.yaml", settings.image)
+        description = f"spec {schedule_fingerprint(package, cron6, params, settings.kfp_service_account)}"
+        experiment_id = _experiment_id(client, settings, experiment)
+        existing = [r for r in _recurring_runs(client, experiment_id, settings) if r.display_name == job_name]
+        if len(existing) == 1 and existing[0].description == description:
+            return "unchanged", str(existing[0].recurring_run_id)
+        for run in existing:
+            client.delete_recurring_run(run.recurring_run_id)
         created = client.create_recurring_run(
             experiment_id=experiment_id,
             job_name=job_name,
+            description=description,
             cron_expression=cron6,
             pipeline_package_path=str(package),
             params=params,

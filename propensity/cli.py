@@ -150,7 +150,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
     from pipelines.runner import parse_params, submit
 
     settings = get_settings()
-    run_id = submit(args.pipeline, args.host, parse_params(args.param), settings, args.experiment)
+    run_id = submit(args.pipeline, parse_params(args.param), settings, args.host, args.experiment)
     _emit(args, {"run_id": run_id, "pipeline": args.pipeline}, [f"Submitted {args.pipeline}: run {run_id}"])
 
 
@@ -158,7 +158,7 @@ def cmd_schedule(args: argparse.Namespace) -> None:
     from pipelines.runner import parse_params, schedule
 
     settings = get_settings()
-    action, job_id = schedule(args.pipeline, args.host, args.cron, settings, args.experiment, parse_params(args.param))
+    action, job_id = schedule(args.pipeline, args.cron, settings, args.host, args.experiment, parse_params(args.param))
     _emit(
         args,
         {"action": action, "recurring_run_id": job_id},
@@ -212,12 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("pipeline", choices=PIPELINES)
         p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
         if name == "submit":
-            p.add_argument("--host", required=True)
+            p.add_argument("--host", help="KFP API URL (default: PROPENSITY_KFP_HOST)")
             p.add_argument("--experiment", default="propensity")
 
     p = add("schedule", cmd_schedule, "create or update a recurring run (idempotent)")
     p.add_argument("pipeline", choices=PIPELINES)
-    p.add_argument("--host", required=True)
+    p.add_argument("--host", help="KFP API URL (default: PROPENSITY_KFP_HOST)")
     p.add_argument("--cron", required=True)
     p.add_argument("--experiment", default="propensity")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")

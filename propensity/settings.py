@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     retrain_cooldown_hours: float = Field(24.0, ge=0.0)
 
     # Cluster.
+    kfp_namespace: str | None = Field(None, description="Kubeflow profile namespace of runs (multi-user).")
+    kfp_token: SecretStr | None = Field(None, description="Bearer token for the KFP API.")
+    kfp_cookies: SecretStr | None = Field(None, description="Session cookie(s) for the KFP API, e.g. behind Dex.")
     kfp_service_account: str = Field(
         "propensity-pipeline", description="Kubernetes ServiceAccount pipeline runs use (Spark starts executors)."
     )
@@ -195,7 +198,7 @@ class Settings(BaseSettings):
 
 
 # Settings that hold credentials: on a cluster they come from a Secret, never from the ConfigMap.
-SECRET_SETTINGS = ("redis_password",)
+SECRET_SETTINGS = ("redis_password", "kfp_token", "kfp_cookies")
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -1,16 +1,19 @@
 """Compiled IR YAML (what the KFP backend consumes) and the small code that talks to KFP."""
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from pipelines.platform import CONFIG_MAP, SECRET, WORK_DIR
 from pipelines.runner import compile_all, parse_params, read_compiled, schedule, submit
 from propensity.errors import PropensityError
 from propensity.settings import Settings
+from tests.kfp_api import KfpApi, kfp_api_server
 from tests.test_ingest import error_line
 
 IMAGE = "registry.example.com/ml/propensity:1.2.3"
@@ -144,58 +147,93 @@ def test_parse_params() -> None:
         parse_params(["no-equals-sign"])
 
 
-class FakeKfp:
-    """Records calls like kfp.Client would receive them."""
-
-    def __init__(self) -> None:
-        self.recurring: list[SimpleNamespace] = []
-        self.runs: list[dict[str, Any]] = []
-
-    def create_run_from_pipeline_package(self, pipeline_file: str, arguments: dict[str, Any], **kw: Any) -> Any:
-        spec, platform = read_compiled(Path(pipeline_file))
-        assert spec["deploymentSpec"] and platform["platforms"]["kubernetes"]
-        self.runs.append({"arguments": arguments, **kw})
-        return SimpleNamespace(run_id=f"run-{len(self.runs)}")
-
-    def create_experiment(self, name: str, **kw: Any) -> Any:
-        return SimpleNamespace(experiment_id="exp-1")
-
-    def list_recurring_runs(self, **kw: Any) -> Any:
-        return SimpleNamespace(recurring_runs=list(self.recurring))
-
-    def create_recurring_run(self, experiment_id: str, job_name: str, **kw: Any) -> Any:
-        run = SimpleNamespace(
-            recurring_run_id=f"rr-{len(self.recurring) + 1}",
-            display_name=job_name,
-            trigger=SimpleNamespace(cron_schedule=SimpleNamespace(cron=kw["cron_expression"])),
-            runtime_config=SimpleNamespace(parameters=kw["params"]),
-            service_account=kw["service_account"],
-        )
-        self.recurring.append(run)
-        return run
-
-    def delete_recurring_run(self, recurring_run_id: str) -> Any:
-        self.recurring = [r for r in self.recurring if r.recurring_run_id != recurring_run_id]
+@pytest.fixture
+def kfp_api() -> Iterator[KfpApi]:
+    with kfp_api_server() as api:
+        yield api
 
 
-def test_submit_compiles_with_the_configured_image(settings: Settings) -> None:
-    client = FakeKfp()
-    run_id = submit("training", "http://kfp", {"as_of_date": "2025-06-30"}, settings, client=client)
-    assert run_id == "run-1" and client.runs[0]["arguments"] == {"as_of_date": "2025-06-30"}
-    assert client.runs[0]["service_account"] == settings.kfp_service_account == "propensity-pipeline"
+def test_submit_creates_a_run_as_the_pipeline_account(settings: Settings, kfp_api: KfpApi) -> None:
+    on_kfp = settings.model_copy(update={"kfp_host": kfp_api.url, "image": IMAGE})
+    run_id = submit("training", {"as_of_date": "2025-06-30"}, on_kfp)
+    (run,) = kfp_api.runs.values()
+    assert run["run_id"] == run_id and run["display_name"] == "propensity-training"
+    assert run["runtime_config"]["parameters"] == {"as_of_date": "2025-06-30"}
+    assert run["service_account"] == "propensity-pipeline"
+    # The compiled pipeline reaches KFP with its image and its Kubernetes settings.
+    executors = run["pipeline_spec"]["pipeline_spec"]["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {IMAGE}
+    assert run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    (experiment,) = kfp_api.experiments.values()
+    assert run["experiment_id"] == experiment["experiment_id"] and experiment["display_name"] == "propensity"
+    submit("training", {}, on_kfp)  # the experiment is reused, not created again
+    assert len(kfp_api.experiments) == 1 and len(kfp_api.runs) == 2
     with pytest.raises(PropensityError, match="unknown parameter"):
-        submit("training", "http://kfp", {"typo": 1}, settings, client=client)
+        submit("training", {"typo": 1}, on_kfp)
 
 
-def test_schedule_is_idempotent(settings: Settings) -> None:
-    client = FakeKfp()
-    assert schedule("batch-scoring", "http://kfp", "0 2 * * *", settings, client=client)[0] == "created"
-    assert schedule("batch-scoring", "http://kfp", "0 2 * * *", settings, client=client)[0] == "unchanged"
-    assert schedule("batch-scoring", "http://kfp", "0 3 * * *", settings, client=client)[0] == "replaced"
-    assert len(client.recurring) == 1 and client.recurring[0].trigger.cron_schedule.cron == "0 0 3 * * *"
-    assert client.recurring[0].service_account == "propensity-pipeline"
+def test_submit_authenticates_with_a_token_a_cookie_or_the_pod_account(
+    settings: Settings, kfp_api: KfpApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = settings.model_copy(update={"kfp_host": kfp_api.url, "kfp_namespace": "team-a"})
+    submit("batch-scoring", {}, base.model_copy(update={"kfp_token": SecretStr("tok-1")}))
+    assert {r.headers.get("authorization") for r in kfp_api.requests} == {"Bearer tok-1"}
+    assert next(iter(kfp_api.experiments.values()))["namespace"] == "team-a"
+
+    kfp_api.requests.clear()
+    submit("batch-scoring", {}, base.model_copy(update={"kfp_cookies": SecretStr("authservice_session=abc")}))
+    assert {r.headers.get("cookie") for r in kfp_api.requests} == {"authservice_session=abc"}
+
+    kfp_api.requests.clear()
+    token = tmp_path / "token"
+    token.write_text("pod-token\n")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    submit("batch-scoring", {}, base)
+    assert {r.headers.get("authorization") for r in kfp_api.requests} == {"Bearer pod-token"}
+    assert len(kfp_api.experiments) == 1  # found again in its namespace
+
+
+def test_kfp_unreachable_or_refusing_gives_one_line(settings: Settings, kfp_api: KfpApi) -> None:
+    with pytest.raises(PropensityError, match="no Kubeflow Pipelines host"):
+        submit("training", {}, settings)
+    kfp_api.fail_with = 403
+    with pytest.raises(PropensityError, match=f"Kubeflow Pipelines at {kfp_api.url} answered HTTP 403"):
+        submit("training", {}, settings, host=kfp_api.url)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{free.getsockname()[1]}"
+    with pytest.raises(PropensityError, match=f"cannot reach Kubeflow Pipelines at {closed}"):
+        schedule("batch-scoring", "0 2 * * *", settings, host=closed)
+
+
+def test_schedule_replaces_only_what_changed_and_never_duplicates(settings: Settings, kfp_api: KfpApi) -> None:
+    on_kfp = settings.model_copy(update={"kfp_host": kfp_api.url})
+    created = schedule("batch-scoring", "0 2 * * *", on_kfp)
+    assert created[0] == "created"
+    assert schedule("batch-scoring", "0 2 * * *", on_kfp) == ("unchanged", created[1])
+    (recurring,) = kfp_api.recurring_runs.values()
+    assert recurring["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * *" and int(recurring["max_concurrency"]) == 1
+    assert recurring["service_account"] == "propensity-pipeline" and recurring["no_catchup"] is True
+
+    changes = [
+        ("0 3 * * *", on_kfp, {}),  # cron
+        ("0 3 * * *", on_kfp, {"score_date": "2025-06-30"}),  # parameters
+        ("0 3 * * *", on_kfp.model_copy(update={"image": IMAGE}), {"score_date": "2025-06-30"}),  # image
+        ("0 3 * * *", on_kfp.model_copy(update={"image": IMAGE, "kfp_service_account": "other"}), {}),  # account
+    ]
+    for cron, changed, params in changes:
+        assert schedule("batch-scoring", cron, changed, params=params)[0] == "replaced"
+        assert schedule("batch-scoring", cron, changed, params=params)[0] == "unchanged"
+        assert len(kfp_api.recurring_runs) == 1
+    (recurring,) = kfp_api.recurring_runs.values()
+    executors = recurring["pipeline_spec"]["pipeline_spec"]["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {IMAGE}
+    assert recurring["service_account"] == "other"
+
+    schedule("monitoring", "0 4 * * *", on_kfp)  # another pipeline's recurring run is its own
+    assert len(kfp_api.recurring_runs) == 2
     with pytest.raises(PropensityError, match="cron"):
-        schedule("batch-scoring", "http://kfp", "every night", settings, client=client)
+        schedule("batch-scoring", "every night", on_kfp)
 
 
 def test_failed_local_run_names_the_cause(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
