@@ -1,7 +1,11 @@
 """Retraining trigger with debounce: no second run while one is active or within the cooldown.
 
-The history of triggers lives in `$PROPENSITY_HOME/state/retraining.json`, updated under a file lock
-so that two monitoring runs cannot both start a training run.
+Every decision is recorded in `$PROPENSITY_HOME/state/retraining.json`, updated under a file lock so
+that two local monitoring runs cannot both start a training run. What the debounce rule looks at:
+* on a cluster (`PROPENSITY_KFP_HOST` set), the training runs KFP knows, with their states: a pod's
+  files die with it, KFP's run states do not (an active training run blocks a new one);
+* locally, the recorded history; a "running" record older than `retrain_running_expiry_hours` was
+  left by a killed process and no longer blocks.
 """
 
 from __future__ import annotations
@@ -34,11 +38,20 @@ class TriggerRecord:
     outputs: dict[str, Any] = field(default_factory=dict)
 
 
-def may_trigger(history: list[TriggerRecord], now: datetime, cooldown: timedelta) -> tuple[bool, str]:
-    """Pure debounce rule over earlier triggers (skipped and failed ones do not count: retry those)."""
-    started = [r for r in history if r.status not in (SKIPPED, FAILED)]
-    if any(r.status == RUNNING for r in started):
-        return False, "a triggered training run is still active"
+def may_trigger(
+    history: list[TriggerRecord], now: datetime, cooldown: timedelta, running_expiry: timedelta | None = None
+) -> tuple[bool, str]:
+    """Pure debounce rule over earlier triggers, oldest first (skipped and failed ones do not count:
+    retry those; with `running_expiry`, neither does a running one older than that)."""
+
+    def expired(record: TriggerRecord) -> bool:
+        started = datetime.fromisoformat(record.triggered_at)
+        return running_expiry is not None and record.status == RUNNING and now - started >= running_expiry
+
+    started = [r for r in history if r.status not in (SKIPPED, FAILED) and not expired(r)]
+    active = [r for r in started if r.status == RUNNING]
+    if active:
+        return False, f"a training run is still active ({active[-1].run_id or 'started ' + active[-1].triggered_at})"
     if started:
         last = datetime.fromisoformat(started[-1].triggered_at)
         if now - last < cooldown:
@@ -47,6 +60,17 @@ def may_trigger(history: list[TriggerRecord], now: datetime, cooldown: timedelta
                 f"last retraining was triggered at {started[-1].triggered_at}, within the {cooldown} cooldown",
             )
     return True, "no active run and the cooldown has passed"
+
+
+def kfp_history(settings: Settings) -> list[TriggerRecord]:
+    """The training pipeline's runs on KFP, oldest first, as trigger records."""
+    assert settings.kfp_host is not None
+    listed = _propensity_cli(["runs", "training", "--host", settings.kfp_host])["runs"]
+
+    def status(run: dict[str, Any]) -> str:
+        return RUNNING if run["active"] else SUCCEEDED if run["state"] == "SUCCEEDED" else FAILED
+
+    return [TriggerRecord(r["created_at"], "", "training run on KFP", status(r), r["run_id"]) for r in reversed(listed)]
 
 
 def _state_path(settings: Settings) -> Path:
@@ -128,9 +152,14 @@ def trigger_retraining(
 ) -> TriggerRecord:
     """Start a training run unless debounced; every decision is recorded in the history."""
     now = now or datetime.now(UTC)
+    cooldown = timedelta(hours=settings.retrain_cooldown_hours)
     with _locked(settings):
         history = read_history(settings)
-        allowed, why = may_trigger(history, now, timedelta(hours=settings.retrain_cooldown_hours))
+        if settings.kfp_host:
+            allowed, why = may_trigger(kfp_history(settings), now, cooldown)
+        else:
+            expiry = timedelta(hours=settings.retrain_running_expiry_hours)
+            allowed, why = may_trigger(history, now, cooldown, expiry)
         record = TriggerRecord(now.isoformat(), as_of_date, reason if allowed else why, RUNNING if allowed else SKIPPED)
         _write_history(settings, [*history, record])
     if not allowed:

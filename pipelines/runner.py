@@ -283,6 +283,37 @@ def submit(
     return str(run.run_id)
 
 
+# KFP run states in which a run may still do work (a new run of the same pipeline would race it).
+ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "PAUSED", "CANCELING", "RUNTIME_STATE_UNSPECIFIED"})
+
+
+def list_runs(
+    name: str, settings: Settings, host: str | None = None, experiment: str = "propensity", limit: int = 20
+) -> list[dict[str, Any]]:
+    """The newest runs of `propensity-<name>` in the experiment, newest first: id, state, whether it
+    is still active, created_at."""
+    pipeline_function(name)
+    client = kfp_client(settings, host)
+    same_name = {"key": "display_name", "operation": "EQUALS", "string_value": f"propensity-{name}"}
+    with kfp_errors(host or str(settings.kfp_host)):
+        page = client.list_runs(
+            experiment_id=_experiment_id(client, settings, experiment),
+            namespace=settings.kfp_namespace,
+            page_size=limit,
+            sort_by="created_at desc",
+            filter=json.dumps({"predicates": [same_name]}),
+        )
+    return [
+        {
+            "run_id": str(run.run_id),
+            "state": str(run.state),
+            "active": run.state in ACTIVE_STATES,
+            "created_at": run.created_at.isoformat(),
+        }
+        for run in (page.runs or [])
+    ]
+
+
 def _recurring_runs(client: Any, experiment_id: str, settings: Settings) -> list[Any]:
     runs: list[Any] = []
     token = ""

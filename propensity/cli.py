@@ -154,6 +154,17 @@ def cmd_submit(args: argparse.Namespace) -> None:
     _emit(args, {"run_id": run_id, "pipeline": args.pipeline}, [f"Submitted {args.pipeline}: run {run_id}"])
 
 
+def cmd_runs(args: argparse.Namespace) -> None:
+    from pipelines.runner import list_runs
+
+    runs = list_runs(args.pipeline, get_settings(), args.host, args.experiment, args.limit)
+    _emit(
+        args,
+        {"pipeline": args.pipeline, "runs": runs},
+        [f"{r['created_at']}  {r['state']:<10}  {r['run_id']}" for r in runs] or ["no runs"],
+    )
+
+
 def cmd_schedule(args: argparse.Namespace) -> None:
     from pipelines.runner import parse_params, schedule
 
@@ -214,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "submit":
             p.add_argument("--host", help="KFP API URL (default: PROPENSITY_KFP_HOST)")
             p.add_argument("--experiment", default="propensity")
+
+    p = add("runs", cmd_runs, "list the newest runs of a pipeline on Kubeflow Pipelines")
+    p.add_argument("pipeline", choices=PIPELINES)
+    p.add_argument("--host", help="KFP API URL (default: PROPENSITY_KFP_HOST)")
+    p.add_argument("--experiment", default="propensity")
+    p.add_argument("--limit", type=int, default=20)
 
     p = add("schedule", cmd_schedule, "create or update a recurring run (idempotent)")
     p.add_argument("pipeline", choices=PIPELINES)

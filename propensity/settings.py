@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # Share of monitored columns that must drift; undrifted synthetic data stays at 0.0.
     drift_share_threshold: float = Field(0.3, gt=0.0, le=1.0)
     retrain_cooldown_hours: float = Field(24.0, ge=0.0)
+    retrain_running_expiry_hours: float = Field(
+        12.0, gt=0.0, description="A local 'running' retraining record older than this was left by a killed process."
+    )
 
     # Cluster.
     kfp_namespace: str | None = Field(None, description="Kubeflow profile namespace of runs (multi-user).")

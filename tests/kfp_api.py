@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -51,9 +52,12 @@ class KfpApi:
         if route == "/experiments":
             return self.experiments_call(request)
         if (request.method, route) == ("POST", "/runs"):
-            run = {**request.body, "run_id": self.new_id("run"), "state": "PENDING"}
+            created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            run = {**request.body, "run_id": self.new_id("run"), "state": "PENDING", "created_at": created}
             self.runs[run["run_id"]] = run
             return 200, run
+        if (request.method, route) == ("GET", "/runs"):
+            return 200, self.list_runs(request)
         if route == "/recurringruns":
             if request.method == "POST":
                 recurring = {**request.body, "recurring_run_id": self.new_id("rr"), "status": "ENABLED"}
@@ -69,6 +73,19 @@ class KfpApi:
             self.recurring_runs.pop(route.rsplit("/", 1)[1])
             return 200, {}
         return 404, {"error": f"not implemented by the test server: {request.method} {request.path}"}
+
+    def list_runs(self, request: Request) -> dict[str, Any]:
+        predicates = json.loads(request.query.get("filter") or "{}").get("predicates", [])
+        names = {p.get("string_value") or p.get("stringValue") for p in predicates if p["key"] == "display_name"}
+        runs = [
+            r
+            for r in self.runs.values()
+            if r.get("experiment_id") == request.query.get("experiment_id", r.get("experiment_id"))
+            and (not names or r["display_name"] in names)
+        ]
+        runs.sort(key=lambda r: r["created_at"], reverse=True)
+        runs = runs[: int(request.query.get("page_size") or 20)]
+        return {"runs": runs, "total_size": len(runs)} if runs else {}
 
     def experiments_call(self, request: Request) -> tuple[int, dict[str, Any]]:
         namespace = request.query.get("namespace") or ""
