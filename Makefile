@@ -7,7 +7,7 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint check-prereqs lock compile benchmark crds clean
+.PHONY: setup demo test system-test lint check-prereqs lock compile benchmark crds clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The cluster's services (object store, MLflow server on PostgreSQL, ...) really started on 127.0.0.1.
+system-test: setup
+	$(BIN)/python -m pytest -q -m system
 
 lint: setup
 	$(BIN)/ruff check .

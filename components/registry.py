@@ -69,23 +69,27 @@ class Registered:
     realtime: ModelRef
 
 
-def _register(client: MlflowClient, name: str, run_id: str, tags: dict[str, str]) -> ModelRef:
-    version = mlflow.register_model(f"runs:/{run_id}/model", name, tags=tags)
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
-    return ModelRef(name=name, version=str(version.version), run_id=run_id)
-
-
 def register_models(settings: Settings, batch_run_id: str, realtime_run_id: str, decision: Decision) -> Registered:
-    """Register both models as the new challenger, with the gate's decision on the version."""
+    """Register both models as the new challenger, with the gate's decision on the version.
+
+    Both versions are registered and tagged before any alias moves: if MLflow fails part way (server
+    down), `challenger` still names the previous pair and the run fails."""
     configure(settings)
     client = MlflowClient()
     tags = {"decision": decision.decision, "decision_reason": decision.reason}
-    batch = _register(client, settings.model_name, batch_run_id, tags)
-    realtime = _register(
-        client, settings.realtime_model_name, realtime_run_id, {**tags, "batch_model_version": batch.version}
+    batch = mlflow.register_model(f"runs:/{batch_run_id}/model", settings.model_name, tags=tags)
+    realtime = mlflow.register_model(
+        f"runs:/{realtime_run_id}/model",
+        settings.realtime_model_name,
+        tags={**tags, "batch_model_version": str(batch.version)},
     )
-    client.set_model_version_tag(settings.model_name, batch.version, "realtime_model_version", realtime.version)
-    return Registered(batch, realtime)
+    client.set_model_version_tag(settings.model_name, batch.version, "realtime_model_version", str(realtime.version))
+    client.set_registered_model_alias(settings.model_name, CHALLENGER, batch.version)
+    client.set_registered_model_alias(settings.realtime_model_name, CHALLENGER, realtime.version)
+    return Registered(
+        ModelRef(settings.model_name, str(batch.version), batch_run_id),
+        ModelRef(settings.realtime_model_name, str(realtime.version), realtime_run_id),
+    )
 
 
 def promote(settings: Settings, batch_version: str, realtime_version: str) -> None:
