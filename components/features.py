@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 
 from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, TRAINING_SERVICE
-from feature_repo.store import feature_repo, feature_store
+from feature_repo.store import check_redis, feature_repo, feature_store
 from propensity import features as F
 from propensity.feature_table import build_feature_table, computed_snapshots, snapshot_key, snapshot_partition
 from propensity.lake import first_data_date, read_customers, read_transactions, resolve_date
@@ -128,6 +128,8 @@ def materialize_features(
     started = time.monotonic()
     as_of = resolve_date(settings, as_of_date)
     dates = feature_dates(settings, as_of, training_window_days)
+    if settings.online_store == "redis":
+        check_redis(settings)  # before anything is computed or written
     spark = spark_session(settings, "propensity-features")
     computed = build_feature_table(spark, settings, dates)
     feature_store(settings).apply(feature_repo(settings).objects)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 from feast import FeatureStore, RepoConfig
+from feast.infra.registry.sql import SqlRegistryConfig
 from feast.repo_config import RegistryConfig
 
 from feature_repo.definitions import FeatureRepo, SourcePaths, build_repo
@@ -13,6 +14,17 @@ from propensity import features as F
 from propensity.errors import PropensityError
 from propensity.settings import Settings
 from propensity.tables import atomic_path, current_version
+
+
+def registry_config(settings: Settings) -> RegistryConfig:
+    """A file in the work dir locally; on a cluster a SQL database every pod shares."""
+    if settings.feast_registry:
+        return SqlRegistryConfig(
+            path=settings.feast_registry.get_secret_value(),
+            cache_ttl_seconds=60,
+            sqlalchemy_config_kwargs={"echo": False, "pool_pre_ping": True},
+        )
+    return RegistryConfig(path=str(settings.feature_store_dir / "registry.db"), cache_ttl_seconds=60)
 
 
 def repo_config(settings: Settings) -> RepoConfig:
@@ -28,7 +40,7 @@ def repo_config(settings: Settings) -> RepoConfig:
     return RepoConfig(
         project=settings.feast_project,
         provider="local",
-        registry=RegistryConfig(path=str(root / "registry.db"), cache_ttl_seconds=60),
+        registry=registry_config(settings),
         online_store=online,
         offline_store={"type": "file"},
         entity_key_serialization_version=3,
@@ -65,4 +77,30 @@ def feature_repo(settings: Settings) -> FeatureRepo:
 
 def feature_store(settings: Settings) -> FeatureStore:
     settings.feature_store_dir.mkdir(parents=True, exist_ok=True)
+    if settings.online_store == "redis":
+        check_redis(settings)
     return FeatureStore(config=repo_config(settings))
+
+
+def check_redis(settings: Settings) -> None:
+    """One line naming the Redis online store when it cannot be reached, before anything is written."""
+    import redis
+
+    address, *options = settings.redis_connection.split(",")
+    host, _, port = address.rpartition(":")
+    kwargs = dict(option.split("=", 1) for option in options if "=" in option)
+    password = settings.redis_password.get_secret_value() if settings.redis_password else kwargs.get("password")
+    client = redis.Redis(
+        host=host or address,
+        port=int(port or 6379),
+        db=int(kwargs.get("db", 0)),
+        password=password,
+        ssl=kwargs.get("ssl", "").lower() == "true",
+        socket_connect_timeout=3,
+    )
+    try:
+        client.ping()
+    except redis.exceptions.RedisError as error:
+        raise PropensityError(f"cannot reach the Redis online store at {address}: {error}") from error
+    finally:
+        client.close()

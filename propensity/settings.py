@@ -39,6 +39,11 @@ class Settings(BaseSettings):
 
     # Feast: SQLite online store by default, Redis on the cluster.
     feast_project: str = "propensity"
+    feast_registry: SecretStr | None = Field(
+        None,
+        description="Feast registry shared by every pod: a SQLAlchemy URL (postgresql+psycopg://user@host/db); "
+        "default: a file in the work dir.",
+    )
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_connection: str = "localhost:6379"
     redis_password: SecretStr | None = None
@@ -87,6 +92,13 @@ class Settings(BaseSettings):
     )
     kfp_host: str | None = None
     image: str = "propensity:0.1.0"
+
+    @field_validator("feast_registry")
+    @classmethod
+    def _registry_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and "://" not in value.get_secret_value():
+            raise ValueError("must be a SQLAlchemy database URL, e.g. postgresql+psycopg://user@host:5432/feast")
+        return value
 
     @field_validator("home")
     @classmethod
@@ -201,7 +213,7 @@ class Settings(BaseSettings):
 
 
 # Settings that hold credentials: on a cluster they come from a Secret, never from the ConfigMap.
-SECRET_SETTINGS = ("redis_password", "kfp_token", "kfp_cookies")
+SECRET_SETTINGS = ("redis_password", "kfp_token", "kfp_cookies", "feast_registry")
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -24,6 +24,20 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return get_settings()
 
 
+@pytest.fixture
+def lake(settings: Settings, tmp_path: Path) -> Settings:
+    """Settings over a small ingested lake (400 customers, 150 days)."""
+    from propensity.lake import ingest
+    from propensity.synthetic import generate
+
+    data = generate(customers=400, days=150, seed=11)
+    (tmp_path / "input").mkdir()
+    data.transactions.to_parquet(tmp_path / "input" / "tx.parquet", index=False)
+    data.customers.to_parquet(tmp_path / "input" / "customers.parquet", index=False)
+    ingest(settings, tmp_path / "input" / "tx.parquet", tmp_path / "input" / "customers.parquet")
+    return settings
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> SparkSession:
     """One local Spark session for the whole run (a JVM start costs seconds); small shuffles."""

@@ -9,13 +9,19 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from pydantic import SecretStr
 
+from components.features import materialize_features
 from components.registry import Decision, promote, register_models
 from components.training import train_candidates, train_realtime_model
+from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, SCORE_VIEW
+from feature_repo.store import feature_store
 from propensity import features as F
-from propensity.settings import Settings
+from propensity.settings import Settings, get_settings
 from propensity.tracking import CHALLENGER, CHAMPION, alias_version, load_sklearn
-from tests.services import MlflowServer, ObjectStore, mlflow_server, seaweedfs
+from tests.services import MlflowServer, ObjectStore, mlflow_server, postgres_database, seaweedfs
+from tests.test_feature_store import online_rows, redis_or_skip
+from tests.test_ingest import lake_customers
 from tests.test_training_logic import _frame
 
 pytestmark = pytest.mark.system
@@ -99,3 +105,25 @@ def test_mlflow_down_during_registration_moves_no_alias(
         for alias in (CHALLENGER, CHAMPION):
             moved = alias_version(on_server, name, alias)
             assert moved is not None and moved.version == version.version, (name, alias)
+
+
+def test_feast_registry_in_postgresql_and_redis_serve_a_pod_with_an_empty_work_dir(
+    lake: Settings, tmp_path: Path
+) -> None:
+    """The materialize step applies the repo to a SQL registry and pushes to Redis; a predictor pod
+    with nothing local (another work dir) finds the views and reads the same online values."""
+    connection = redis_or_skip(db=12)
+    with postgres_database("feast") as registry:
+        shared = {"feast_registry": SecretStr(registry), "online_store": "redis", "redis_connection": connection}
+        step = lake.model_copy(update=shared)
+        pushed = materialize_features(step)
+        assert pushed.online_rows > 0
+        assert not (step.feature_store_dir / "registry.db").exists()
+
+        pod = get_settings(home=tmp_path / "empty-pod", **shared)
+        store = feature_store(pod)
+        assert {v.name for v in store.list_feature_views()} >= {ACTIVITY_VIEW, PROFILE_VIEW, SCORE_VIEW}
+        ids = [*lake_customers(lake)[F.ENTITY].head(20), "never-seen"]
+        assert online_rows(pod, ids) == online_rows(step, ids)
+        assert online_rows(pod, ids)["orders_total"][0] is not None
+    redis_or_skip(db=12)

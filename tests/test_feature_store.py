@@ -1,6 +1,7 @@
 """The offline feature table and Feast over it: point-in-time correctness (no training row sees its
 own future), incremental snapshots, online pushes that never roll back, a capped training set."""
 
+import socket
 from pathlib import Path
 
 import pandas as pd
@@ -10,10 +11,10 @@ from components.features import build_training_set, materialize_features
 from feature_repo.definitions import ONLINE_SERVICE
 from feature_repo.store import feature_store
 from propensity import features as F
+from propensity.errors import PropensityError
 from propensity.feature_table import computed_snapshots
 from propensity.lake import ingest
 from propensity.settings import Settings, get_settings
-from propensity.synthetic import generate
 from tests import reference
 from tests.test_ingest import lake_customers, lake_transactions
 
@@ -23,13 +24,6 @@ def _ingest(settings: Settings, tmp_path: Path, transactions: pd.DataFrame, cust
     transactions.to_parquet(tmp_path / "tx.parquet", index=False)
     customers.to_parquet(tmp_path / "customers.parquet", index=False)
     ingest(settings, tmp_path / "tx.parquet", tmp_path / "customers.parquet")
-
-
-@pytest.fixture
-def lake(settings: Settings, tmp_path: Path) -> Settings:
-    data = generate(customers=400, days=150, seed=11)
-    _ingest(settings, tmp_path / "input", data.transactions, data.customers)
-    return settings
 
 
 def online_rows(settings: Settings, ids: list[str]) -> dict[str, list[object]]:
@@ -153,3 +147,13 @@ def test_a_parallel_push_to_redis_serves_exactly_what_the_sqlite_push_serves(lak
         assert online_rows(on_redis, ids)["orders_total"][0] is not None
     finally:
         redis_or_skip(db=13)
+
+
+def test_an_unreachable_redis_is_named_and_nothing_is_written(lake: Settings) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{free.getsockname()[1]}"
+    on_redis = lake.model_copy(update={"online_store": "redis", "redis_connection": address})
+    with pytest.raises(PropensityError, match=f"cannot reach the Redis online store at {address}"):
+        materialize_features(on_redis)
+    assert computed_snapshots(lake) == {} and not lake.offline_features_path.exists()

@@ -36,3 +36,12 @@ def test_invalid_setting_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROPENSITY_ONLINE_STORE", "memcached")
     with pytest.raises(ValueError, match="online_store"):
         get_settings()
+
+
+def test_a_feast_registry_must_be_a_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROPENSITY_FEAST_REGISTRY", "registry.db")
+    with pytest.raises(ValueError, match=r"(?s)feast_registry.*SQLAlchemy database URL"):
+        get_settings()
+    monkeypatch.setenv("PROPENSITY_FEAST_REGISTRY", "postgresql+psycopg://feast:pw@db:5432/feast")
+    registry = get_settings().feast_registry
+    assert registry is not None and "pw" not in repr(registry)  # a credential: never printed
