@@ -48,7 +48,13 @@ class Settings(BaseSettings):
     redis_connection: str = "localhost:6379"
     redis_password: SecretStr | None = None
 
-    spark_master: str = "local[*]"
+    spark_master: str = Field(
+        "local[*]", description="local[*], a standalone master spark://host:7077, or k8s://https://api-server."
+    )
+    spark_driver_host: str | None = Field(
+        None, description="Address executors reach the driver at (a headless Service on Kubernetes)."
+    )
+    spark_executor_memory: str = Field("2g", description="Memory of each executor (cluster masters only).")
     spark_shuffle_partitions: int = Field(8, ge=1, description="Partitions of Spark shuffles (joins, groupings).")
     scoring_partitions: int | None = Field(
         None, ge=1, description="Partitions batch scoring repartitions to (default: as the feature table is laid out)."
@@ -98,6 +104,13 @@ class Settings(BaseSettings):
     def _registry_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and "://" not in value.get_secret_value():
             raise ValueError("must be a SQLAlchemy database URL, e.g. postgresql+psycopg://user@host:5432/feast")
+        return value
+
+    @field_validator("spark_master")
+    @classmethod
+    def _known_master(cls, value: str) -> str:
+        if not value.startswith(("local", "spark://", "k8s://")):
+            raise ValueError("must be local[*], spark://host:port (standalone) or k8s://https://host (Kubernetes)")
         return value
 
     @field_validator("home")

@@ -219,3 +219,43 @@ def mlflow_server(root: Path, store: ObjectStore) -> Iterator[MlflowServer]:
             yield server
         finally:
             server.stop()
+
+
+@dataclass(frozen=True)
+class SparkCluster:
+    master: str
+    work_dir: Path
+
+
+@contextmanager
+def spark_standalone(root: Path, cores: int = 2, memory: str = "3g") -> Iterator[SparkCluster]:
+    """A Spark standalone master and one worker, each its own JVM (pyspark's `spark-class`)."""
+    import pyspark
+
+    spark_home = Path(pyspark.__file__).parent
+    env = {"SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
+    port, ui = free_port(), free_port()
+    master_url = f"spark://127.0.0.1:{port}"
+    spark_class = str(spark_home / "bin" / "spark-class")
+    root.mkdir(parents=True, exist_ok=True)
+    master_args = ["--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui)]
+    master = start([spark_class, "org.apache.spark.deploy.master.Master", *master_args], root / "master.log", env)
+    work = root / "worker"
+    worker_args = ["--host", "127.0.0.1", "--cores", str(cores), "--memory", memory]
+    worker_args += ["--webui-port", str(free_port()), "--work-dir", str(work)]
+    worker = start(
+        [spark_class, "org.apache.spark.deploy.worker.Worker", master_url, *worker_args], root / "worker.log", env
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{ui}/json/", master, root / "master.log")
+        deadline = time.monotonic() + 120
+        import httpx
+
+        while not httpx.get(f"http://127.0.0.1:{ui}/json/", timeout=5).json().get("aliveworkers"):
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise RuntimeError(f"the Spark worker did not register: {(root / 'worker.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield SparkCluster(master_url, work)
+    finally:
+        stop(worker)
+        stop(master)

@@ -1,8 +1,10 @@
+import re
 from pathlib import Path
 
 import pytest
 
 from propensity.settings import get_settings
+from propensity.spark import spark_conf
 
 
 def test_defaults_put_all_state_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,3 +47,22 @@ def test_a_feast_registry_must_be_a_database_url(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("PROPENSITY_FEAST_REGISTRY", "postgresql+psycopg://feast:pw@db:5432/feast")
     registry = get_settings().feast_registry
     assert registry is not None and "pw" not in repr(registry)  # a credential: never printed
+
+
+def test_spark_on_a_cluster_gets_the_driver_address_and_the_settings(tmp_path: Path) -> None:
+    local = spark_conf(get_settings(home=tmp_path))
+    assert not any(key.startswith("spark.executorEnv.") for key in local)
+    remote = get_settings(
+        home=tmp_path,
+        spark_master="spark://10.0.0.5:7077",
+        spark_driver_host="propensity-driver.ml.svc",
+        redis_password="s3cret",
+    )
+    conf = spark_conf(remote)
+    assert conf["spark.driver.host"] == "propensity-driver.ml.svc"
+    assert conf["spark.executorEnv.PROPENSITY_ONLINE_STORE"] == remote.online_store
+    assert conf["spark.executorEnv.PYSPARK_PYTHON"]
+    secrets = [key for key in conf if key.startswith("spark.executorEnv.") and "s3cret" in conf[key]]
+    assert secrets and all(re.search(conf["spark.redaction.regex"], key) for key in secrets)
+    with pytest.raises(ValueError, match="spark_master"):
+        get_settings(spark_master="yarn")
