@@ -60,14 +60,19 @@ REGISTRY = Resources(cpu="250m", memory="1Gi", memory_limit="2Gi", retries=0, ca
 
 
 def settings_env() -> dict[str, str]:
-    """ConfigMap key -> environment variable, one per non-secret setting."""
-    names = [f"PROPENSITY_{name.upper()}" for name in Settings.model_fields if name not in SECRET_SETTINGS]
+    """ConfigMap key -> environment variable, one per non-secret setting (the driver's address is
+    the pod's own, set per Spark step)."""
+    skip = {*SECRET_SETTINGS, "spark_driver_host"}
+    names = [f"PROPENSITY_{name.upper()}" for name in Settings.model_fields if name not in skip]
     return {name: name for name in names}
 
 
 def on_cluster(task: PipelineTask, resources: Resources) -> PipelineTask:
     """Give a step its settings, credentials, work directory, resources, retries and caching."""
     kubernetes.use_config_map_as_env(task, CONFIG_MAP, settings_env(), optional=True)
+    if resources is SPARK_DRIVER:
+        # Spark executors (client mode) reach the driver at its pod's IP.
+        kubernetes.use_field_path_as_env(task, "PROPENSITY_SPARK_DRIVER_HOST", "status.podIP")
     kubernetes.use_secret_as_env(task, SECRET, {key: key for key in SECRET_KEYS}, optional=True)
     kubernetes.empty_dir_mount(task, volume_name="work", mount_path=WORK_DIR)
     task.set_cpu_request(resources.cpu).set_memory_request(resources.memory).set_memory_limit(resources.memory_limit)

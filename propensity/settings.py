@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         None, description="Address executors reach the driver at (a headless Service on Kubernetes)."
     )
     spark_executor_memory: str = Field("2g", description="Memory of each executor (cluster masters only).")
+    spark_executor_instances: int = Field(2, ge=1, description="Executors Spark on Kubernetes starts.")
+    spark_executor_image: str | None = Field(None, description="Image of Spark executor pods (default: image).")
+    spark_namespace: str | None = Field(
+        None, description="Namespace of Spark executor pods (default: the namespace of the driver's pod)."
+    )
     spark_shuffle_partitions: int = Field(8, ge=1, description="Partitions of Spark shuffles (joins, groupings).")
     scoring_partitions: int | None = Field(
         None, ge=1, description="Partitions batch scoring repartitions to (default: as the feature table is laid out)."

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from propensity.errors import PropensityError
 from propensity.settings import Settings
 
 LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
@@ -41,6 +42,41 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         conf.update({f"spark.executorEnv.{key}": value for key, value in settings.as_env().items()})
         if settings.spark_driver_host:
             conf["spark.driver.host"] = settings.spark_driver_host
+    if settings.spark_master.startswith("k8s://"):
+        conf.update(kubernetes_conf(settings))
+    return conf
+
+
+POD_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def kubernetes_conf(settings: Settings) -> dict[str, str]:
+    """Spark on Kubernetes in client mode: the driver is the pipeline step's process in its pod, the
+    executors are pods of the project image that reach the driver at the pod's IP (the pipeline sets
+    PROPENSITY_SPARK_DRIVER_HOST from the downward API: one address per pod, so concurrent runs
+    never share a Service), on fixed ports a NetworkPolicy can allow."""
+    if not settings.spark_driver_host:
+        raise PropensityError("Spark on Kubernetes needs PROPENSITY_SPARK_DRIVER_HOST (the driver pod's IP)")
+    namespace = settings.spark_namespace
+    if namespace is None and (POD_ACCOUNT / "namespace").is_file():
+        namespace = (POD_ACCOUNT / "namespace").read_text().strip()
+    if not namespace:
+        raise PropensityError("Spark on Kubernetes needs PROPENSITY_SPARK_NAMESPACE outside a pod")
+    conf = {
+        "spark.kubernetes.container.image": settings.spark_executor_image or settings.image,
+        "spark.kubernetes.namespace": namespace,
+        "spark.executor.instances": str(settings.spark_executor_instances),
+        "spark.driver.bindAddress": "0.0.0.0",
+        "spark.driver.port": "7078",
+        "spark.blockManager.port": "7079",
+        "spark.kubernetes.executor.deleteOnTermination": "true",
+    }
+    # Executors are owned by the step's pod (its name is the hostname) and go away with it.
+    if os.environ.get("HOSTNAME"):
+        conf["spark.kubernetes.driver.pod.name"] = os.environ["HOSTNAME"]
+    if (POD_ACCOUNT / "token").is_file():
+        conf["spark.kubernetes.authenticate.oauthTokenFile"] = str(POD_ACCOUNT / "token")
+        conf["spark.kubernetes.authenticate.caCertFile"] = str(POD_ACCOUNT / "ca.crt")
     return conf
 
 

@@ -64,6 +64,12 @@ def test_every_step_gets_the_settings_credentials_and_a_work_dir(
             assert from_secret["secretName"] == SECRET and from_secret["optional"] is True
             assert secret_keys <= {m["secretKey"] for m in from_secret["keyToEnv"]}
             assert config["emptyDirMounts"] == [{"volumeName": "work", "mountPath": WORK_DIR}]
+            # Spark steps advertise their pod's IP to the executors; no step reads it from the ConfigMap.
+            assert "PROPENSITY_SPARK_DRIVER_HOST" not in mapped
+            spark_steps = ("materialize", "build-training-set", "score-customers", "publish-latest", "check-drift")
+            spark_step = any(s in executor_name for s in spark_steps)
+            driver_host = [{"name": "PROPENSITY_SPARK_DRIVER_HOST", "fieldPath": "status.podIP"}]
+            assert config.get("fieldPathAsEnv") == (driver_host if spark_step else None), executor_name
             assert config_map["data"]["PROPENSITY_HOME"] == WORK_DIR
         for executor in spec["deploymentSpec"]["executors"].values():
             resources = executor["container"]["resources"]

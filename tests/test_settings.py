@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from propensity.errors import PropensityError
 from propensity.settings import get_settings
 from propensity.spark import spark_conf
 
@@ -66,3 +67,15 @@ def test_spark_on_a_cluster_gets_the_driver_address_and_the_settings(tmp_path: P
     assert secrets and all(re.search(conf["spark.redaction.regex"], key) for key in secrets)
     with pytest.raises(ValueError, match="spark_master"):
         get_settings(spark_master="yarn")
+
+
+def test_spark_on_kubernetes_runs_executor_pods_of_the_project_image(tmp_path: Path) -> None:
+    cluster = {"home": tmp_path, "spark_master": "k8s://https://kubernetes.default.svc", "image": "reg/p:1"}
+    with pytest.raises(PropensityError, match="PROPENSITY_SPARK_DRIVER_HOST"):
+        spark_conf(get_settings(**cluster))
+    with pytest.raises(PropensityError, match="PROPENSITY_SPARK_NAMESPACE"):
+        spark_conf(get_settings(**cluster, spark_driver_host="10.1.2.3"))
+    conf = spark_conf(get_settings(**cluster, spark_driver_host="10.1.2.3", spark_namespace="ml"))
+    assert conf["spark.kubernetes.container.image"] == "reg/p:1" and conf["spark.kubernetes.namespace"] == "ml"
+    assert conf["spark.driver.host"] == "10.1.2.3" and conf["spark.driver.port"] == "7078"
+    assert conf["spark.executor.instances"] == "2"
