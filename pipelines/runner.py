@@ -151,7 +151,10 @@ def run_local(
     )
     original_print = builtins.print
     try:
-        with _settings_in_environment(settings), _quiet_kfp_logs(log_file, on_task):
+        with _settings_in_environment(settings), _quiet_kfp_logs(log_file, on_task), warnings.catch_warnings():
+            # The cluster-only settings of each step (resources, display names; see platform.py)
+            # mean nothing to kfp.local, which says so for every task.
+            warnings.filterwarnings("ignore", r"Task .*: settings \[.*\] have no effect in the current local runner")
             task = func(**params)
     finally:
         # kfp.local indents print() while a step runs by swapping builtins.print; with parallel steps
