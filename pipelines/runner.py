@@ -129,6 +129,23 @@ def _settings_in_environment(settings: Settings) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextlib.contextmanager
+def _without_retries(func: Any) -> Iterator[None]:
+    """kfp.local honours the steps' retry policies (minutes of backoff, meant for the cluster); a
+    local run should fail in front of its user at once. Cleared for this run only."""
+    spec = func.component_spec.implementation.graph
+    saved = type(spec)()
+    saved.CopyFrom(spec)
+    dags = [spec.root.dag, *(c.dag for c in spec.components.values() if c.HasField("dag"))]
+    for dag in dags:
+        for task in dag.tasks.values():
+            task.ClearField("retry_policy")
+    try:
+        yield
+    finally:
+        spec.CopyFrom(saved)
+
+
 def run_local(
     name: str,
     params: dict[str, Any],
@@ -151,7 +168,12 @@ def run_local(
     )
     original_print = builtins.print
     try:
-        with _settings_in_environment(settings), _quiet_kfp_logs(log_file, on_task), warnings.catch_warnings():
+        with (
+            _settings_in_environment(settings),
+            _quiet_kfp_logs(log_file, on_task),
+            warnings.catch_warnings(),
+            _without_retries(func),
+        ):
             # The cluster-only settings of each step (resources, display names; see platform.py)
             # mean nothing to kfp.local, which says so for every task.
             warnings.filterwarnings("ignore", r"Task .*: settings \[.*\] have no effect in the current local runner")

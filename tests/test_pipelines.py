@@ -1,6 +1,7 @@
 """Compiled IR YAML (what the KFP backend consumes) and the small code that talks to KFP."""
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,19 @@ def test_failed_local_run_names_the_cause(settings: Settings, capsys: pytest.Cap
 
     assert main(["run", "batch-scoring"]) == 2  # no data ingested yet
     assert "PropensityError: no data in" in error_line(capsys.readouterr().err)
+
+
+def test_a_local_run_never_retries_and_the_compiled_pipeline_still_does(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kfp.local honours retry policies; a failing local step must fail at once, not after minutes
+    of backoff, while the cluster's pipeline keeps its retries."""
+    from propensity.cli import main
+
+    backoffs: list[float] = []
+    sleep = time.sleep
+    monkeypatch.setattr(time, "sleep", lambda s: backoffs.append(s) if s >= 30 else sleep(s))
+    assert main(["run", "batch-scoring"]) == 2  # no data: materialize fails on its first attempt
+    assert backoffs == []  # its retry policy would wait 60 s before a second attempt
+    compiled = {p.stem: read_compiled(p)[0] for p in compile_all(tmp_path, IMAGE)}
+    assert tasks_by_component(compiled["batch-scoring"])["materialize-features"]["retryPolicy"]["maxRetryCount"] == 2
