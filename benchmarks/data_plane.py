@@ -43,6 +43,7 @@ from propensity.feature_table import build_feature_table, computed_snapshots, sc
 from propensity.lake import ingest, last_data_date
 from propensity.settings import Settings, get_settings
 from propensity.spark import spark_session
+from propensity.storage import Storage
 from propensity.synthetic import generate
 from propensity.tracking import CHAMPION, alias_version, configure
 
@@ -58,7 +59,7 @@ def timed(func: Callable[[], Any]) -> tuple[float, Any]:
 
 def reset_online(settings: Settings) -> None:
     """Forget what was pushed, so the next push writes the whole snapshot again."""
-    settings.online_pushes_path.unlink(missing_ok=True)
+    Storage(settings).delete(settings.online_pushes_key)
 
 
 def reset_feature_table(settings: Settings) -> None:

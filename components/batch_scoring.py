@@ -30,6 +30,7 @@ from propensity.feature_table import scoring_features, snapshot_key
 from propensity.lake import read_customers, read_transactions, resolve_date
 from propensity.settings import Settings
 from propensity.spark import spark_session
+from propensity.storage import Storage
 from propensity.tables import (
     current_version,
     new_version,
@@ -175,6 +176,7 @@ def sample_latest_customers(settings: Settings, n: int, seed: int = 0) -> list[s
 
 def publish_latest_scores(settings: Settings) -> int:
     """Push the latest table to the online store, where the predictor looks scores up."""
+    Storage(settings).check()
     current = latest_scores_dir(settings)
     score_date = partition_values(settings.historic_scores_path, SCORE_DATE)[-1]
     return push_snapshot_online(settings, SCORE_VIEW, pd.Timestamp(score_date), current.name, current)

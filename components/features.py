@@ -29,7 +29,8 @@ from propensity.feature_table import build_feature_table, computed_snapshots, sn
 from propensity.lake import first_data_date, read_customers, read_transactions, resolve_date
 from propensity.settings import Settings
 from propensity.spark import spark_session
-from propensity.tables import current_version, parquet_batches, read_manifest, write_manifest
+from propensity.storage import Storage
+from propensity.tables import current_version, parquet_batches
 
 # ---------------------------------------------------------------------------------------------------
 # Online store
@@ -75,27 +76,29 @@ def write_partitions(settings: Settings, view: str) -> Callable[[Iterator[pd.Dat
 def push_snapshot_online(settings: Settings, view: str, date: pd.Timestamp, version: str, source: Path) -> int:
     """Push a whole snapshot of a view unless the online store already holds a newer one (or this
     very version); returns the rows pushed. `version` tells recomputed snapshots of a date apart."""
-    pushes = read_manifest(settings.online_pushes_path)
+    records = Storage(settings)
+    pushes = records.read_json(settings.online_pushes_key, {})
     online = pushes.get(view, {})
     key = snapshot_key(date)
     if online.get("snapshot", "") > key or (online.get("snapshot") == key and online.get("version") == version):
         return 0
     rows = push_online(settings, view, source)
     pushes[view] = {"snapshot": key, "version": version, "pushed_at": datetime.now(UTC).isoformat()}
-    write_manifest(settings.online_pushes_path, pushes)
+    records.write_json(settings.online_pushes_key, pushes)
     return rows
 
 
 def push_profiles_online(settings: Settings) -> int:
     """Push the customers table's profiles when its version changed since the last push."""
     version = current_version(settings.customers_path)
-    pushes = read_manifest(settings.online_pushes_path)
+    records = Storage(settings)
+    pushes = records.read_json(settings.online_pushes_key, {})
     if version is None or pushes.get(PROFILE_VIEW, {}).get("version") == version.name:
         return 0
     columns = [F.ENTITY, "signup_date", *F.PROFILE_FEATURES]
     rows = push_online(settings, PROFILE_VIEW, version, columns)
     pushes[PROFILE_VIEW] = {"version": version.name, "pushed_at": datetime.now(UTC).isoformat()}
-    write_manifest(settings.online_pushes_path, pushes)
+    records.write_json(settings.online_pushes_key, pushes)
     return rows
 
 
@@ -128,8 +131,9 @@ def materialize_features(
     started = time.monotonic()
     as_of = resolve_date(settings, as_of_date)
     dates = feature_dates(settings, as_of, training_window_days)
+    Storage(settings).check()  # before anything is computed or written
     if settings.online_store == "redis":
-        check_redis(settings)  # before anything is computed or written
+        check_redis(settings)
     spark = spark_session(settings, "propensity-features")
     computed = build_feature_table(spark, settings, dates)
     feature_store(settings).apply(feature_repo(settings).objects)  # type: ignore[arg-type]

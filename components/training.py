@@ -253,7 +253,7 @@ def evaluate_run(settings: Settings, training_set: Path, run_id: str) -> tuple[E
         mlflow.log_metrics({f"test_auc_{SEGMENT}_{k}": v for k, v in evaluation.segment_auc.items()})
         # Kept with the model: the reference distribution for drift monitoring.
         reference = test[[*F.BATCH_MODEL_FEATURES]].assign(score=scores)
-        path = Path(settings.home) / "tmp" / run_id / "reference.parquet"
+        path = settings.scratch_dir / run_id / "reference.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         reference.to_parquet(path, index=False)
         mlflow.log_artifact(str(path), artifact_path="monitoring")

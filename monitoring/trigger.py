@@ -1,7 +1,8 @@
 """Retraining trigger with debounce: no second run while one is active or within the cooldown.
 
-Every decision is recorded in `$PROPENSITY_HOME/state/retraining.json`, updated under a file lock so
-that two local monitoring runs cannot both start a training run. What the debounce rule looks at:
+Every decision is recorded in `state/retraining.json` on the configured storage (the work dir, or
+the object store), updated under a lock so that two monitoring runs on one machine cannot both start
+a training run. What the debounce rule looks at:
 * on a cluster (`PROPENSITY_KFP_HOST` set), the training runs KFP knows, with their states: a pod's
   files die with it, KFP's run states do not (an active training run blocks a new one);
 * locally, the recorded history; a "running" record older than `retrain_running_expiry_hours` was
@@ -11,10 +12,12 @@ that two local monitoring runs cannot both start a training run. What the deboun
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -23,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from propensity.settings import Settings
-from propensity.tables import atomic_path
+from propensity.storage import Storage
+
+STATE_KEY = "state/retraining.json"
 
 RUNNING, SUCCEEDED, FAILED, SUBMITTED, SKIPPED = "running", "succeeded", "failed", "submitted", "skipped"
 
@@ -73,26 +78,20 @@ def kfp_history(settings: Settings) -> list[TriggerRecord]:
     return [TriggerRecord(r["created_at"], "", "training run on KFP", status(r), r["run_id"]) for r in reversed(listed)]
 
 
-def _state_path(settings: Settings) -> Path:
-    return settings.state_dir / "retraining.json"
-
-
 def read_history(settings: Settings) -> list[TriggerRecord]:
-    path = _state_path(settings)
-    if not path.exists():
-        return []
-    return [TriggerRecord(**r) for r in json.loads(path.read_text())]
+    return [TriggerRecord(**r) for r in Storage(settings).read_json(STATE_KEY, [])]
 
 
 def _write_history(settings: Settings, history: list[TriggerRecord]) -> None:
-    with atomic_path(_state_path(settings)) as tmp:
-        tmp.write_text(json.dumps([asdict(r) for r in history], indent=2))
+    Storage(settings).write_json(STATE_KEY, [asdict(r) for r in history])
 
 
 @contextmanager
 def _locked(settings: Settings) -> Iterator[None]:
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.state_dir / "retraining.lock", "w") as handle:
+    """A lock per storage location on this machine (in the system's temp dir, so nothing but the
+    record is written to storage). Across machines the cluster mode asks KFP instead."""
+    name = hashlib.sha256(settings.storage_url.encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"propensity-retraining-{name}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -151,6 +150,7 @@ def trigger_retraining(
     now: datetime | None = None,
 ) -> TriggerRecord:
     """Start a training run unless debounced; every decision is recorded in the history."""
+    Storage(settings).check()
     now = now or datetime.now(UTC)
     cooldown = timedelta(hours=settings.retrain_cooldown_hours)
     with _locked(settings):

@@ -163,7 +163,7 @@ def run_local(
     _check_params(func, params)
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(settings.pipeline_root),
+        pipeline_root=str(settings.local_pipeline_root),
         raise_on_error=True,
     )
     original_print = builtins.print
@@ -193,13 +193,18 @@ def set_image(spec: dict[str, Any], image: str) -> dict[str, Any]:
     return spec
 
 
-def compile_pipeline(name: str, path: Path, image: str) -> Path:
+def compile_pipeline(name: str, path: Path, image: str, pipeline_root: str | None = None) -> Path:
+    """Compile to `path`; with `pipeline_root` (e.g. s3://bucket/kfp) step artifacts go there
+    instead of KFP's default artifact store."""
     from kfp import compiler
 
     compiler.Compiler().compile(pipeline_function(name), str(path))
     # Two documents: the pipeline spec, then the platform spec (Kubernetes settings of each step).
     spec, *platform = yaml.safe_load_all(path.read_text())
-    path.write_text(yaml.safe_dump_all([set_image(spec, image), *platform], sort_keys=False))
+    spec = set_image(spec, image)
+    if pipeline_root:
+        spec["defaultPipelineRoot"] = pipeline_root
+    path.write_text(yaml.safe_dump_all([spec, *platform], sort_keys=False))
     return path
 
 
@@ -209,9 +214,9 @@ def read_compiled(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return spec, (platform[0] if platform else {})
 
 
-def compile_all(out_dir: Path, image: str) -> list[Path]:
+def compile_all(out_dir: Path, image: str, pipeline_root: str | None = None) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [compile_pipeline(name, out_dir / f"{name}.yaml", image) for name in pipelines()]
+    return [compile_pipeline(name, out_dir / f"{name}.yaml", image, pipeline_root) for name in pipelines()]
 
 
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubeflow/pipelines/token")  # KFP's projected ServiceAccount token
@@ -296,7 +301,7 @@ def submit(
     _check_params(pipeline_function(name), params)
     client = kfp_client(settings, host)
     with tempfile.TemporaryDirectory() as tmp, kfp_errors(host or str(settings.kfp_host)):
-        package = compile_pipeline(name, Path(tmp) / f"{name}.yaml", settings.image)
+        package = compile_pipeline(name, Path(tmp) / f"{name}.yaml", settings.image, settings.kfp_pipeline_root)
         run = client.create_run_from_pipeline_package(
             str(package),
             arguments=params,
@@ -384,7 +389,7 @@ def schedule(
     client = kfp_client(settings, host)
     job_name = f"propensity-{name}"
     with tempfile.TemporaryDirectory() as tmp, kfp_errors(host or str(settings.kfp_host)):
-        package = compile_pipeline(name, Path(tmp) / f"{name}.yaml", settings.image)
+        package = compile_pipeline(name, Path(tmp) / f"{name}.yaml", settings.image, settings.kfp_pipeline_root)
         description = f"spec {schedule_fingerprint(package, cron6, params, settings.kfp_service_account)}"
         experiment_id = _experiment_id(client, settings, experiment)
         existing = [r for r in _recurring_runs(client, experiment_id, settings) if r.display_name == job_name]

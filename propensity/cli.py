@@ -138,7 +138,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
     from pipelines.runner import compile_all
 
     settings = get_settings()
-    paths = compile_all(Path(args.out), args.image or settings.image)
+    paths = compile_all(Path(args.out), args.image or settings.image, settings.kfp_pipeline_root)
     _emit(
         args,
         {"files": [str(p) for p in paths], "image": args.image or settings.image},
@@ -184,12 +184,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from propensity.demo import DemoOptions, run_demo, summary_lines
+    from propensity.demo import SUMMARY_KEY, DemoOptions, run_demo, summary_lines
+    from propensity.storage import Storage
 
     settings = get_settings()
     options = DemoOptions(customers=args.customers, days=args.days, drift=args.drift)
     summary = run_demo(settings, options, _progress())
-    _emit(args, summary, [*summary_lines(summary), f"Summary: {settings.reports_dir / 'demo-summary.json'}"])
+    _emit(args, summary, [*summary_lines(summary), f"Summary: {Storage(settings).uri(SUMMARY_KEY)}"])
 
 
 def build_parser() -> argparse.ArgumentParser:

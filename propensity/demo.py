@@ -7,7 +7,6 @@ Every figure in the summary is measured by the run.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -29,9 +28,11 @@ from propensity.errors import PropensityError
 from propensity.lake import ingest
 from propensity.progress import StepProgress
 from propensity.settings import Settings
+from propensity.storage import Storage
 from propensity.synthetic import COUNTRIES, DEFAULT_START, generate
 
 DEMO_MARKER = ".propensity-demo"
+SUMMARY_KEY = "reports/demo-summary.json"
 STATE_DIRS = (
     "lake",
     "feature_store",
@@ -64,6 +65,8 @@ def prepare_home(settings: Settings) -> None:
         raise PropensityError(
             f"{home} holds state the demo did not create; set PROPENSITY_HOME to an empty folder for the demo"
         )
+    if settings.data_root != home and settings.lake_dir.exists() and any(settings.lake_dir.iterdir()):
+        raise PropensityError(f"the demo starts from an empty lake, and {settings.lake_dir} holds one")
     for name in STATE_DIRS:
         shutil.rmtree(home / name, ignore_errors=True)
     home.mkdir(parents=True, exist_ok=True)
@@ -76,7 +79,7 @@ def write_and_ingest(
     """Generate `days` days, write the days from `since_day` on (as a shop's daily export would) and
     ingest them: the lake appends those days. Returns the transactions ingested."""
     data = generate(customers=customers, days=days, drift=drift, seed=seed)
-    folder = settings.home / "demo-data" / name
+    folder = settings.data_root / "demo-data" / name  # where every Spark executor can read it
     folder.mkdir(parents=True, exist_ok=True)
     since = DEFAULT_START + pd.Timedelta(days=since_day)
     data.customers.to_parquet(folder / "customers.parquet", index=False)
@@ -181,6 +184,7 @@ def run_demo(
     options = options or DemoOptions()
     progress = progress or StepProgress(Console(quiet=True), live=False)
     started = time.monotonic()
+    Storage(settings).check()
     prepare_home(settings)
     log_file = settings.logs_dir / "pipelines.log"
     timings: dict[str, float] = {}
@@ -280,8 +284,7 @@ def run_demo(
         "timings_seconds": {**timings, "total": round(time.monotonic() - started, 1)},
         "logs": {"pipelines": str(log_file), "server": str(settings.logs_dir / "server.log")},
     }
-    settings.reports_dir.mkdir(parents=True, exist_ok=True)
-    (settings.reports_dir / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    Storage(settings).write_json(SUMMARY_KEY, summary)
     return summary
 
 

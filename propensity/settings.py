@@ -24,7 +24,31 @@ from pydantic_settings import (
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PROPENSITY_", extra="forbid")
 
-    home: Path = Field(Path(".propensity"), description="Work directory holding all local state.")
+    home: Path = Field(
+        Path(".propensity"),
+        description="Local work dir: logs and scratch; also the tables and records unless `tables` and "
+        "`storage` say otherwise.",
+    )
+    tables: Path | None = Field(
+        None,
+        description="Root of the Spark tables (lake, offline feature table, historic and latest scores): a file "
+        "system every step and every Spark executor mounts at this path, a ReadWriteMany volume on a cluster "
+        "(default: the work dir).",
+    )
+    storage: str | None = Field(
+        None,
+        description="Where the shared records live (retraining history, online push records, inference log, "
+        "reports): a path or s3://bucket/prefix on any S3-compatible store (default: the work dir).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 API endpoint for a non-AWS store (MinIO, SeaweedFS); credentials: AWS_* variables."
+    )
+    s3_region: str | None = None
+    kfp_pipeline_root: str | None = Field(
+        None,
+        description="Where KFP keeps step artifacts (training sets, reports): compiled into the pipelines "
+        "(e.g. s3://bucket/kfp; default on a cluster: KFP's own); a local path for `propensity run`.",
+    )
 
     # Raw data columns for bring-your-own data (`propensity ingest`).
     customer_id_column: str = "customer_id"
@@ -85,6 +109,9 @@ class Settings(BaseSettings):
     # Serving.
     serving_port: int = 8080
     score_max_age_hours: float = Field(36.0, gt=0)
+    inference_log_rotate_seconds: float = Field(
+        300.0, gt=0, description="Age at which a spooled inference-log segment is published to storage."
+    )
 
     # Monitoring.
     # Share of monitored columns that must drift; undrifted synthetic data stays at 0.0.
@@ -118,10 +145,29 @@ class Settings(BaseSettings):
             raise ValueError("must be local[*], spark://host:port (standalone) or k8s://https://host (Kubernetes)")
         return value
 
-    @field_validator("home")
+    @field_validator("home", "tables")
     @classmethod
-    def _absolute_home(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _absolute_path(cls, value: Path | None) -> Path | None:
+        if value is not None and str(value).startswith(("s3:/", "s3a:/", "gs:/")):
+            raise ValueError(
+                "Spark tables need a shared file system path (a ReadWriteMany volume on a cluster); "
+                "put object-store records in `storage` instead"
+            )
+        return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        if not sep:
+            return str(Path(value).expanduser().resolve())
+        if scheme == "file":
+            return str(Path(rest).expanduser().resolve())
+        if scheme != "s3" or not rest.strip("/"):
+            raise ValueError("must be a path or s3://bucket[/prefix]")
+        return f"s3://{rest.strip('/')}"
 
     @classmethod
     def settings_customise_sources(
@@ -151,10 +197,19 @@ class Settings(BaseSettings):
                 env[f"PROPENSITY_{name.upper()}"] = str(value)
         return env
 
-    # Derived locations: every piece of local state lives under `home`.
+    # Derived locations. Spark tables under `data_root`; shared records under `storage_url`
+    # (propensity.storage); only logs and scratch stay in `home`.
+    @property
+    def data_root(self) -> Path:
+        return self.tables or self.home
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or str(self.home)
+
     @property
     def lake_dir(self) -> Path:
-        return self.home / "lake"
+        return self.data_root / "lake"
 
     @property
     def customers_path(self) -> Path:
@@ -168,7 +223,7 @@ class Settings(BaseSettings):
 
     @property
     def feature_store_dir(self) -> Path:
-        return self.home / "feature_store"
+        return self.data_root / "feature_store"
 
     @property
     def offline_features_path(self) -> Path:
@@ -176,17 +231,17 @@ class Settings(BaseSettings):
         return self.feature_store_dir / "offline" / "customer_activity"
 
     @property
-    def online_pushes_path(self) -> Path:
-        """What was last pushed to this online store, per feature view (never roll it back). One
-        record per store: pointing the settings at another store pushes everything to it again."""
+    def online_pushes_key(self) -> str:
+        """Storage key of what was last pushed to this online store, per feature view (never roll it
+        back). One record per store: pointing the settings at another store pushes everything again."""
         if self.online_store == "sqlite":
-            return self.feature_store_dir / "online_pushes.json"
+            return "feature_store/online_pushes.json"
         store = hashlib.sha256(self.redis_connection.encode()).hexdigest()[:12]
-        return self.feature_store_dir / f"online_pushes-{self.online_store}-{store}.json"
+        return f"feature_store/online_pushes-{self.online_store}-{store}.json"
 
     @property
     def tables_dir(self) -> Path:
-        return self.home / "tables"
+        return self.data_root / "tables"
 
     @property
     def historic_scores_path(self) -> Path:
@@ -197,23 +252,25 @@ class Settings(BaseSettings):
         return self.tables_dir / "latest_scores"
 
     @property
-    def reports_dir(self) -> Path:
-        return self.home / "reports"
-
-    @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
 
     @property
-    def inference_log_dir(self) -> Path:
-        return self.logs_dir / "inference"
+    def inference_spool_dir(self) -> Path:
+        """Local spool of the inference log; closed segments move to storage (`inference/`)."""
+        return self.logs_dir / "inference-spool"
 
     @property
-    def state_dir(self) -> Path:
-        return self.home / "state"
+    def scratch_dir(self) -> Path:
+        """Local scratch (Spark spill, temporary files); nothing in it outlives a step."""
+        return self.home / "tmp"
 
     @property
-    def pipeline_root(self) -> Path:
+    def local_pipeline_root(self) -> Path:
+        """Where `propensity run` (kfp.local, which writes only to a local disk) keeps step artifacts."""
+        root = self.kfp_pipeline_root
+        if root and "://" not in root:
+            return Path(root).expanduser().resolve()
         return self.home / "kfp"
 
     @property

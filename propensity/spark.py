@@ -27,7 +27,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        "spark.local.dir": str(settings.home / "tmp" / "spark"),
+        "spark.local.dir": str(settings.scratch_dir / "spark"),
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}",
         # Credentials reach executors as settings: keep them out of Spark's UI and event logs.
         "spark.redaction.regex": "(?i)secret|password|token|access[.]key|cookies|feast_registry",

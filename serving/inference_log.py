@@ -1,34 +1,62 @@
 """Durable inference records for monitoring, written off the request path.
 
 Requests put records on a bounded queue and never wait; a writer thread appends them as JSON lines
-to one file per day and fsyncs each batch. If the queue is full the record is dropped and counted,
-rather than slowing down serving.
+to a local spool segment and fsyncs each batch. A segment is closed after `rotate_seconds` (or
+`rotate_bytes`) and on stop, and published to the configured storage as one Parquet object,
+`inference/date=YYYY-MM-DD/<segment>.parquet`; only then is the spool file removed. A segment that
+cannot be published (storage down) stays in the spool and is retried at the next rotation and at
+the next start. If the queue is full a record is dropped and counted, rather than slowing serving.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import queue
 import threading
+import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from propensity.storage import Storage
+
+PREFIX = "inference"
 _STOP = object()
+logger = logging.getLogger(__name__)
 
 
 class InferenceLogger:
-    def __init__(self, directory: Path, max_queue: int = 10_000) -> None:
-        self.directory = directory
+    def __init__(
+        self,
+        spool: Path,
+        storage: Storage,
+        rotate_seconds: float = 300.0,
+        rotate_bytes: int = 32 * 1024 * 1024,
+        max_queue: int = 10_000,
+    ) -> None:
+        self.spool = spool
+        self.storage = storage
+        self.rotate_seconds = rotate_seconds
+        self.rotate_bytes = rotate_bytes
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
+        self._segment: Path | None = None
+        self._opened = 0.0
         self.dropped = 0
         self.written = 0
+        self.published_segments = 0
+        self.publish_failures = 0
 
     def start(self) -> None:
         if self._thread is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.spool.mkdir(parents=True, exist_ok=True)
             self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
             self._thread.start()
 
@@ -39,33 +67,88 @@ class InferenceLogger:
         except queue.Full:
             self.dropped += len(records)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Flush what is queued and stop the writer."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Flush what is queued, publish the open segment and stop the writer."""
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join(timeout)
             self._thread = None
 
     def _run(self) -> None:
+        self._publish_closed()  # segments an earlier process left behind
         while True:
-            batch = [self._queue.get()]
+            try:
+                batch = [self._queue.get(timeout=max(1.0, self.rotate_seconds / 10))]
+            except queue.Empty:
+                batch = []
             while not self._queue.empty() and len(batch) < 100:
                 batch.append(self._queue.get_nowait())
             stop = any(item is _STOP for item in batch)
             records = [r for item in batch if item is not _STOP for r in item]
             if records:
                 self._write(records)
+            if stop or self._due():
+                self._segment = None
+                self._publish_closed()
             if stop:
                 return
 
+    def _due(self) -> bool:
+        if self._segment is None:
+            return False
+        age = time.monotonic() - self._opened
+        return age >= self.rotate_seconds or self._segment.stat().st_size >= self.rotate_bytes
+
     def _write(self, records: list[dict[str, Any]]) -> None:
-        path = self.directory / f"{datetime.now(UTC):%Y-%m-%d}.jsonl"
-        with open(path, "a") as handle:
+        if self._segment is None:
+            self._segment = self.spool / f"{datetime.now(UTC):%Y-%m-%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl"
+            self._opened = time.monotonic()
+        with open(self._segment, "a") as handle:
             handle.writelines(json.dumps(r, default=str) + "\n" for r in records)
             handle.flush()
             os.fsync(handle.fileno())
         self.written += len(records)
 
+    def _publish_closed(self) -> None:
+        for segment in sorted(self.spool.glob("*.jsonl")):
+            if segment == self._segment:
+                continue
+            try:
+                publish_segment(self.storage, segment)
+            except Exception:  # storage down: keep the spool file, try again later
+                self.publish_failures += 1
+                logger.exception("could not publish inference log segment %s to %s", segment, self.storage.url)
+                return
+            segment.unlink()
+            self.published_segments += 1
 
-def read_records(directory: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for path in sorted(directory.glob("*.jsonl")) for line in path.read_text().splitlines()]
+
+def publish_segment(storage: Storage, segment: Path) -> str:
+    """One spool segment as one Parquet object under `inference/date=<day it was opened>/`."""
+    records = [json.loads(line) for line in segment.read_text().splitlines() if line.strip()]
+    key = f"{PREFIX}/date={segment.name[:10]}/{segment.stem}"
+    if not records:
+        return key
+    try:
+        table = pa.Table.from_pylist(records)
+    except pa.ArrowException:  # values of mixed types in one field: keep them as written
+        storage.write_bytes(f"{key}.jsonl", segment.read_bytes())
+        return f"{key}.jsonl"
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    storage.write_bytes(f"{key}.parquet", buffer.getvalue())
+    return f"{key}.parquet"
+
+
+def read_records(storage: Storage) -> list[dict[str, Any]]:
+    """Every published inference record, oldest segment first."""
+    records: list[dict[str, Any]] = []
+    for key in storage.keys(PREFIX):
+        data = storage.read_bytes(key)
+        if data is None:
+            continue
+        if key.endswith(".parquet"):
+            records.extend(pq.read_table(io.BytesIO(data)).to_pylist())
+        elif key.endswith(".jsonl"):
+            records.extend(json.loads(line) for line in data.decode().splitlines() if line.strip())
+    return records

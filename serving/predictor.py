@@ -22,6 +22,7 @@ from feature_repo.store import feature_store
 from propensity import features as F
 from propensity.errors import PropensityError
 from propensity.settings import Settings
+from propensity.storage import Storage
 from propensity.tracking import CHAMPION, alias_version, load_sklearn
 from serving.inference_log import InferenceLogger
 from serving.schema import Instance, Prediction, RequestError, parse_instances
@@ -59,7 +60,9 @@ class PropensityModel(Model):
         self.settings = settings
         self.realtime_model: Any = None
         self.realtime_version = ""
-        self.inference_log = InferenceLogger(settings.inference_log_dir)
+        self.inference_log = InferenceLogger(
+            settings.inference_spool_dir, Storage(settings), settings.inference_log_rotate_seconds
+        )
         self.store: Any = None
 
     def load(self) -> bool:

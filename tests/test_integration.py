@@ -16,8 +16,9 @@ import pytest
 
 from components.batch_scoring import latest_scores_dir
 from monitoring.trigger import read_history
-from propensity.demo import DemoOptions, free_port, run_demo, running_server
+from propensity.demo import SUMMARY_KEY, DemoOptions, free_port, run_demo, running_server
 from propensity.settings import Settings, get_settings
+from propensity.storage import Storage
 from propensity.tracking import CHAMPION, alias_version
 from serving.inference_log import read_records
 from tests.test_ingest import lake_customers, lake_transactions
@@ -43,7 +44,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, dict[str, 
 
 def test_summary_file_has_the_promised_figures(demo: tuple[Settings, dict[str, Any]]) -> None:
     settings, summary = demo
-    written = json.loads((settings.reports_dir / "demo-summary.json").read_text())
+    written = Storage(settings).read_json(SUMMARY_KEY)
     assert written == json.loads(json.dumps(summary, default=str))
     for section, key in [
         ("training", "model_version"),
@@ -99,7 +100,7 @@ def test_both_serving_paths_were_used_without_errors(demo: tuple[Settings, dict[
     assert serving["batch_hits"] == OPTIONS.known_requests
     assert serving["realtime_hits"] == OPTIONS.new_requests
     assert serving["malformed_request_status"] == 400
-    records = read_records(settings.inference_log_dir)
+    records = read_records(Storage(settings))
     assert len(records) == serving["requests"]
     assert {r["source"] for r in records} == {"batch", "realtime"}
 

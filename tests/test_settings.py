@@ -14,8 +14,34 @@ def test_defaults_put_all_state_under_home(tmp_path: Path, monkeypatch: pytest.M
     settings = get_settings()
     assert settings.home == tmp_path / ".propensity"
     assert settings.tracking_uri == f"sqlite:///{tmp_path / '.propensity' / 'mlflow' / 'mlflow.db'}"
-    for path in (settings.lake_dir, settings.feature_store_dir, settings.tables_dir, settings.reports_dir):
+    for path in (settings.lake_dir, settings.feature_store_dir, settings.tables_dir, settings.local_pipeline_root):
         assert path.is_relative_to(settings.home)
+    assert settings.storage_url == str(settings.home)
+
+
+def test_tables_and_storage_move_state_out_of_the_work_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROPENSITY_TABLES", str(tmp_path / "shared"))
+    monkeypatch.setenv("PROPENSITY_STORAGE", "s3://bucket/prefix/")
+    monkeypatch.setenv("PROPENSITY_KFP_PIPELINE_ROOT", "s3://bucket/kfp")
+    settings = get_settings(home=tmp_path / "home")
+    assert settings.lake_dir == tmp_path / "shared" / "lake"
+    assert settings.latest_scores_path.is_relative_to(tmp_path / "shared")
+    assert settings.storage_url == "s3://bucket/prefix"
+    assert settings.local_pipeline_root == tmp_path / "home" / "kfp"  # kfp.local writes only to a local disk
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PROPENSITY_TABLES", "s3a://bucket/tables"),
+        ("PROPENSITY_STORAGE", "gs://bucket"),
+        ("PROPENSITY_STORAGE", "s3://"),
+    ],
+)
+def test_locations_that_cannot_work_are_refused(name: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name.removeprefix("PROPENSITY_").lower()):
+        get_settings()
 
 
 def test_environment_and_toml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

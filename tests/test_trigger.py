@@ -8,6 +8,7 @@ from monitoring.trigger import (
     FAILED,
     RUNNING,
     SKIPPED,
+    STATE_KEY,
     SUCCEEDED,
     TriggerRecord,
     may_trigger,
@@ -15,6 +16,7 @@ from monitoring.trigger import (
     trigger_retraining,
 )
 from propensity.settings import Settings, get_settings
+from propensity.storage import Storage
 from tests.kfp_api import kfp_api_server
 
 NOW = datetime(2026, 1, 10, 12, tzinfo=UTC)
@@ -53,7 +55,7 @@ def test_on_a_cluster_the_debounce_follows_kfp_run_states(settings: Settings, mo
         (run,) = api.runs.values()
         assert first.run_id == run["run_id"] and run["runtime_config"]["parameters"] == {"as_of_date": "2025-06-30"}
 
-        (on_kfp.state_dir / "retraining.json").unlink()  # a new pod: no local history
+        Storage(on_kfp).delete(STATE_KEY)  # a new pod: no local history
         blocked = trigger_retraining(on_kfp, "2025-07-01", "drift")
         assert blocked.status == SKIPPED and run["run_id"] in blocked.reason and len(api.runs) == 1
 

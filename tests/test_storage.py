@@ -1,0 +1,94 @@
+"""Shared records on the configured storage: whole-object writes, a clear error when the store is
+unreachable (before anything is written), and an inference log that survives the store being down."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from components.features import materialize_features
+from propensity.errors import PropensityError
+from propensity.settings import Settings, get_settings
+from propensity.storage import Storage
+from serving.inference_log import InferenceLogger, read_records
+from tests.services import free_port
+
+
+def unreachable(tmp_path: Path) -> Settings:
+    """Settings whose object store is a closed port on loopback."""
+    return get_settings(
+        home=tmp_path / "home", storage="s3://propensity/prod", s3_endpoint_url=f"http://127.0.0.1:{free_port()}"
+    )
+
+
+def test_records_are_replaced_whole_and_listed_by_prefix(settings: Settings) -> None:
+    store = Storage(settings)
+    store.check()
+    assert store.read_json("state/x.json", []) == []
+    store.write_json("state/x.json", {"a": 1})
+    store.write_json("state/x.json", {"a": 2})
+    store.write_bytes("inference/date=2026-01-01/b.parquet", b"2")
+    store.write_bytes("inference/date=2026-01-01/a.parquet", b"1")
+    assert store.read_json("state/x.json") == {"a": 2}
+    assert list(store.keys("inference")) == [
+        "inference/date=2026-01-01/a.parquet",
+        "inference/date=2026-01-01/b.parquet",
+    ]
+    assert sorted(p.name for p in (settings.home / "state").iterdir()) == ["x.json"]  # no temporary left
+    store.delete("state/x.json")
+    store.delete("state/x.json")
+    assert store.read_json("state/x.json") is None
+
+
+def test_an_unreachable_object_store_is_one_line_naming_it(tmp_path: Path) -> None:
+    settings = unreachable(tmp_path)
+    with pytest.raises(PropensityError, match=r"cannot write to storage s3://propensity/prod \(http://127\.0\.0\.1:"):
+        Storage(settings).check()
+
+
+def test_materialize_stops_before_writing_when_the_object_store_is_down(lake: Settings, tmp_path: Path) -> None:
+    settings = get_settings(
+        home=lake.home, storage="s3://propensity/prod", s3_endpoint_url=f"http://127.0.0.1:{free_port()}"
+    )
+    with pytest.raises(PropensityError, match="s3://propensity/prod"):
+        materialize_features(settings)
+    assert not settings.offline_features_path.exists()
+    assert not (settings.feature_store_dir / "registry.db").exists()
+
+
+def test_inference_log_keeps_its_spool_while_storage_is_down_and_publishes_later(
+    settings: Settings, tmp_path: Path
+) -> None:
+    spool = settings.inference_spool_dir
+    down = InferenceLogger(spool, Storage(unreachable(tmp_path)))
+    down.start()
+    down.log([{"customer_id": "c-1", "score": 0.25, "source": "batch"}])
+    down.log([{"customer_id": "c-2", "score": 0.75, "source": "realtime"}])
+    down.stop()
+    assert down.written == 2 and down.publish_failures >= 1 and down.dropped == 0
+    assert len(list(spool.glob("*.jsonl"))) == 1
+
+    up = InferenceLogger(spool, Storage(settings))
+    up.start()  # publishes what the earlier process left
+    up.log([{"customer_id": "c-3", "score": 0.5, "source": "batch"}])
+    up.stop()
+    assert not list(spool.glob("*.jsonl"))
+    records = read_records(Storage(settings))
+    assert [r["customer_id"] for r in records] == ["c-1", "c-2", "c-3"]
+    assert records[0]["score"] == 0.25 and records[1]["source"] == "realtime"
+
+
+def test_a_segment_is_published_when_it_is_old_enough(settings: Settings) -> None:
+    logger = InferenceLogger(settings.inference_spool_dir, Storage(settings), rotate_seconds=0.01)
+    logger.start()
+    logger.log([{"customer_id": "c-1"}])
+    try:
+        for _ in range(100):
+            if read_records(Storage(settings)):
+                break
+            time.sleep(0.1)
+        assert [r["customer_id"] for r in read_records(Storage(settings))] == ["c-1"]
+    finally:
+        logger.stop()
