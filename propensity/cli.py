@@ -183,6 +183,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(get_settings(), args.port)
 
 
+def cmd_executor(args: argparse.Namespace) -> None:
+    from propensity.spark import executor_command
+
+    command = executor_command(dict(os.environ))
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the executor's Python workers
+    os.execvp(command[0], command)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from propensity.demo import SUMMARY_KEY, DemoOptions, run_demo, summary_lines
     from propensity.storage import Storage
@@ -246,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("serve", cmd_serve, "start the KServe model server on localhost")
     p.add_argument("--port", type=int)
+
+    add("executor", cmd_executor, "run as a Spark executor (the argument Spark on Kubernetes starts its pods with)")
 
     p = add("demo", cmd_demo, "run the whole loop locally")
     p.add_argument("--customers", type=int, default=4000)

@@ -90,3 +90,45 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+# What Spark on Kubernetes sets in an executor pod, and the executor backend's flag for each.
+EXECUTOR_ARGS = {
+    "SPARK_DRIVER_URL": "--driver-url",
+    "SPARK_EXECUTOR_ID": "--executor-id",
+    "SPARK_EXECUTOR_CORES": "--cores",
+    "SPARK_APPLICATION_ID": "--app-id",
+    "SPARK_EXECUTOR_POD_IP": "--hostname",
+    "SPARK_RESOURCE_PROFILE_ID": "--resourceProfileId",
+    "SPARK_EXECUTOR_POD_NAME": "--podName",
+}
+
+
+def executor_command(env: dict[str, str]) -> list[str]:
+    """The JVM command of a Spark executor pod started from the project image (what Spark's own
+    image entrypoint runs for its `executor` argument), built from the pod's environment: the
+    executor backend on pyspark's jars, with the Java options the driver set."""
+    missing = [name for name in [*EXECUTOR_ARGS, "SPARK_EXECUTOR_MEMORY"] if not env.get(name)]
+    if missing:
+        raise PropensityError(
+            f"`propensity executor` runs inside a Spark executor pod, which sets {', '.join(missing)}; "
+            "start it through spark_master=k8s://..."
+        )
+    import pyspark
+
+    spark_home = env.get("SPARK_HOME") or str(Path(pyspark.__file__).parent)
+    classpath = ":".join(p for p in (env.get("SPARK_CLASSPATH"), f"{spark_home}/jars/*") if p)
+    java = f"{env['JAVA_HOME']}/bin/java" if env.get("JAVA_HOME") else "java"
+    options = [
+        env[name]
+        for name in sorted(
+            (n for n in env if n.startswith("SPARK_JAVA_OPT_") and n.removeprefix("SPARK_JAVA_OPT_").isdigit()),
+            key=lambda n: int(n.removeprefix("SPARK_JAVA_OPT_")),
+        )
+    ]
+    memory = env["SPARK_EXECUTOR_MEMORY"]
+    command = [java, *options, f"-Xms{memory}", f"-Xmx{memory}", "-cp", classpath]
+    command.append("org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend")
+    for name, flag in EXECUTOR_ARGS.items():
+        command += [flag, env[name]]
+    return command
