@@ -28,6 +28,7 @@ from propensity.errors import PropensityError
 from propensity.lake import ingest
 from propensity.progress import StepProgress
 from propensity.settings import Settings
+from propensity.spark import release_executors
 from propensity.storage import Storage
 from propensity.synthetic import COUNTRIES, DEFAULT_START, generate
 
@@ -84,7 +85,10 @@ def write_and_ingest(
     since = DEFAULT_START + pd.Timedelta(days=since_day)
     data.customers.to_parquet(folder / "customers.parquet", index=False)
     data.transactions[data.transactions["timestamp"] >= since].to_parquet(folder / "transactions.parquet", index=False)
-    return ingest(settings, folder / "transactions.parquet", folder / "customers.parquet").transactions
+    try:
+        return ingest(settings, folder / "transactions.parquet", folder / "customers.parquet").transactions
+    finally:
+        release_executors()  # the pipeline steps that follow are Spark applications of their own
 
 
 def free_port() -> int:

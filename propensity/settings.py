@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     spark_executor_memory: str = Field("2g", description="Memory of each executor (cluster masters only).")
     spark_executor_instances: int = Field(2, ge=1, description="Executors Spark on Kubernetes starts.")
     spark_executor_image: str | None = Field(None, description="Image of Spark executor pods (default: image).")
+    tables_claim: str | None = Field(
+        None,
+        description="PersistentVolumeClaim (ReadWriteMany) holding `tables`: Spark on Kubernetes mounts it into "
+        "executor pods at the same path.",
+    )
     spark_namespace: str | None = Field(
         None, description="Namespace of Spark executor pods (default: the namespace of the driver's pod)."
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+import yaml
 from pyspark.sql import SparkSession
 
 from propensity.errors import PropensityError
-from propensity.settings import Settings
+from propensity.settings import SECRET_SETTINGS, Settings
 
 LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 
@@ -39,7 +41,12 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         # configured like the driver.
         conf["spark.executorEnv.PYSPARK_PYTHON"] = sys.executable
         conf["spark.executor.memory"] = settings.spark_executor_memory
-        conf.update({f"spark.executorEnv.{key}": value for key, value in settings.as_env().items()})
+        env = settings.as_env()
+        if settings.spark_master.startswith("k8s://"):
+            # Executor pods read credentials from the Secret themselves (pod template), never from
+            # the pod spec the driver writes.
+            env = {k: v for k, v in env.items() if k.removeprefix("PROPENSITY_").lower() not in SECRET_SETTINGS}
+        conf.update({f"spark.executorEnv.{key}": value for key, value in env.items()})
         if settings.spark_driver_host:
             conf["spark.driver.host"] = settings.spark_driver_host
     if settings.spark_master.startswith("k8s://"):
@@ -71,6 +78,10 @@ def kubernetes_conf(settings: Settings) -> dict[str, str]:
         "spark.blockManager.port": "7079",
         "spark.kubernetes.executor.deleteOnTermination": "true",
     }
+    template = settings.scratch_dir / "spark-executor-pod.yaml"
+    template.parent.mkdir(parents=True, exist_ok=True)
+    template.write_text(yaml.safe_dump(executor_pod_template(settings), sort_keys=False))
+    conf["spark.kubernetes.executor.podTemplateFile"] = str(template)
     # Executors are owned by the step's pod (its name is the hostname) and go away with it.
     if os.environ.get("HOSTNAME"):
         conf["spark.kubernetes.driver.pod.name"] = os.environ["HOSTNAME"]
@@ -78,6 +89,41 @@ def kubernetes_conf(settings: Settings) -> dict[str, str]:
         conf["spark.kubernetes.authenticate.oauthTokenFile"] = str(POD_ACCOUNT / "token")
         conf["spark.kubernetes.authenticate.caCertFile"] = str(POD_ACCOUNT / "ca.crt")
     return conf
+
+
+CONFIG_MAP, SECRET = "propensity-config", "propensity-secrets"  # as in manifests/base
+TABLES_VOLUME = "tables"
+
+
+def executor_pod_template(settings: Settings) -> dict[str, Any]:
+    """What Spark adds to every executor pod it creates: the project's non-root security context,
+    the credentials from the Secret (optional keys, as the pipeline steps get them) and the shared
+    tables volume at the path the driver uses."""
+    container: dict[str, Any] = {
+        "name": "spark-executor",
+        "envFrom": [{"secretRef": {"name": SECRET, "optional": True}}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+        },
+    }
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # executors never call the Kubernetes API
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+    }
+    if settings.tables_claim:
+        pod["volumes"] = [{"name": TABLES_VOLUME, "persistentVolumeClaim": {"claimName": settings.tables_claim}}]
+        container["volumeMounts"] = [{"name": TABLES_VOLUME, "mountPath": str(settings.data_root)}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"labels": {"app.kubernetes.io/name": "propensity"}},
+        "spec": pod,
+    }
 
 
 def spark_session(settings: Settings, app_name: str) -> SparkSession:
@@ -132,3 +178,12 @@ def executor_command(env: dict[str, str]) -> list[str]:
     for name, flag in EXECUTOR_ARGS.items():
         command += [flag, env[name]]
     return command
+
+
+def release_executors() -> None:
+    """Stop this process's Spark session when it runs on a cluster, giving its executors back to
+    other applications (a long-lived process between Spark jobs, such as the demo, would otherwise
+    hold the cores a pipeline step is waiting for). A local session costs nothing to keep."""
+    session = SparkSession.getActiveSession()
+    if session is not None and not session.sparkContext.master.startswith("local"):
+        session.stop()

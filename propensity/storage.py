@@ -63,9 +63,6 @@ class Storage:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise PropensityError(f"cannot write to storage {self.url} ({self.endpoint}): {reason}") from error
 
-    def exists(self, key: str) -> bool:
-        return bool(self.fs.exists(self._path(key)))
-
     def read_bytes(self, key: str) -> bytes | None:
         try:
             return bytes(self.fs.cat_file(self._path(key)))
@@ -93,16 +90,6 @@ class Storage:
 
     def write_json(self, key: str, content: Any) -> None:
         self.write_bytes(key, json.dumps(content, indent=1, sort_keys=True, default=str).encode())
-
-    def upload(self, local_path: str, key: str) -> None:
-        """Copy a local file to `key`; it appears whole or not at all."""
-        if isinstance(self.fs, LocalFileSystem):
-            target = self._path(key)
-            tmp = f"{target}.{uuid.uuid4().hex}.tmp"
-            self.fs.put_file(local_path, tmp)
-            self.fs.mv(tmp, target)
-        else:
-            self.fs.put_file(local_path, self._path(key))
 
     def keys(self, prefix: str) -> Iterator[str]:
         """Keys under `prefix/`, sorted (temporary objects of unfinished local writes left out)."""

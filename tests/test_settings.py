@@ -105,3 +105,32 @@ def test_spark_on_kubernetes_runs_executor_pods_of_the_project_image(tmp_path: P
     assert conf["spark.kubernetes.container.image"] == "reg/p:1" and conf["spark.kubernetes.namespace"] == "ml"
     assert conf["spark.driver.host"] == "10.1.2.3" and conf["spark.driver.port"] == "7078"
     assert conf["spark.executor.instances"] == "2"
+
+
+def test_executor_pods_mount_the_tables_and_read_credentials_from_the_secret(tmp_path: Path) -> None:
+    import kubernetes_validate
+    import yaml
+
+    from tests.test_manifests import KUBERNETES_VERSIONS
+
+    settings = get_settings(
+        home=tmp_path / "home",
+        tables=tmp_path / "tables",
+        tables_claim="propensity-tables",
+        spark_master="k8s://https://kubernetes.default.svc",
+        spark_driver_host="10.1.2.3",
+        spark_namespace="ml",
+        redis_password="s3cret",
+    )
+    conf = spark_conf(settings)
+    assert not [key for key, value in conf.items() if "s3cret" in value]  # not in the pod spec Spark writes
+    assert conf["spark.executorEnv.PROPENSITY_TABLES"] == str(tmp_path / "tables")
+    template = yaml.safe_load(Path(conf["spark.kubernetes.executor.podTemplateFile"]).read_text())
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(template, version, strict=True)
+    spec = template["spec"]
+    assert spec["volumes"] == [{"name": "tables", "persistentVolumeClaim": {"claimName": "propensity-tables"}}]
+    (container,) = spec["containers"]
+    assert container["volumeMounts"] == [{"name": "tables", "mountPath": str(tmp_path / "tables")}]
+    assert container["envFrom"] == [{"secretRef": {"name": "propensity-secrets", "optional": True}}]
+    assert spec["automountServiceAccountToken"] is False and container["securityContext"]["runAsNonRoot"]

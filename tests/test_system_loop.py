@@ -27,7 +27,7 @@ import pytest
 from tests.services import ObjectStore, mlflow_server, postgres_database, seaweedfs, spark_standalone
 from tests.test_feature_store import redis_or_skip
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.timeout(1800)]
 CUSTOMERS, DAYS = 1500, 480
 KNOWN_REQUESTS, NEW_REQUESTS = 120, 60  # the demo's defaults
 
@@ -92,6 +92,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
             timeout=1500,
             check=False,
         )
+        (root / "demo.out").write_text(demo.stdout)  # beside the services' logs, for a failed run
         assert demo.returncode == 0, demo.stderr[-4000:]
         keys = redis.Redis(host="127.0.0.1", port=6379, db=11).dbsize()
         yield Loop(
