@@ -200,7 +200,9 @@ class MlflowServer:
             "--workers",
             "1",
         ]
-        self.process = start(command, self.root / "mlflow.log", self.store.env)
+        # No GenAI job runners (a dozen huey consumer processes): nothing here uses them.
+        env = {**self.store.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.process = start(command, self.root / "mlflow.log", env)
         wait_for(f"{self.url}/health", self.process, self.root / "mlflow.log", seconds=180)
 
     def stop(self) -> None:

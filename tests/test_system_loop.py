@@ -13,8 +13,10 @@ test proves that nothing but logs was written to the work dir.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -74,24 +76,22 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
             "SPARK_LOCAL_IP": "127.0.0.1",
         }
         env = {k: v for k, v in env.items() if k != "PROPENSITY_CONFIG"}
-        demo = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "propensity.cli",
-                "demo",
-                "--customers",
-                str(CUSTOMERS),
-                "--days",
-                str(DAYS),
-                "--json",
-            ],
+        command = [sys.executable, "-m", "propensity.cli", "demo", "--customers", str(CUSTOMERS), "--days", str(DAYS)]
+        # A process group of its own: if the test gives up, the demo's server and steps go too.
+        process = subprocess.Popen(
+            [*command, "--json"],
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=1500,
-            check=False,
+            start_new_session=True,
         )
+        try:
+            stdout, stderr = process.communicate(timeout=1700)
+        finally:  # whatever is left of the group (nothing, after a clean run)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        demo = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
         (root / "demo.out").write_text(demo.stdout)  # beside the services' logs, for a failed run
         assert demo.returncode == 0, demo.stderr[-4000:]
         keys = redis.Redis(host="127.0.0.1", port=6379, db=11).dbsize()
