@@ -16,7 +16,6 @@ import mlflow
 import mlflow.sklearn
 import numpy as np
 import pandas as pd
-import skops.io as sio
 from mlflow.models import infer_signature
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -101,6 +100,8 @@ def code_version() -> str:
 
 
 def _log_model(model: Pipeline, sample: pd.DataFrame) -> None:
+    import skops.io as sio  # costs seconds to import: only the steps that save a model pay for it
+
     # skops (MLflow's default format) refuses unknown types on load; trust exactly the sklearn
     # internals this model holds rather than falling back to pickle.
     trusted = [t for t in sio.get_untrusted_types(data=sio.dumps(model)) if t.startswith("sklearn.")]

@@ -196,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from propensity.storage import Storage
 
     settings = get_settings()
-    options = DemoOptions(customers=args.customers, days=args.days, drift=args.drift)
+    options = DemoOptions(customers=args.customers, days=args.days, drift=args.drift, rescore=not args.no_rescore)
     summary = run_demo(settings, options, _progress())
     _emit(args, summary, [*summary_lines(summary), f"Summary: {Storage(settings).uri(SUMMARY_KEY)}"])
 
@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customers", type=int, default=4000)
     p.add_argument("--days", type=int, default=480)
     p.add_argument("--drift", type=float, default=0.8)
+    p.add_argument("--no-rescore", action="store_true", help="stop after retraining (no second batch scoring)")
     return parser
 
 

@@ -57,6 +57,7 @@ class DemoOptions:
     seed: int = 7
     known_requests: int = 120
     new_requests: int = 60
+    rescore: bool = True  # score again with the champion after retraining
 
 
 def prepare_home(settings: Settings) -> None:
@@ -249,10 +250,10 @@ def run_demo(
             pipeline("monitoring"),
         )
         triggers = read_history(settings)[history_before:]
-        rescoring = step(
-            "batch_scoring_again",
-            "Batch-scoring pipeline with the current champion",
-            pipeline("batch-scoring"),
+        rescoring = (
+            step("batch_scoring_again", "Batch-scoring pipeline with the current champion", pipeline("batch-scoring"))
+            if options.rescore
+            else None
         )
     retrain = next((t for t in triggers if t.status != "skipped"), None)
     champion = alias_version(settings, settings.model_name, CHAMPION)
@@ -282,7 +283,9 @@ def run_demo(
             "rows_scored": rescoring["rows_scored"],
             "latest_rows": rescoring["latest_rows"],
             "model_version": rescoring["model_version"],
-        },
+        }
+        if rescoring
+        else None,
         "champion_version": champion.version if champion else None,
         "data": {"transactions_initial": tx, "transactions_after_new_data": new_tx},
         "timings_seconds": {**timings, "total": round(time.monotonic() - started, 1)},

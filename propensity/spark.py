@@ -185,5 +185,5 @@ def release_executors() -> None:
     other applications (a long-lived process between Spark jobs, such as the demo, would otherwise
     hold the cores a pipeline step is waiting for). A local session costs nothing to keep."""
     session = SparkSession.getActiveSession()
-    if session is not None and not session.sparkContext.master.startswith("local"):
+    if session is not None and not (session.sparkContext.master or "local").startswith("local"):
         session.stop()

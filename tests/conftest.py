@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from pyspark.sql import SparkSession
 
 from propensity.settings import Settings, get_settings
 from propensity.spark import spark_session
+from tests.services import MlflowServer, ObjectStore, SparkCluster, mlflow_server, seaweedfs, spark_standalone
 
 # Quiet, deterministic runs of the real libraries.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -43,3 +45,19 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> SparkSession:
     """One local Spark session for the whole run (a JVM start costs seconds); small shuffles."""
     home = tmp_path_factory.mktemp("spark-home")
     return spark_session(get_settings(home=home, spark_shuffle_partitions=2), "propensity-tests")
+
+
+@pytest.fixture(scope="session")
+def object_store_and_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ObjectStore, MlflowServer]]:
+    """System tests: one S3 object store (SeaweedFS) and one MLflow server on PostgreSQL with its
+    artifacts there, started once for the session (each test uses its own names)."""
+    root = tmp_path_factory.mktemp("services")
+    with seaweedfs(root / "weed", buckets=("mlflow", "propensity")) as store, mlflow_server(root, store) as server:
+        yield store, server
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
+    """System tests: a Spark standalone master and one worker, each its own JVM."""
+    with spark_standalone(tmp_path_factory.mktemp("spark")) as cluster:
+        yield cluster

@@ -3,43 +3,27 @@ server` on PostgreSQL with its artifacts in an S3-compatible object store (Seawe
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from pydantic import SecretStr
 
-from components.features import materialize_features
 from components.registry import Decision, promote, register_models
 from components.training import train_candidates, train_realtime_model
-from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, SCORE_VIEW
-from feature_repo.store import feature_store
 from propensity import features as F
-from propensity.feature_table import snapshot_partition
-from propensity.settings import Settings, get_settings
+from propensity.settings import Settings
 from propensity.tracking import CHALLENGER, CHAMPION, alias_version, load_sklearn
-from tests import reference
-from tests.services import MlflowServer, ObjectStore, mlflow_server, postgres_database, seaweedfs, spark_standalone
-from tests.test_feature_store import online_rows, redis_or_skip
-from tests.test_ingest import lake_customers, lake_transactions
+from tests.services import MlflowServer, ObjectStore
 from tests.test_training_logic import _frame
 
 pytestmark = pytest.mark.system
 PROMOTE = Decision("promote", "test", 0.9, None, None)
 
 
-@pytest.fixture(scope="module")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ObjectStore, MlflowServer]]:
-    root = tmp_path_factory.mktemp("services")
-    with seaweedfs(root / "weed", buckets=("mlflow",)) as store, mlflow_server(root, store) as server:
-        yield store, server
+@pytest.fixture
+def services(object_store_and_mlflow: tuple[ObjectStore, MlflowServer]) -> tuple[ObjectStore, MlflowServer]:
+    return object_store_and_mlflow
 
 
 @pytest.fixture
@@ -112,62 +96,3 @@ def test_mlflow_down_during_registration_moves_no_alias(
         for alias in (CHALLENGER, CHAMPION):
             moved = alias_version(on_server, name, alias)
             assert moved is not None and moved.version == version.version, (name, alias)
-
-
-def test_feast_registry_in_postgresql_and_redis_serve_a_pod_with_an_empty_work_dir(
-    lake: Settings, tmp_path: Path
-) -> None:
-    """The materialize step applies the repo to a SQL registry and pushes to Redis; a predictor pod
-    with nothing local (another work dir) finds the views and reads the same online values."""
-    connection = redis_or_skip(db=12)
-    with postgres_database("feast") as registry:
-        shared = {"feast_registry": SecretStr(registry), "online_store": "redis", "redis_connection": connection}
-        step = lake.model_copy(update=shared)
-        pushed = materialize_features(step)
-        assert pushed.online_rows > 0
-        assert not (step.feature_store_dir / "registry.db").exists()
-
-        pod = get_settings(home=tmp_path / "empty-pod", **shared)
-        store = feature_store(pod)
-        assert {v.name for v in store.list_feature_views()} >= {ACTIVITY_VIEW, PROFILE_VIEW, SCORE_VIEW}
-        ids = [*lake_customers(lake)[F.ENTITY].head(20), "never-seen"]
-        assert online_rows(pod, ids) == online_rows(step, ids)
-        assert online_rows(pod, ids)["orders_total"][0] is not None
-    redis_or_skip(db=12)
-
-
-def test_features_are_computed_by_a_separate_spark_cluster(lake: Settings, tmp_path: Path) -> None:
-    """The materialize step as a cluster runs it: the driver in the step's process, the work in
-    executors of a standalone Spark cluster (master and worker in their own JVMs)."""
-    with spark_standalone(tmp_path / "spark") as cluster:
-        on_cluster = lake.model_copy(update={"spark_master": cluster.master, "spark_driver_host": "127.0.0.1"})
-        # A process of its own: this test process already holds a local Spark session.
-        done = subprocess.run(
-            [sys.executable, "-c", MATERIALIZE],
-            env={**os.environ, **on_cluster.as_env(), "SPARK_LOCAL_IP": "127.0.0.1"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        executors_ran = list(cluster.work_dir.glob("app-*/*/stderr"))
-    assert result["snapshots_computed"] == result["snapshot_dates"] > 3 and executors_ran
-
-    as_of = pd.Timestamp(result["as_of_date"])
-    expected = reference.activity_features(lake_customers(lake), lake_transactions(lake), [as_of])
-    got = pd.read_parquet(snapshot_partition(lake, as_of))
-    pd.testing.assert_frame_equal(
-        got.set_index(F.ENTITY)[F.ACTIVITY_FEATURES].sort_index(),
-        expected.set_index(F.ENTITY).loc[got[F.ENTITY], F.ACTIVITY_FEATURES].sort_index(),
-        check_dtype=False,
-    )
-
-
-MATERIALIZE = """
-import json
-from dataclasses import asdict
-from components.features import materialize_features
-from propensity.settings import get_settings
-print(json.dumps(asdict(materialize_features(get_settings()))))
-"""

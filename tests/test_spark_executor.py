@@ -8,13 +8,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from propensity.cli import main
 from propensity.spark import executor_command
-from tests.services import free_port, spark_standalone
+from tests.services import SparkCluster, free_port
 
 POD_ENV = {
     "SPARK_DRIVER_URL": "spark://CoarseGrainedScheduler@10.0.0.5:7078",
@@ -91,17 +90,16 @@ print(json.dumps({"markers": markers}))
 
 
 @pytest.mark.system
-def test_a_real_driver_runs_tasks_on_an_executor_started_by_the_entrypoint(tmp_path: Path) -> None:
+def test_a_real_driver_runs_tasks_on_an_executor_started_by_the_entrypoint(spark_cluster: SparkCluster) -> None:
     """A driver on a standalone cluster accepts the executor `propensity executor` starts from a
     pod's environment, and its Python workers run tasks (they see the pod's environment)."""
-    with spark_standalone(tmp_path / "spark", cores=1, memory="1g") as cluster:
-        done = subprocess.run(
-            [sys.executable, "-c", DRIVER, cluster.master, str(free_port())],
-            env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable},
-            capture_output=True,
-            text=True,
-            timeout=400,
-        )
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, spark_cluster.master, str(free_port())],
+        env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "project-image" in result["markers"]
