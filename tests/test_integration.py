@@ -23,7 +23,8 @@ from propensity.tracking import CHAMPION, alias_version
 from serving.inference_log import read_records
 from tests.test_ingest import lake_customers, lake_transactions
 
-pytestmark = pytest.mark.integration
+# The whole demo runs in the module fixture: about 15 minutes on 2 cores, more than the default timeout.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 
 def read_latest_scores(settings: Settings) -> pd.DataFrame:
