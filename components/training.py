@@ -26,8 +26,9 @@ from threadpoolctl import threadpool_limits
 
 import propensity
 from propensity import features as F
+from propensity.runtime import choose_runtime
 from propensity.settings import Settings
-from propensity.tracking import configure
+from propensity.tracking import configure, log_runtime
 
 DEFAULT_CANDIDATES: list[dict[str, Any]] = [
     {"learning_rate": 0.05, "max_leaf_nodes": 15, "max_iter": 150},
@@ -36,6 +37,7 @@ DEFAULT_CANDIDATES: list[dict[str, Any]] = [
 ]
 REALTIME_PARAMS: dict[str, Any] = {"learning_rate": 0.1, "max_depth": 3, "max_iter": 100}
 SEGMENT = "country"
+RUNTIME_CHECK_ROWS = 5000
 
 
 @dataclass(frozen=True)
@@ -186,11 +188,14 @@ def train_realtime_model(settings: Settings, training_set: Path, pipeline_run_id
     model = make_model(features, REALTIME_PARAMS).fit(fit_rows[features], fit_rows[F.LABEL])
     test_auc = float(roc_auc_score(split.test[F.LABEL], predict_scores(model, split.test, features)))
     experiment_id = configure(settings)
+    # The serving runtime is chosen here, on rows the model has not seen (propensity.runtime).
+    exported, difference = choose_runtime(model, features, split.test.head(RUNTIME_CHECK_ROWS))
     with mlflow.start_run(experiment_id=experiment_id, run_name="realtime-model") as run:
         mlflow.set_tags(_lineage_tags(pipeline_run_id, fit_rows, "realtime"))
         mlflow.log_params(REALTIME_PARAMS)
         mlflow.log_metrics({"test_auc": test_auc, "train_rows": len(fit_rows)})
         _log_model(model, fit_rows[features].head(200))
+        log_runtime(exported, difference)
     return str(run.info.run_id)
 
 

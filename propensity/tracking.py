@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fcntl
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -71,3 +73,33 @@ def load_sklearn(ref: ModelRef) -> Any:
     import mlflow.sklearn
 
     return mlflow.sklearn.load_model(ref.uri)
+
+
+RUNTIME_TAG = "serving_runtime"
+RUNTIME_ARTIFACT = "serving/model.onnx"
+
+
+def log_runtime(exported: bytes | None, difference: float) -> None:
+    """Record in the active run which runtime serves the model, and the ONNX export if chosen."""
+    from propensity.runtime import ONNX, SKLEARN
+
+    mlflow.set_tag(RUNTIME_TAG, ONNX if exported is not None else SKLEARN)
+    if difference != float("inf"):
+        mlflow.log_metric("onnx_max_abs_diff", difference)
+    if exported is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(RUNTIME_ARTIFACT).name
+            path.write_bytes(exported)
+            mlflow.log_artifact(str(path), artifact_path=str(Path(RUNTIME_ARTIFACT).parent))
+
+
+def load_scorer(ref: ModelRef, features: list[str]) -> Any:
+    """The runtime chosen at training time for a model version: ONNX, or its sklearn pipeline."""
+    from propensity.runtime import ONNX, OnnxScorer, PipelineScorer
+
+    run = MlflowClient().get_run(ref.run_id)
+    if run.data.tags.get(RUNTIME_TAG) == ONNX:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=RUNTIME_ARTIFACT, dst_path=tmp)
+            return OnnxScorer(Path(path).read_bytes(), features)
+    return PipelineScorer(load_sklearn(ref), features)
