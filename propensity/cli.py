@@ -180,7 +180,7 @@ def cmd_schedule(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from serving.server import serve
 
-    serve(get_settings(), args.port)
+    serve(get_settings(), args.port, args.workers)
 
 
 def cmd_executor(args: argparse.Namespace) -> None:
@@ -252,8 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="compiled")
     p.add_argument("--image", help="project image for every step (default: PROPENSITY_IMAGE)")
 
-    p = add("serve", cmd_serve, "start the KServe model server on localhost")
+    p = add(
+        "serve",
+        cmd_serve,
+        "start the KServe model server; other KServe model-server options (--max_threads, ...) are passed on",
+    )
     p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, help="server processes (default: PROPENSITY_SERVING_WORKERS)")
 
     add("executor", cmd_executor, "run as a Spark executor (the argument Spark on Kubernetes starts its pods with)")
 
@@ -273,7 +278,12 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    # `serve` passes the KServe model server's own options (--workers, --max_threads, ...) to
+    # KServe's argument parser; every other command takes only its own.
+    if unknown and getattr(args, "func", None) is not cmd_serve:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     quiet_libraries()
     try:
         args.func(args)

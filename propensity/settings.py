@@ -117,6 +117,15 @@ class Settings(BaseSettings):
     inference_log_rotate_seconds: float = Field(
         300.0, gt=0, description="Age at which a spooled inference-log segment is published to storage."
     )
+    serving_workers: int = Field(
+        1, ge=1, description="Server processes (KServe workers), each with its own event loop."
+    )
+    serving_read_threads: int = Field(
+        1, ge=1, description="Threads per server process for online stores without an async client (SQLite)."
+    )
+    serving_health_interval_seconds: float = Field(
+        5.0, gt=0, description="How often a server process checks that the online store answers (readiness)."
+    )
 
     # Monitoring.
     # Share of monitored columns that must drift; undrifted synthetic data stays at 0.0.

@@ -3,170 +3,274 @@
 A known customer with a fresh precomputed score gets it (cheap, consistent with the batch). A new
 customer, or one whose score is missing or older than `score_max_age_hours`, is scored now by the
 cold-start model from Feast online features plus request-time context. Every prediction says which
-path served it and which model version produced the score.
+path served it, which model and which model version produced the score.
+
+The request path costs little beyond KServe itself: one batched online-store read for every
+customer in the request (serving/online.py), the real-time model in the runtime chosen at training
+(propensity/runtime.py), no registry lookups, no pandas, nothing blocking the event loop. Inference
+records go to a background writer and never hold up or fail a request.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import asyncio
+import logging
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import numpy as np
-import pandas as pd
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from kserve import Model
 from kserve.errors import InvalidInput
+from kserve.model_server import app as kserve_app
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from prometheus_client import Counter
 
-from feature_repo.definitions import ONLINE_SERVICE
 from feature_repo.store import feature_store
 from propensity import features as F
 from propensity.errors import PropensityError
+from propensity.runtime import OnnxScorer, PipelineScorer
 from propensity.settings import Settings
 from propensity.storage import Storage
-from propensity.tracking import CHAMPION, alias_version, load_sklearn
+from propensity.tracking import CHAMPION, alias_version, load_scorer
 from serving.inference_log import InferenceLogger
-from serving.schema import Instance, Prediction, RequestError, parse_instances
+from serving.online import Columns, OnlineReader, online_reader
+from serving.schema import INSTANCE_FIELDS, Instance, RequestError, parse_instances, parse_v2
 
 MODEL_NAME = "propensity"
+BATCH, REALTIME = "batch", "realtime"
+PREDICTIONS = Counter(
+    "propensity_predictions", "Predictions served, by path and model version", ["source", "model", "model_version"]
+)
+logger = logging.getLogger(__name__)
+
+
+async def _schema_error_as_400(request: Request, error: Exception) -> JSONResponse:
+    """A V2 body that does not fit the Open Inference Protocol schema fails FastAPI's validation,
+    which answers 422 in its own format; answer it as every other bad request: 400 and a message."""
+    assert isinstance(error, RequestValidationError)
+    first = error.errors()[0] if error.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "body"
+    return JSONResponse(status_code=400, content={"error": f"invalid request at '{where}': {first.get('msg', error)}"})
+
+
+# KServe's FastAPI app is a module-level object that each server process imports; this module is
+# imported in each of them too (the model is unpickled there), so the handler is registered in all.
+kserve_app.add_exception_handler(RequestValidationError, _schema_error_as_400)
 
 
 def is_fresh(scored_at: str | None, now: datetime, max_age: timedelta) -> bool:
+    """A score no older than `max_age`. A `scored_at` ahead of this server's clock (skew between the
+    scoring job's clock and ours) counts as fresh, unless it is further ahead than `max_age`."""
     if not scored_at:
         return False
     try:
         when = datetime.fromisoformat(scored_at)
     except ValueError:
         return False
-    return timedelta(0) <= now - when <= max_age
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return abs(now - when) <= max_age
 
 
-def realtime_features(instances: list[Instance], online: dict[str, list[Any]], today: datetime) -> pd.DataFrame:
-    """Online features, with request-time context filling in or overriding what Feast does not know."""
-    frame = pd.DataFrame({name: online[name] for name in F.ACTIVITY_FEATURES + F.PROFILE_FEATURES})
-    for i, instance in enumerate(instances):
-        for column in F.PROFILE_FEATURES:
-            value = getattr(instance, column)
-            if value is not None:
-                frame.loc[i, column] = value
-        if pd.isna(frame.loc[i, "tenure_days"]) and instance.signup_date is not None:
-            frame.loc[i, "tenure_days"] = max(0.0, float((today.date() - instance.signup_date).days))
-    frame = frame.astype({c: "float64" for c in F.ACTIVITY_FEATURES})
-    return F.fill_missing_features(frame)
+def realtime_columns(instances: list[Instance], online: Columns, rows: list[int], today: date) -> Columns:
+    """The real-time model's inputs for `rows`: online features, with request-time context filling in
+    or overriding what Feast does not know. None stays None (the runtime fills it as training did)."""
+    columns: Columns = {}
+    for column in F.REALTIME_MODEL_FEATURES:
+        values = online[column]
+        if column in F.PROFILE_FEATURES:
+            columns[column] = [
+                request if (request := getattr(instances[i], column)) is not None else values[i] for i in rows
+            ]
+        else:
+            columns[column] = [values[i] for i in rows]
+    tenure = columns["tenure_days"]
+    for j, i in enumerate(rows):
+        signup = instances[i].signup_date
+        if tenure[j] is None and signup is not None:
+            tenure[j] = max(0.0, float((today - signup).days))
+    return columns
 
 
 class PropensityModel(Model):
     def __init__(self, settings: Settings, name: str = MODEL_NAME) -> None:
         super().__init__(name)
         self.settings = settings
-        self.realtime_model: Any = None
+        self.max_age = timedelta(hours=settings.score_max_age_hours)
+        self.scorer: OnnxScorer | PipelineScorer | None = None
         self.realtime_version = ""
-        self.inference_log = InferenceLogger(
-            settings.inference_spool_dir, Storage(settings), settings.inference_log_rotate_seconds
-        )
-        self.store: Any = None
+        self.reader: OnlineReader | None = None
+        self.store_ok = False
+        # Per serving process (KServe workers are separate processes): started on first use.
+        self.inference_log: InferenceLogger | None = None
+        self._health: asyncio.Task[None] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # KServe hands the loaded model to each worker process by pickling it: threads, tasks and
+        # connections are made again there.
+        return {**self.__dict__, "inference_log": None, "_health": None, "reader": None}
 
     def load(self) -> bool:
-        """Ready only once the real-time model is loaded and the online store answers."""
+        """Ready once the real-time model is loaded and the online store answers."""
         ref = alias_version(self.settings, self.settings.realtime_model_name, CHAMPION)
         if ref is None:
             raise PropensityError(
                 f"model '{self.settings.realtime_model_name}' has no champion; run the training pipeline first"
             )
-        self.realtime_model = load_sklearn(ref)
+        self.scorer = load_scorer(ref, F.REALTIME_MODEL_FEATURES)
         self.realtime_version = ref.version
-        self.store = feature_store(self.settings)
-        self._online_features(["__readiness_probe__"])  # raises if the online store is unreachable
-        self.inference_log.start()
+        self.reader = online_reader(feature_store(self.settings), self.settings.serving_read_threads)
+        # Raises if the online store is unreachable. A loop of its own, not asyncio.run: that would
+        # leave no current loop for the server to start on.
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._probe_once())
+        finally:
+            loop.close()
+        self.store_ok = True
         self.ready = True
+        logger.info("real-time model v%s served by %s", ref.version, self.scorer.runtime)
         return self.ready
 
+    async def _probe_once(self) -> None:
+        assert self.reader is not None
+        try:
+            await self.reader.ping()
+        finally:
+            await self.reader.aclose()  # its connections belong to this short-lived event loop
+
+    def _started(self) -> None:
+        """Start this process's online-store reader, inference-log writer and health check, once."""
+        if self.reader is None:
+            self.reader = online_reader(feature_store(self.settings), self.settings.serving_read_threads)
+        if self.inference_log is None:
+            self.inference_log = InferenceLogger(
+                self.settings.inference_spool_dir, Storage(self.settings), self.settings.inference_log_rotate_seconds
+            )
+            self.inference_log.start()
+        if self._health is None:
+            self._health = asyncio.get_running_loop().create_task(self._watch_store())
+
+    async def _watch_store(self) -> None:
+        assert self.reader is not None
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the task's cancellation.
+                async with asyncio.timeout(self.settings.serving_health_interval_seconds):
+                    await self.reader.ping()
+                ok = True
+            except Exception as error:  # any failure to answer means not ready
+                ok = False
+                reason = str(error) or type(error).__name__
+            if ok != self.store_ok:
+                if ok:
+                    logger.info("online store answers again: ready")
+                else:
+                    logger.error("online store does not answer (%s): not ready", reason)
+            self.store_ok = ok
+            await asyncio.sleep(self.settings.serving_health_interval_seconds)
+
+    async def healthy(self) -> bool:
+        # KServe asks on every request: answer from the last check, never with a round trip.
+        self._started()
+        return self.ready and self.store_ok
+
     def stop(self) -> None:
-        self.inference_log.stop()
+        if self.inference_log is not None:
+            self.inference_log.stop()
         super().stop()
 
-    def _online_features(self, customer_ids: list[str]) -> dict[str, list[Any]]:
-        service = self.store.get_feature_service(ONLINE_SERVICE)
-        rows = [{F.ENTITY: c} for c in customer_ids]
-        return dict(self.store.get_online_features(features=service, entity_rows=rows).to_dict())
-
-    def score(self, instances: list[Instance], now: datetime | None = None) -> list[Prediction]:
+    async def score(self, instances: list[Instance], now: datetime | None = None) -> list[dict[str, Any]]:
+        self._started()
+        assert self.reader is not None and self.scorer is not None
         now = now or datetime.now(UTC)
-        max_age = timedelta(hours=self.settings.score_max_age_hours)
-        online = self._online_features([i.customer_id for i in instances])
-        fresh = [
-            is_fresh(online["scored_at"][i], now, max_age) and online["score"][i] is not None
-            for i in range(len(instances))
-        ]
-        predictions: list[Prediction | None] = [None] * len(instances)
-        for i, instance in enumerate(instances):
-            if fresh[i]:
-                predictions[i] = Prediction(
-                    customer_id=instance.customer_id,
-                    score=float(online["score"][i]),
-                    source="batch",
-                    model_version=str(online["model_version"][i]),
-                    scored_at=str(online["scored_at"][i]),
-                )
-        stale = [i for i, ok in enumerate(fresh) if not ok]
+        online = await self.reader.read([i.customer_id for i in instances])
+        scores, versions, stamps = online["score"], online["model_version"], online["scored_at"]
+        stale = [i for i in range(len(instances)) if scores[i] is None or not is_fresh(stamps[i], now, self.max_age)]
+        realtime: dict[int, float] = {}
         if stale:
-            subset = {k: [v[i] for i in stale] for k, v in online.items()}
-            features = realtime_features([instances[i] for i in stale], subset, now)
-            scores = np.asarray(self.realtime_model.predict_proba(features[F.REALTIME_MODEL_FEATURES])[:, 1])
-            for j, i in enumerate(stale):
-                predictions[i] = Prediction(
-                    customer_id=instances[i].customer_id,
-                    score=float(scores[j]),
-                    source="realtime",
-                    model_version=self.realtime_version,
-                    scored_at=now.isoformat(timespec="seconds"),
-                )
-        result = [p for p in predictions if p is not None]
+            columns = realtime_columns(instances, online, stale, now.date())
+            realtime = dict(zip(stale, self.scorer.score(columns, len(stale)).tolist(), strict=True))
+        scored_now = now.isoformat(timespec="seconds")
+        predictions = []
+        for i, instance in enumerate(instances):
+            if i in realtime:
+                prediction = {
+                    "customer_id": instance.customer_id,
+                    "score": realtime[i],
+                    "source": REALTIME,
+                    "model": self.settings.realtime_model_name,
+                    "model_version": self.realtime_version,
+                    "scored_at": scored_now,
+                }
+            else:
+                prediction = {
+                    "customer_id": instance.customer_id,
+                    "score": float(scores[i]),
+                    "source": BATCH,
+                    "model": self.settings.model_name,
+                    "model_version": str(versions[i]),
+                    "scored_at": str(stamps[i]),
+                }
+            PREDICTIONS.labels(prediction["source"], prediction["model"], prediction["model_version"]).inc()
+            predictions.append(prediction)
+        self._log(instances, online, predictions, now)
+        return predictions
+
+    def _log(
+        self, instances: list[Instance], online: Columns, predictions: list[dict[str, Any]], now: datetime
+    ) -> None:
+        """Only the declared request fields, the online features the models saw, and the answer."""
+        assert self.inference_log is not None
+        logged_at = now.isoformat()
         self.inference_log.log(
             [
                 {
-                    "logged_at": now.isoformat(),
-                    **instance.model_dump(mode="json"),
-                    **p.model_dump(),
+                    "logged_at": logged_at,
+                    **{field: getattr(instance, field) for field in INSTANCE_FIELDS},
+                    **prediction,
                     **{name: online[name][i] for name in F.ACTIVITY_FEATURES},
                 }
-                for i, (instance, p) in enumerate(zip(instances, result, strict=True))
+                for i, (instance, prediction) in enumerate(zip(instances, predictions, strict=True))
             ]
         )
-        return result
 
-    def predict(
+    async def predict(
         self,
-        payload: dict[str, Any] | InferRequest,
+        payload: dict[str, Any] | InferRequest | bytes,
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> dict[str, Any] | InferResponse:
         try:
             if isinstance(payload, InferRequest):
-                return self._predict_v2(payload)
-            predictions = self.score(parse_instances(payload))
+                return await self._predict_v2(payload)
+            if isinstance(payload, bytes | str):
+                # KServe passes the body through undecoded when the client did not declare JSON
+                # (curl -d sends a form content type): a JSON body is accepted whatever its label.
+                try:
+                    payload = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    raise RequestError("the request body is not valid JSON (UTF-8)") from None
+            predictions = await self.score(parse_instances(payload))
         except RequestError as exc:
             raise InvalidInput(str(exc)) from None
-        return {"predictions": [p.model_dump() for p in predictions]}
+        return {"predictions": predictions}
 
-    def _predict_v2(self, request: InferRequest) -> InferResponse:
+    async def _predict_v2(self, request: InferRequest) -> InferResponse:
         """Open Inference Protocol: one input tensor per field (customer_id, country, ...)."""
-        columns: dict[str, list[Any]] = {}
-        for tensor in request.inputs:
-            values = tensor.data if tensor.data is not None else []
-            columns[tensor.name] = [v.decode() if isinstance(v, bytes) else v for v in values]
-        lengths = {len(v) for v in columns.values()}
-        if "customer_id" not in columns or len(lengths) != 1:
-            raise RequestError("V2 requests need a 'customer_id' input and inputs of equal length")
-        rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
-        predictions = self.score(parse_instances({"instances": rows}))
+        predictions = await self.score(parse_v2(request))
         outputs = []
         for field, datatype in (
             ("customer_id", "BYTES"),
             ("score", "FP64"),
             ("source", "BYTES"),
+            ("model", "BYTES"),
             ("model_version", "BYTES"),
             ("scored_at", "BYTES"),
         ):
-            data = [getattr(p, field) for p in predictions]
+            data = [p[field] for p in predictions]
             outputs.append(InferOutput(name=field, shape=[len(data)], datatype=datatype, data=data))
         return InferResponse(response_id=request.id or "", model_name=self.name, infer_outputs=outputs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any, Literal
 
+from kserve.protocol.infer_type import InferRequest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MAX_INSTANCES = 1000
@@ -13,7 +14,7 @@ MAX_INSTANCES = 1000
 class Instance(BaseModel):
     """One customer to score, with optional request-time context for the real-time model."""
 
-    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     customer_id: str = Field(min_length=1, max_length=128)
     country: str | None = Field(None, min_length=1, max_length=64)
@@ -25,10 +26,16 @@ class PredictRequest(BaseModel):
     instances: list[Instance] = Field(min_length=1, max_length=MAX_INSTANCES)
 
 
+INSTANCE_FIELDS = tuple(Instance.model_fields)
+
+
 class Prediction(BaseModel):
+    """One answer (documentation of the contract; the predictor builds these as plain dicts)."""
+
     customer_id: str
     score: float
     source: Literal["batch", "realtime"]
+    model: str
     model_version: str
     scored_at: str
 
@@ -46,3 +53,24 @@ def parse_instances(payload: Any) -> list[Instance]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise RequestError(f"invalid request at '{where}': {first['msg']}") from None
+
+
+def parse_v2(request: InferRequest) -> list[Instance]:
+    """Open Inference Protocol: one BYTES input tensor per field, all of the same length."""
+    columns: dict[str, list[Any]] = {}
+    for tensor in request.inputs:
+        if tensor.name not in INSTANCE_FIELDS:
+            raise RequestError(f"unknown input '{tensor.name}'; inputs are {', '.join(INSTANCE_FIELDS)}")
+        if tensor.datatype != "BYTES":
+            raise RequestError(f"input '{tensor.name}' must have datatype BYTES, not {tensor.datatype}")
+        values = tensor.data if isinstance(tensor.data, list) else []
+        try:
+            columns[tensor.name] = [v.decode() if isinstance(v, bytes) else v for v in values]
+        except UnicodeDecodeError:
+            raise RequestError(f"input '{tensor.name}' is not UTF-8 text") from None
+    if "customer_id" not in columns:
+        raise RequestError("V2 requests need a 'customer_id' input")
+    if len({len(v) for v in columns.values()}) != 1:
+        raise RequestError("V2 inputs must all have the same length")
+    rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    return parse_instances({"instances": rows})

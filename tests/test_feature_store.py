@@ -1,6 +1,7 @@
 """The offline feature table and Feast over it: point-in-time correctness (no training row sees its
 own future), incremental snapshots, online pushes that never roll back, a capped training set."""
 
+import asyncio
 import socket
 from pathlib import Path
 
@@ -8,13 +9,14 @@ import pandas as pd
 import pytest
 
 from components.features import build_training_set, materialize_features
-from feature_repo.definitions import ONLINE_SERVICE
+from feature_repo.definitions import ONLINE_SERVICE, SCORE_VIEW
 from feature_repo.store import feature_store
 from propensity import features as F
 from propensity.errors import PropensityError
 from propensity.feature_table import computed_snapshots
 from propensity.lake import ingest
 from propensity.settings import Settings, get_settings
+from serving.online import OnlineReader, RedisReader, online_reader
 from tests import reference
 from tests.test_ingest import lake_customers, lake_transactions
 
@@ -30,6 +32,13 @@ def online_rows(settings: Settings, ids: list[str]) -> dict[str, list[object]]:
     store = feature_store(settings)
     features = store.get_feature_service(ONLINE_SERVICE)
     return store.get_online_features(features=features, entity_rows=[{F.ENTITY: i} for i in ids]).to_dict()
+
+
+async def read_once(reader: OnlineReader, ids: list[str]) -> dict[str, list[object]]:
+    try:
+        return await reader.read(ids)
+    finally:
+        await reader.aclose()
 
 
 def test_training_set_features_and_labels_never_see_the_future(lake: Settings, tmp_path: Path) -> None:
@@ -145,6 +154,25 @@ def test_a_parallel_push_to_redis_serves_exactly_what_the_sqlite_push_serves(lak
         ids = [*lake_customers(lake)[F.ENTITY].head(150), "never-seen"]
         assert online_rows(on_redis, ids) == online_rows(lake, ids)
         assert online_rows(on_redis, ids)["orders_total"][0] is not None
+        # The predictor's one-read-per-request readers return exactly what Feast returns, scores included.
+        scores = pd.DataFrame(
+            {
+                F.ENTITY: ids[:40],
+                F.EVENT_TIMESTAMP: pd.Timestamp("2026-01-01", tz="UTC"),
+                "score": [i / 40 for i in range(40)],
+                "model_version": "7",
+                "scored_at": "2026-01-01T03:00:00+00:00",
+            }
+        )
+        for settings in (lake, on_redis):
+            feature_store(settings).write_to_online_store(SCORE_VIEW, scores)
+            expected = online_rows(settings, ids)
+            assert expected["score"][1] == 1 / 40 and expected["score"][-1] is None
+            reader = online_reader(feature_store(settings))
+            assert isinstance(reader, RedisReader) == (settings is on_redis)
+            for subset in (ids, ids[:1], ids[-1:]):
+                got = asyncio.run(read_once(reader, subset))
+                assert got == {name: [values[ids.index(i)] for i in subset] for name, values in expected.items()}
     finally:
         redis_or_skip(db=13)
 

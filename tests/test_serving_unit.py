@@ -5,7 +5,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from propensity import features as F
-from serving.predictor import is_fresh, realtime_features
+from serving.predictor import is_fresh, realtime_columns
 from serving.schema import Instance, RequestError, parse_instances
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
@@ -27,9 +27,11 @@ def test_malformed_requests_name_the_problem(payload: object, message: str) -> N
         parse_instances(payload)
 
 
-def test_extra_request_context_is_accepted() -> None:
-    [instance] = parse_instances({"instances": [{"customer_id": " c-1 ", "device": "ios"}]})
+def test_only_declared_fields_are_accepted() -> None:
+    [instance] = parse_instances({"instances": [{"customer_id": " c-1 ", "country": "DE"}]})
     assert instance.customer_id == "c-1"
+    with pytest.raises(RequestError, match="device"):
+        parse_instances({"instances": [{"customer_id": "c-1", "device": "ios"}]})
 
 
 def test_freshness() -> None:
@@ -38,18 +40,23 @@ def test_freshness() -> None:
     assert not is_fresh((NOW - timedelta(hours=40)).isoformat(), NOW, max_age)
     assert not is_fresh(None, NOW, max_age)
     assert not is_fresh("garbage", NOW, max_age)
+    # The scoring job's clock a little ahead of ours: still fresh. Far ahead: nonsense, not fresh.
+    assert is_fresh((NOW + timedelta(minutes=5)).isoformat(), NOW, max_age)
+    assert not is_fresh((NOW + timedelta(days=30)).isoformat(), NOW, max_age)
 
 
 def test_request_context_fills_what_feast_does_not_know() -> None:
-    online = {name: [None, None] for name in F.ACTIVITY_FEATURES + F.PROFILE_FEATURES}
-    online["country"] = ["FR", None]
-    online["tenure_days"] = [100.0, None]
+    online: dict[str, list[object]] = {name: [None, None, None] for name in F.ACTIVITY_FEATURES + F.PROFILE_FEATURES}
+    online["country"] = ["FR", None, "US"]
+    online["tenure_days"] = [100.0, None, 5.0]
     instances = [
         Instance(customer_id="known", country="DE"),
         Instance(customer_id="new", channel="app", signup_date=date(2025, 12, 22)),
+        Instance(customer_id="fresh"),
     ]
-    frame = realtime_features(instances, online, NOW)
-    assert frame.loc[0, "country"] == "DE"  # request-time context wins
-    assert frame.loc[1, "channel"] == "app" and frame.loc[1, "country"] == "unknown"
-    assert frame.loc[1, "tenure_days"] == 10.0 and frame.loc[0, "tenure_days"] == 100.0
-    assert frame.loc[1, "days_since_last_order"] == F.NO_ORDER_DAYS
+    columns = realtime_columns(instances, online, [0, 1], NOW.date())
+    assert set(columns) == set(F.REALTIME_MODEL_FEATURES)
+    assert columns["country"] == ["DE", None]  # request-time context wins; unknown stays None
+    assert columns["channel"] == [None, "app"]
+    assert columns["tenure_days"] == [100.0, 10.0]  # from the signup date when Feast has none
+    assert columns["orders_total"] == [None, None]  # filled by the runtime, as in training
