@@ -127,7 +127,7 @@ class InferenceLogger:
 
 def publish_segment(storage: Storage, segment: Path) -> str:
     """One spool segment as one Parquet object under `inference/date=<day it was opened>/`."""
-    records = [json.loads(line) for line in segment.read_text().splitlines() if line.strip()]
+    records = [orjson.loads(line) for line in segment.read_bytes().splitlines() if line.strip()]
     key = f"{PREFIX}/date={segment.name[:10]}/{segment.stem}"
     if not records:
         return key

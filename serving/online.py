@@ -49,8 +49,18 @@ def entity_key(customer_id: str) -> EntityKeyProto:
     return EntityKeyProto(join_keys=[ENTITY], entity_values=[ValueProto(string_val=customer_id)])
 
 
+_SCALARS = frozenset({"double_val", "float_val", "int64_val", "int32_val", "string_val", "bool_val", "bytes_val"})
+
+
 def to_python(raw: bytes | None) -> Any:
-    return None if not raw else feast_value_type_to_python_type(ValueProto.FromString(raw))
+    """A stored value as Feast returns it; scalars (every feature here) without Feast's generic path."""
+    if not raw:
+        return None
+    value = ValueProto.FromString(raw)
+    kind = value.WhichOneof("val")
+    if kind in _SCALARS:
+        return getattr(value, kind)
+    return feast_value_type_to_python_type(value)
 
 
 class OnlineReader(Protocol):
