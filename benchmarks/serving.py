@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
+from propensity.demo import wait_until_ready
 
 SERVER_CORE, CLIENT_CORE = "0", "1"
 CONNECTIONS = 16
@@ -211,18 +211,7 @@ def pinned_server(command: list[str], port: int, model: str, log: Path) -> Itera
             ["taskset", "-c", SERVER_CORE, *command], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"server {command} exited; see {log}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models/{model}", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"server {command} not ready; see {log}")
-            time.sleep(0.5)
+        wait_until_ready(process, f"http://127.0.0.1:{port}/v1/models/{model}", log, 180)
         yield process
     finally:
         if process.poll() is None:

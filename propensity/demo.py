@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -98,6 +99,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_ready(process: subprocess.Popen[Any], ready_url: str, log_path: Path, timeout: float) -> None:
+    """Poll `ready_url` until it answers 200; fail with one line if the server exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise PropensityError(f"the server exited with code {process.returncode}; see {log_path}")
+        try:
+            if httpx.get(ready_url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise PropensityError(f"the server was not ready after {timeout:.0f}s; see {log_path}")
+        time.sleep(0.5)
+
+
 @contextmanager
 def running_server(settings: Settings, port: int, timeout: float = 180.0) -> Iterator[str]:
     """Start `propensity serve` on loopback, wait until it is ready, stop it on exit."""
@@ -113,18 +130,7 @@ def running_server(settings: Settings, port: int, timeout: float = 180.0) -> Ite
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise PropensityError(f"the server exited with code {process.returncode}; see {log_path}")
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise PropensityError(f"the server was not ready after {timeout:.0f}s; see {log_path}")
-            time.sleep(0.5)
+        wait_until_ready(process, f"{url}/v2/health/ready", log_path, timeout)
         yield url
     finally:
         if process.poll() is None:

@@ -52,15 +52,16 @@ def entity_key(customer_id: str) -> EntityKeyProto:
 _SCALARS = frozenset({"double_val", "float_val", "int64_val", "int32_val", "string_val", "bool_val", "bytes_val"})
 
 
-def to_python(raw: bytes | None) -> Any:
-    """A stored value as Feast returns it; scalars (every feature here) without Feast's generic path."""
-    if not raw:
-        return None
-    value = ValueProto.FromString(raw)
+def from_proto(value: ValueProto) -> Any:
+    """A value as Feast returns it; scalars (every feature here) without Feast's generic path."""
     kind = value.WhichOneof("val")
     if kind in _SCALARS:
         return getattr(value, kind)
     return feast_value_type_to_python_type(value)
+
+
+def to_python(raw: bytes | None) -> Any:
+    return None if not raw else from_proto(ValueProto.FromString(raw))
 
 
 class OnlineReader(Protocol):
@@ -90,8 +91,8 @@ class RedisReader:
         self._client: Any = None
 
     def _redis(self) -> Any:
-        # Created in the serving process, on its event loop (the model object is built before the
-        # server starts, and copied into each worker process).
+        # Created on first use, on the event loop that serves (the model is loaded before the server
+        # starts its loop).
         if self._client is None:
             import redis.asyncio
 
@@ -125,9 +126,6 @@ class RedisReader:
             client, self._client = self._client, None
             await client.aclose()
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None}
-
 
 class FeastReader:
     """Feast's own `online_read`, view by view, on a worker pool the event loop does not wait on."""
@@ -147,14 +145,7 @@ class FeastReader:
                 config=self._store.config, table=view, entity_keys=keys, requested_features=features
             )
             for name in features:
-                columns[name] = [
-                    None
-                    if values is None
-                    else feast_value_type_to_python_type(values[name])
-                    if name in values
-                    else None
-                    for _, values in rows
-                ]
+                columns[name] = [from_proto(v[name]) if v and name in v else None for _, v in rows]
         return columns
 
     async def read(self, customer_ids: list[str]) -> Columns:
@@ -169,9 +160,6 @@ class FeastReader:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pool": None}
 
 
 def online_reader(store: FeatureStore, workers: int = 1) -> OnlineReader:
