@@ -6,10 +6,17 @@ to a local spool segment and fsyncs each batch. A segment is closed after `rotat
 `inference/date=YYYY-MM-DD/<segment>.parquet`; only then is the spool file removed. A segment that
 cannot be published (storage down) stays in the spool and is retried at the next rotation and at
 the next start. If the queue is full a record is dropped and counted, rather than slowing serving.
+
+Each writer (one per serving process: KServe workers are processes) spools into a folder of its own,
+`<spool>/<pid>-<random>/`, and holds an exclusive lock on it while it runs. Writers never touch
+another live writer's segments; a folder whose lock is free belongs to a process that has ended, and
+the next writer to rotate publishes its segments and removes it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import logging
@@ -20,7 +27,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pyarrow as pa
@@ -29,6 +36,7 @@ import pyarrow.parquet as pq
 from propensity.storage import Storage
 
 PREFIX = "inference"
+LOCK = ".lock"
 _STOP = object()
 logger = logging.getLogger(__name__)
 
@@ -48,6 +56,8 @@ class InferenceLogger:
         self.rotate_bytes = rotate_bytes
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
+        self._own: Path | None = None  # this writer's folder in the spool
+        self._lock: IO[str] | None = None
         self._segment: Path | None = None
         self._opened = 0.0
         self.dropped = 0
@@ -57,7 +67,10 @@ class InferenceLogger:
 
     def start(self) -> None:
         if self._thread is None:
-            self.spool.mkdir(parents=True, exist_ok=True)
+            self._own = self.spool / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self._own.mkdir(parents=True)
+            self._lock = open(self._own / LOCK, "w")  # noqa: SIM115 (held until stop)
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
             self._thread.start()
 
@@ -74,9 +87,12 @@ class InferenceLogger:
             self._queue.put(_STOP)
             self._thread.join(timeout)
             self._thread = None
+        if self._lock is not None:
+            self._lock.close()  # releases the folder: what is left in it goes to the next writer
+            self._lock = None
 
     def _run(self) -> None:
-        self._publish_closed()  # segments an earlier process left behind
+        self._publish_closed()  # segments earlier processes left behind
         while True:
             try:
                 batch = [self._queue.get(timeout=max(1.0, self.rotate_seconds / 10))]
@@ -102,7 +118,8 @@ class InferenceLogger:
 
     def _write(self, records: list[dict[str, Any]]) -> None:
         if self._segment is None:
-            self._segment = self.spool / f"{datetime.now(UTC):%Y-%m-%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl"
+            assert self._own is not None
+            self._segment = self._own / f"{datetime.now(UTC):%Y-%m-%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl"
             self._opened = time.monotonic()
         with open(self._segment, "ab") as handle:
             # orjson: the writer shares the serving process's interpreter, so it should cost little.
@@ -112,7 +129,28 @@ class InferenceLogger:
         self.written += len(records)
 
     def _publish_closed(self) -> None:
-        for segment in sorted(self.spool.glob("*.jsonl")):
+        assert self._own is not None
+        if not self._publish_folder(self._own):
+            return
+        for folder in sorted(p for p in self.spool.iterdir() if p.is_dir() and p != self._own):
+            try:
+                lock = open(folder / LOCK, "a")  # noqa: SIM115 (closed by the with below)
+            except FileNotFoundError:
+                continue  # another writer just adopted and removed it
+            with lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer's folder, or one another writer is adopting
+                if not self._publish_folder(folder):
+                    return
+                with contextlib.suppress(OSError):  # a writer that opened the lock meanwhile finds it empty
+                    (folder / LOCK).unlink()
+                    folder.rmdir()
+
+    def _publish_folder(self, folder: Path) -> bool:
+        """Publish and remove every closed segment in `folder`; False once storage fails."""
+        for segment in sorted(folder.glob("*.jsonl")):
             if segment == self._segment:
                 continue
             try:
@@ -120,9 +158,10 @@ class InferenceLogger:
             except Exception:  # storage down: keep the spool file, try again later
                 self.publish_failures += 1
                 logger.exception("could not publish inference log segment %s to %s", segment, self.storage.url)
-                return
+                return False
             segment.unlink()
             self.published_segments += 1
+        return True
 
 
 def publish_segment(storage: Storage, segment: Path) -> str:

@@ -68,16 +68,55 @@ def test_inference_log_keeps_its_spool_while_storage_is_down_and_publishes_later
     down.log([{"customer_id": "c-2", "score": 0.75, "source": "realtime"}])
     down.stop()
     assert down.written == 2 and down.publish_failures >= 1 and down.dropped == 0
-    assert len(list(spool.glob("*.jsonl"))) == 1
+    assert len(list(spool.rglob("*.jsonl"))) == 1
 
     up = InferenceLogger(spool, Storage(settings))
     up.start()  # publishes what the earlier process left
+    assert up._own is not None
+    up_folder = up._own
     up.log([{"customer_id": "c-3", "score": 0.5, "source": "batch"}])
     up.stop()
-    assert not list(spool.glob("*.jsonl"))
+    assert not list(spool.rglob("*.jsonl")) and [p.name for p in spool.iterdir()] == [up_folder.name]
     records = read_records(Storage(settings))
     assert [r["customer_id"] for r in records] == ["c-1", "c-2", "c-3"]
     assert records[0]["score"] == 0.25 and records[1]["source"] == "realtime"
+
+
+def test_writers_in_several_processes_share_a_spool_without_touching_each_others_segments(
+    settings: Settings,
+) -> None:
+    """KServe workers are processes with one writer each. A writer rotating often must not publish
+    or delete a segment another live writer still appends to; a dead writer's are adopted."""
+    spool = settings.inference_spool_dir
+    dead = spool / "12345-deadbeef"  # a writer that was killed: segment closed, lock free
+    dead.mkdir(parents=True)
+    (dead / ".lock").touch()
+    (dead / "2026-12-01T000000000000-aaaaaaaa.jsonl").write_bytes(b'{"customer_id": "dead-1"}\n')
+    fast = InferenceLogger(spool, Storage(settings), rotate_seconds=0.01)
+    slow = InferenceLogger(spool, Storage(settings), rotate_seconds=3600)
+    slow.start()
+    fast.start()
+    try:
+        for i in range(50):
+            slow.log([{"customer_id": f"slow-{i}"}])
+            fast.log([{"customer_id": f"fast-{i}"}])
+            time.sleep(0.01)
+        for _ in range(100):
+            if fast.written == 50 and slow.written == 50 and not dead.exists():
+                break
+            time.sleep(0.1)
+        assert fast.written == 50 and slow.written == 50
+        assert fast._thread is not None and fast._thread.is_alive(), "a writer thread died"
+        assert slow._thread is not None and slow._thread.is_alive(), "a writer thread died"
+        assert not dead.exists(), "the dead writer's segment was not adopted"
+        published = {r["customer_id"] for r in read_records(Storage(settings))}
+        assert "dead-1" in published and not any(c.startswith("slow-") for c in published)
+    finally:
+        fast.stop()
+        slow.stop()
+    ids = [r["customer_id"] for r in read_records(Storage(settings))]
+    assert sorted(ids) == sorted(["dead-1"] + [f"fast-{i}" for i in range(50)] + [f"slow-{i}" for i in range(50)])
+    assert not list(spool.rglob("*.jsonl"))
 
 
 def test_a_segment_is_published_when_it_is_old_enough(settings: Settings) -> None:
