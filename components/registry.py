@@ -11,7 +11,15 @@ from mlflow import MlflowClient
 from components.training import predict_scores, test_rows
 from propensity import features as F
 from propensity.settings import Settings
-from propensity.tracking import CHALLENGER, CHAMPION, ModelRef, alias_version, configure, load_sklearn
+from propensity.tracking import (
+    CHALLENGER,
+    CHAMPION,
+    REALTIME_VERSION_TAG,
+    ModelRef,
+    alias_version,
+    configure,
+    load_sklearn,
+)
 
 PROMOTE = "promote"
 REJECT = "reject"
@@ -83,7 +91,7 @@ def register_models(settings: Settings, batch_run_id: str, realtime_run_id: str,
         settings.realtime_model_name,
         tags={**tags, "batch_model_version": str(batch.version)},
     )
-    client.set_model_version_tag(settings.model_name, batch.version, "realtime_model_version", str(realtime.version))
+    client.set_model_version_tag(settings.model_name, batch.version, REALTIME_VERSION_TAG, str(realtime.version))
     client.set_registered_model_alias(settings.model_name, CHALLENGER, batch.version)
     client.set_registered_model_alias(settings.realtime_model_name, CHALLENGER, realtime.version)
     return Registered(
@@ -93,8 +101,19 @@ def register_models(settings: Settings, batch_run_id: str, realtime_run_id: str,
 
 
 def promote(settings: Settings, batch_version: str, realtime_version: str) -> None:
-    """Move `champion` to the given versions. Rollback is the same call with the previous versions."""
+    """Move `champion` of both models to one release. Rollback is the same call with the previous one.
+
+    MLflow moves one alias per call: if the second move fails, the first is moved back, so the two
+    aliases never name versions of different releases."""
     configure(settings)
     client = MlflowClient()
+    before = alias_version(settings, settings.model_name, CHAMPION)
     client.set_registered_model_alias(settings.model_name, CHAMPION, batch_version)
-    client.set_registered_model_alias(settings.realtime_model_name, CHAMPION, realtime_version)
+    try:
+        client.set_registered_model_alias(settings.realtime_model_name, CHAMPION, realtime_version)
+    except Exception:
+        if before is None:
+            client.delete_registered_model_alias(settings.model_name, CHAMPION)
+        else:
+            client.set_registered_model_alias(settings.model_name, CHAMPION, before.version)
+        raise

@@ -183,6 +183,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(get_settings(), args.port, args.workers)
 
 
+def cmd_deploy(args: argparse.Namespace) -> None:
+    from components.deploy import deploy, rollback
+
+    settings = get_settings()
+    if args.command == "deploy":
+        event = _with_progress(
+            f"Deploying v{args.version} to {settings.deploy_target}", lambda: deploy(settings, args.version)
+        )
+        line = f"Deployed v{event.batch_version} (real-time model v{event.realtime_version}): {event.detail}"
+    else:
+        event = _with_progress(f"Rolling back on {settings.deploy_target}", lambda: rollback(settings))
+        line = f"Rolled back v{event.batch_version}: {event.detail}"
+    _emit(args, asdict(event), [line])
+
+
 def cmd_executor(args: argparse.Namespace) -> None:
     from propensity.spark import executor_command
 
@@ -199,6 +214,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     options = DemoOptions(customers=args.customers, days=args.days, drift=args.drift, rescore=not args.no_rescore)
     summary = run_demo(settings, options, _progress())
     _emit(args, summary, [*summary_lines(summary), f"Summary: {Storage(settings).uri(SUMMARY_KEY)}"])
+
+
+def _version(text: str) -> str:
+    if not re.fullmatch(r"[1-9][0-9]*", text):
+        raise argparse.ArgumentTypeError(f"a model version is a positive whole number, not {text!r}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int, help="server processes (default: PROPENSITY_SERVING_WORKERS)")
+
+    p = add(
+        "deploy",
+        cmd_deploy,
+        "make a registered version champion and roll it out (canary, smoke requests, automatic rollback)",
+    )
+    p.add_argument("--version", required=True, type=_version, help="version of the batch model (PROPENSITY_MODEL_NAME)")
+    add("rollback", cmd_deploy, "go back to the release deployed before the current one")
 
     add("executor", cmd_executor, "run as a Spark executor (the argument Spark on Kubernetes starts its pods with)")
 

@@ -123,3 +123,15 @@ def choose_runtime(model: Any, features: list[str], check_rows: pd.DataFrame) ->
     fast = OnnxScorer(exported, features).score(columns, len(check_rows))
     difference = float(np.abs(fast - reference).max()) if len(check_rows) else float("inf")
     return (exported if difference <= TOLERANCE else None), difference
+
+
+def smoke_check(scorer: PipelineScorer | OnnxScorer) -> None:
+    """Raise unless a freshly loaded scorer gives one probability per row: a customer with nothing
+    known, and one with typical values. Run before a server swaps a new model in."""
+    columns: dict[str, list[Any]] = {}
+    for column in scorer.features:
+        typical: Any = F.UNKNOWN if column in F.CATEGORICAL_FEATURES else 3.0
+        columns[column] = [None, typical]
+    scores = np.asarray(scorer.score(columns, 2), dtype=float)
+    if scores.shape != (2,) or not np.all(np.isfinite(scores)) or scores.min() < 0.0 or scores.max() > 1.0:
+        raise ValueError(f"the model answered {scores.tolist()} to the smoke rows, not two probabilities")

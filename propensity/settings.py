@@ -126,6 +126,36 @@ class Settings(BaseSettings):
     serving_health_interval_seconds: float = Field(
         5.0, gt=0, description="How often a server process checks that the online store answers (readiness)."
     )
+    serving_model_version: str | None = Field(
+        None,
+        pattern=r"^[1-9][0-9]*$",
+        description="Serve this version of `model_name` and the real-time model registered with it (the deploy "
+        "step pins it in the InferenceService); default: follow the `champion` aliases, swapping in a new "
+        "champion while serving.",
+    )
+    serving_model_poll_seconds: float = Field(
+        30.0, gt=0, description="How often a server process checks the registry for a new champion or rollback."
+    )
+
+    # Deploy (`propensity deploy` / `rollback`, the pipelines' deploy step).
+    deploy_target: Literal["local", "kubernetes"] = Field(
+        "local", description="'kubernetes': roll out the InferenceService; 'local': the server on `serving_port`."
+    )
+    deploy_namespace: str | None = Field(
+        None, description="Namespace of the InferenceService (default: the namespace of this pod, else 'default')."
+    )
+    inference_service: str = Field("propensity", description="Name of the InferenceService the deploy step rolls out.")
+    deploy_canary_percent: int = Field(10, ge=1, le=99, description="Traffic share of a new version during its canary.")
+    deploy_smoke_requests: int = Field(20, ge=1, le=10_000, description="Smoke requests sent to a new version.")
+    deploy_max_error_rate: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of failed smoke requests above which a new version is rolled back."
+    )
+    deploy_max_p95_ms: float = Field(
+        1000.0, gt=0, description="p95 smoke latency (ms) above which a new version is rolled back."
+    )
+    deploy_timeout_seconds: float = Field(
+        600.0, gt=0, description="How long a new version may take to become ready before it is rolled back."
+    )
 
     # Monitoring.
     # Share of monitored columns that must drift; undrifted synthetic data stays at 0.0.
@@ -308,3 +338,12 @@ SECRET_SETTINGS = ("redis_password", "kfp_token", "kfp_cookies", "feast_registry
 def get_settings(**overrides: object) -> Settings:
     """Read settings now (environment, optional TOML file), with explicit overrides on top."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+POD_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def pod_namespace() -> str | None:
+    """The namespace of the pod this runs in (its service account's), or None outside a pod."""
+    path = POD_ACCOUNT / "namespace"
+    return path.read_text().strip() or None if path.is_file() else None

@@ -11,7 +11,7 @@ import yaml
 from pyspark.sql import SparkSession
 
 from propensity.errors import PropensityError
-from propensity.settings import SECRET_SETTINGS, Settings
+from propensity.settings import POD_ACCOUNT, SECRET_SETTINGS, Settings, pod_namespace
 
 LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 
@@ -54,9 +54,6 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     return conf
 
 
-POD_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-
 def kubernetes_conf(settings: Settings) -> dict[str, str]:
     """Spark on Kubernetes in client mode: the driver is the pipeline step's process in its pod, the
     executors are pods of the project image that reach the driver at the pod's IP (the pipeline sets
@@ -64,9 +61,7 @@ def kubernetes_conf(settings: Settings) -> dict[str, str]:
     never share a Service), on fixed ports a NetworkPolicy can allow."""
     if not settings.spark_driver_host:
         raise PropensityError("Spark on Kubernetes needs PROPENSITY_SPARK_DRIVER_HOST (the driver pod's IP)")
-    namespace = settings.spark_namespace
-    if namespace is None and (POD_ACCOUNT / "namespace").is_file():
-        namespace = (POD_ACCOUNT / "namespace").read_text().strip()
+    namespace = settings.spark_namespace or pod_namespace()
     if not namespace:
         raise PropensityError("Spark on Kubernetes needs PROPENSITY_SPARK_NAMESPACE outside a pod")
     conf = {

@@ -12,6 +12,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from propensity.errors import PropensityError
 from propensity.settings import Settings
 
 CHAMPION = "champion"
@@ -67,6 +68,54 @@ def alias_version(settings: Settings, name: str, alias: str) -> ModelRef | None:
     except MlflowException:
         return None
     return ModelRef(name=name, version=str(mv.version), run_id=str(mv.run_id))
+
+
+# Version tags linking the two models of one training run, and marking a rolled-back pair.
+REALTIME_VERSION_TAG = "realtime_model_version"
+ROLLED_BACK_TAG = "rolled_back"
+
+
+@dataclass(frozen=True)
+class Release:
+    """What one training run ships: the batch model and the real-time model registered with it."""
+
+    batch: ModelRef
+    realtime: ModelRef
+
+
+def release(settings: Settings, batch_version: str) -> Release:
+    """The pair registered as version `batch_version` of the batch model; a clear error otherwise."""
+    configure(settings)
+    client = MlflowClient()
+    try:
+        batch = client.get_model_version(settings.model_name, batch_version)
+    except MlflowException:
+        raise PropensityError(f"model '{settings.model_name}' has no version {batch_version}") from None
+    realtime_version = batch.tags.get(REALTIME_VERSION_TAG)
+    if not realtime_version:
+        raise PropensityError(
+            f"version {batch_version} of '{settings.model_name}' names no real-time model "
+            f"(tag '{REALTIME_VERSION_TAG}'); it was not registered by the training pipeline"
+        )
+    realtime = client.get_model_version(settings.realtime_model_name, realtime_version)
+    return Release(
+        ModelRef(settings.model_name, str(batch.version), str(batch.run_id)),
+        ModelRef(settings.realtime_model_name, str(realtime.version), str(realtime.run_id)),
+    )
+
+
+def served_realtime_model(settings: Settings) -> ModelRef | None:
+    """The real-time model a server should serve: the pinned release's, else the champion."""
+    if settings.serving_model_version:
+        return release(settings, settings.serving_model_version).realtime
+    return alias_version(settings, settings.realtime_model_name, CHAMPION)
+
+
+def rolled_back_versions(settings: Settings) -> frozenset[str]:
+    """Versions of the batch model that were rolled back: their precomputed scores are not served."""
+    configure(settings)
+    versions = MlflowClient().search_model_versions(f"name = '{settings.model_name}'")
+    return frozenset(str(v.version) for v in versions if v.tags.get(ROLLED_BACK_TAG) == "true")
 
 
 def load_sklearn(ref: ModelRef) -> Any:

@@ -1,9 +1,16 @@
 """The KServe predictor: look up the nightly score, fall back to the real-time model.
 
 A known customer with a fresh precomputed score gets it (cheap, consistent with the batch). A new
-customer, or one whose score is missing or older than `score_max_age_hours`, is scored now by the
-cold-start model from Feast online features plus request-time context. Every prediction says which
-path served it, which model and which model version produced the score.
+customer, or one whose score is missing, older than `score_max_age_hours` or made by a rolled-back
+model version, is scored now by the cold-start model from Feast online features plus request-time
+context. Every prediction says which path served it, which model and which model version produced
+the score, and for a real-time answer why (`reason`): a customer the online store holds nothing for
+(new, or missing from the store) is told apart from one whose score is missing or stale.
+
+A server that is not pinned to a version (`serving_model_version`) follows the `champion` alias: a
+background task loads a new champion off the event loop, checks it with smoke rows and only then
+swaps it in, in one assignment, so no request fails or sees half a model. It also picks up rolled-back
+versions, whose precomputed scores stop being served.
 
 The request path costs little beyond KServe itself: one batched online-store read for every
 customer in the request (serving/online.py), the real-time model in the runtime chosen at training
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -31,18 +39,22 @@ from prometheus_client import Counter
 from feature_repo.store import feature_store
 from propensity import features as F
 from propensity.errors import PropensityError
-from propensity.runtime import OnnxScorer, PipelineScorer
+from propensity.runtime import OnnxScorer, PipelineScorer, smoke_check
 from propensity.settings import Settings
 from propensity.storage import Storage
-from propensity.tracking import CHAMPION, alias_version, load_scorer
+from propensity.tracking import ModelRef, load_scorer, rolled_back_versions, served_realtime_model
 from serving.inference_log import InferenceLogger
 from serving.online import Columns, OnlineReader, online_reader
 from serving.schema import INSTANCE_FIELDS, Instance, RequestError, parse_instances, parse_v2
 
 MODEL_NAME = "propensity"
 BATCH, REALTIME = "batch", "realtime"
+# Why a prediction came from the real-time model.
+NOT_IN_STORE, NO_SCORE, STALE_SCORE, ROLLED_BACK = "not_in_online_store", "no_score", "stale_score", "rolled_back"
 PREDICTIONS = Counter(
-    "propensity_predictions", "Predictions served, by path and model version", ["source", "model", "model_version"]
+    "propensity_predictions",
+    "Predictions served, by path, model version and fallback reason",
+    ["source", "model", "model_version", "reason"],
 )
 logger = logging.getLogger(__name__)
 
@@ -95,33 +107,50 @@ def realtime_columns(instances: list[Instance], online: Columns, rows: list[int]
     return columns
 
 
+@dataclass(frozen=True)
+class Served:
+    """The real-time model in service; replaced whole, never changed in place."""
+
+    scorer: OnnxScorer | PipelineScorer
+    version: str
+
+
+def load_checked(ref: ModelRef) -> Served:
+    """Load a real-time model version and check it answers before anything serves it."""
+    scorer = load_scorer(ref, F.REALTIME_MODEL_FEATURES)
+    smoke_check(scorer)
+    return Served(scorer, ref.version)
+
+
 class PropensityModel(Model):
     def __init__(self, settings: Settings, name: str = MODEL_NAME) -> None:
         super().__init__(name)
         self.settings = settings
         self.max_age = timedelta(hours=settings.score_max_age_hours)
-        self.scorer: OnnxScorer | PipelineScorer | None = None
-        self.realtime_version = ""
+        self.served: Served | None = None
+        self.rolled_back: frozenset[str] = frozenset()  # batch model versions whose scores are refused
+        self.refused: str | None = None  # a version that failed to load or check: not retried
         self.reader: OnlineReader | None = None
         self.store_ok = False
         # Per serving process (KServe workers are separate processes): started on first use.
         self.inference_log: InferenceLogger | None = None
         self._health: asyncio.Task[None] | None = None
+        self._models: asyncio.Task[None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # KServe hands the loaded model to each worker process by pickling it: threads, tasks and
         # connections are made again there.
-        return {**self.__dict__, "inference_log": None, "_health": None, "reader": None}
+        return {**self.__dict__, "inference_log": None, "_health": None, "_models": None, "reader": None}
 
     def load(self) -> bool:
         """Ready once the real-time model is loaded and the online store answers."""
-        ref = alias_version(self.settings, self.settings.realtime_model_name, CHAMPION)
+        ref = served_realtime_model(self.settings)
         if ref is None:
             raise PropensityError(
                 f"model '{self.settings.realtime_model_name}' has no champion; run the training pipeline first"
             )
-        self.scorer = load_scorer(ref, F.REALTIME_MODEL_FEATURES)
-        self.realtime_version = ref.version
+        self.served = load_checked(ref)
+        self.rolled_back = rolled_back_versions(self.settings)
         self.reader = online_reader(feature_store(self.settings), self.settings.serving_read_threads)
         # Raises if the online store is unreachable. A loop of its own, not asyncio.run: that would
         # leave no current loop for the server to start on.
@@ -132,7 +161,7 @@ class PropensityModel(Model):
             loop.close()
         self.store_ok = True
         self.ready = True
-        logger.info("real-time model v%s served by %s", ref.version, self.scorer.runtime)
+        logger.info("real-time model v%s served by %s", ref.version, self.served.scorer.runtime)
         return self.ready
 
     async def _probe_once(self) -> None:
@@ -153,6 +182,38 @@ class PropensityModel(Model):
             self.inference_log.start()
         if self._health is None:
             self._health = asyncio.get_running_loop().create_task(self._watch_store())
+        if self._models is None:
+            self._models = asyncio.get_running_loop().create_task(self._watch_models())
+
+    async def _watch_models(self) -> None:
+        """Follow the registry: rolled-back versions, and (unless pinned) a new champion, loaded and
+        checked in a thread and swapped in only once it answers."""
+        while True:
+            await asyncio.sleep(self.settings.serving_model_poll_seconds)
+            try:
+                await self.refresh_models()
+            except Exception:  # registry down: keep serving what is loaded
+                logger.exception("could not check the model registry; serving v%s", self._version())
+
+    def _version(self) -> str:
+        return self.served.version if self.served else ""
+
+    async def refresh_models(self) -> None:
+        self.rolled_back = await asyncio.to_thread(rolled_back_versions, self.settings)
+        ref = await asyncio.to_thread(served_realtime_model, self.settings)
+        if ref is None or ref.version in (self._version(), self.refused):
+            return
+        logger.info("new real-time model v%s: loading it beside v%s", ref.version, self._version())
+        try:
+            served = await asyncio.to_thread(load_checked, ref)
+        except Exception:
+            self.refused = ref.version
+            logger.exception(
+                "real-time model v%s failed to load or check; still serving v%s", ref.version, self._version()
+            )
+            return
+        self.served = served  # one assignment: each request uses either the old model or the new one
+        logger.info("real-time model v%s served by %s", served.version, served.scorer.runtime)
 
     async def _watch_store(self) -> None:
         assert self.reader is not None
@@ -185,15 +246,25 @@ class PropensityModel(Model):
 
     async def score(self, instances: list[Instance], now: datetime | None = None) -> list[dict[str, Any]]:
         self._started()
-        assert self.reader is not None and self.scorer is not None
+        served, rolled_back = self.served, self.rolled_back  # one model for the whole request
+        assert self.reader is not None and served is not None
         now = now or datetime.now(UTC)
         online = await self.reader.read([i.customer_id for i in instances])
         scores, versions, stamps = online["score"], online["model_version"], online["scored_at"]
-        stale = [i for i in range(len(instances)) if scores[i] is None or not is_fresh(stamps[i], now, self.max_age)]
+        reasons: dict[int, str] = {}
+        for i in range(len(instances)):
+            if scores[i] is None:
+                known = any(online[name][i] is not None for name in F.REALTIME_MODEL_FEATURES)
+                reasons[i] = NO_SCORE if known else NOT_IN_STORE
+            elif str(versions[i]) in rolled_back:
+                reasons[i] = ROLLED_BACK
+            elif not is_fresh(stamps[i], now, self.max_age):
+                reasons[i] = STALE_SCORE
         realtime: dict[int, float] = {}
-        if stale:
+        if reasons:
+            stale = list(reasons)
             columns = realtime_columns(instances, online, stale, now.date())
-            realtime = dict(zip(stale, self.scorer.score(columns, len(stale)).tolist(), strict=True))
+            realtime = dict(zip(stale, served.scorer.score(columns, len(stale)).tolist(), strict=True))
         scored_now = now.isoformat(timespec="seconds")
         predictions = []
         for i, instance in enumerate(instances):
@@ -203,8 +274,9 @@ class PropensityModel(Model):
                     "score": realtime[i],
                     "source": REALTIME,
                     "model": self.settings.realtime_model_name,
-                    "model_version": self.realtime_version,
+                    "model_version": served.version,
                     "scored_at": scored_now,
+                    "reason": reasons[i],
                 }
             else:
                 prediction = {
@@ -214,8 +286,15 @@ class PropensityModel(Model):
                     "model": self.settings.model_name,
                     "model_version": str(versions[i]),
                     "scored_at": str(stamps[i]),
+                    "reason": None,
                 }
-            PREDICTIONS.labels(prediction["source"], prediction["model"], prediction["model_version"]).inc()
+            labels = (
+                prediction["source"],
+                prediction["model"],
+                prediction["model_version"],
+                prediction["reason"] or "",
+            )
+            PREDICTIONS.labels(*labels).inc()
             predictions.append(prediction)
         self._log(instances, online, predictions, now)
         return predictions
@@ -270,7 +349,8 @@ class PropensityModel(Model):
             ("model", "BYTES"),
             ("model_version", "BYTES"),
             ("scored_at", "BYTES"),
+            ("reason", "BYTES"),
         ):
-            data = [p[field] for p in predictions]
+            data = ["" if p[field] is None else p[field] for p in predictions]
             outputs.append(InferOutput(name=field, shape=[len(data)], datatype=datatype, data=data))
         return InferResponse(response_id=request.id or "", model_name=self.name, infer_outputs=outputs)

@@ -38,6 +38,9 @@ class Prediction(BaseModel):
     model: str
     model_version: str
     scored_at: str
+    # Why a real-time answer (None for batch): not_in_online_store (a new customer, or one missing from
+    # the store), no_score, stale_score, rolled_back (scored by a version that was rolled back).
+    reason: Literal["not_in_online_store", "no_score", "stale_score", "rolled_back"] | None
 
 
 class RequestError(ValueError):

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,16 +23,18 @@ import pytest
 from feast import FeatureStore
 from mlflow import MlflowClient
 
+from components.deploy import DEPLOYED, LocalServer, deploy
 from components.training import train_realtime_model
 from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, SCORE_VIEW
 from feature_repo.store import feature_repo, repo_config
 from propensity import features as F
 from propensity.demo import free_port, running_server
+from propensity.errors import PropensityError
 from propensity.lake import ingest
 from propensity.settings import Settings, get_settings
 from propensity.storage import Storage
 from propensity.synthetic import generate
-from propensity.tracking import CHAMPION, configure
+from propensity.tracking import CHAMPION, REALTIME_VERSION_TAG, ROLLED_BACK_TAG, alias_version, configure
 from serving.inference_log import read_records
 from serving.schema import INSTANCE_FIELDS, MAX_INSTANCES
 
@@ -88,7 +93,8 @@ def write_online(settings: Settings) -> None:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     root = tmp_path_factory.mktemp("serving")
-    settings = get_settings(home=root / "home")
+    # The server checks the registry every half second here (for the model swap tests).
+    settings = get_settings(home=root / "home", serving_model_poll_seconds=0.5)
     data = generate(customers=100, days=40, seed=3)
     data.transactions.to_parquet(root / "tx.parquet", index=False)
     data.customers.to_parquet(root / "customers.parquet", index=False)
@@ -133,6 +139,14 @@ def test_each_customer_is_served_by_the_right_path(server: httpx.Client, deploym
         assert p["source"] == "realtime" and p["model"] == deployment.realtime_model_name
         assert 0 < p["score"] < 1 and p["model_version"] == "1"
     assert stale["score"] != 0.5
+    # Why each real-time answer: a customer the store knows nothing of is flagged apart from the rest.
+    assert [p["reason"] for p in (fresh, stale, ahead, profile_only, new)] == [
+        None,
+        "stale_score",
+        None,
+        "no_score",
+        "not_in_online_store",
+    ]
 
 
 def test_a_json_body_is_accepted_whatever_its_declared_type(server: httpx.Client) -> None:
@@ -223,9 +237,10 @@ def test_prometheus_counts_predictions_by_source_and_version(server: httpx.Clien
     predict(server, {"customer_id": FRESH}, {"customer_id": "c-new"})
     metrics = server.get("/metrics").text
     assert (
-        f'propensity_predictions_total{{model="{deployment.model_name}",model_version="7",source="batch"}}' in metrics
+        f'propensity_predictions_total{{model="{deployment.model_name}",model_version="7",reason="",source="batch"}}'
+        in metrics
     )
-    assert 'source="realtime"' in metrics
+    assert 'reason="not_in_online_store",source="realtime"' in metrics
 
 
 def test_inference_records_hold_declared_fields_only(deployment: Settings) -> None:
@@ -262,3 +277,102 @@ def test_a_worker_copy_of_the_loaded_model_serves(deployment: Settings) -> None:
         for m in (model, copy):
             if m.inference_log is not None:
                 m.inference_log.stop()
+
+
+# Registry changes while serving. These run last: they move the champion the tests above rely on.
+
+
+def register_release(settings: Settings, realtime_source: str | None = None) -> str:
+    """A new release: the real-time model registered again from the champion's run (or a broken one
+    from `realtime_source`), paired with a new batch model version. Returns the batch version."""
+    configure(settings)
+    mlflow_client = MlflowClient()
+    if realtime_source is None:
+        run_id = mlflow_client.get_model_version_by_alias(settings.realtime_model_name, CHAMPION).run_id
+        realtime = mlflow.register_model(f"runs:/{run_id}/model", settings.realtime_model_name).version
+    else:
+        realtime = mlflow_client.create_model_version(settings.realtime_model_name, realtime_source).version
+    try:
+        mlflow_client.get_registered_model(settings.model_name)
+    except mlflow.exceptions.MlflowException:
+        mlflow_client.create_registered_model(settings.model_name)
+    batch = mlflow_client.create_model_version(settings.model_name, "file:///batch-model").version
+    mlflow_client.set_model_version_tag(settings.model_name, batch, REALTIME_VERSION_TAG, str(realtime))
+    return str(batch)
+
+
+@contextmanager
+def steady_load(url: str, clients: int = 4) -> Iterator[list[str]]:
+    """Requests (known, stale and new customers) sent back to back until the block ends; the failures."""
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    response = client.post(
+                        PREDICT, json={"instances": [{"customer_id": FRESH}, {"customer_id": "c-n"}]}
+                    )
+                    if response.status_code != 200:
+                        failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
+                except httpx.HTTPError as error:
+                    failures.append(repr(error))
+
+    threads = [threading.Thread(target=send) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield failures
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+def realtime_version(client: httpx.Client) -> str:
+    return str(predict(client, {"customer_id": "c-probe"})[0]["model_version"])
+
+
+def test_deploy_swaps_the_model_under_load_without_a_failed_request(server: httpx.Client, deployment: Settings) -> None:
+    local = deployment.model_copy(update={"serving_port": server.base_url.port, "deploy_timeout_seconds": 60.0})
+    good = register_release(deployment)
+    new_version = MlflowClient().get_model_version(deployment.model_name, good).tags[REALTIME_VERSION_TAG]
+    with steady_load(str(server.base_url)) as failures:
+        time.sleep(1)
+        event = deploy(local, good, LocalServer(local, poll_seconds=0.2))
+        time.sleep(1)
+    assert event.outcome == DEPLOYED and "0 failed" in event.detail, event
+    assert realtime_version(server) == new_version
+    assert failures == []
+
+    # A release whose real-time model cannot be loaded: the server refuses to swap it in and keeps
+    # serving; the deploy step sees the old version answer, rolls the aliases back and fails.
+    broken = register_release(deployment, realtime_source="file:///no/such/model")
+    impatient = local.model_copy(update={"deploy_timeout_seconds": 5.0})
+    with steady_load(str(server.base_url)) as failures, pytest.raises(PropensityError, match="rolled back to v"):
+        deploy(impatient, broken, LocalServer(impatient, poll_seconds=0.2))
+    assert failures == []
+    assert realtime_version(server) == new_version
+    assert alias_version(deployment, deployment.model_name, CHAMPION).version == good  # type: ignore[union-attr]
+
+
+def test_scores_of_a_rolled_back_batch_version_are_not_served(server: httpx.Client, deployment: Settings) -> None:
+    """The online store still holds scores by batch v7; once v7 is rolled back they fall back to real time."""
+    configure(deployment)
+    mlflow_client = MlflowClient()
+    while int(register_release(deployment)) < 7:
+        pass
+    mlflow_client.set_model_version_tag(deployment.model_name, "7", ROLLED_BACK_TAG, "true")
+    try:
+        deadline = time.monotonic() + 30
+        while (answer := predict(server, {"customer_id": FRESH})[0])["source"] == "batch":
+            assert time.monotonic() < deadline, "the server still serves scores of a rolled-back version"
+            time.sleep(0.2)
+        assert answer["reason"] == "rolled_back"
+    finally:
+        mlflow_client.delete_model_version_tag(deployment.model_name, "7", ROLLED_BACK_TAG)
+    deadline = time.monotonic() + 30
+    while predict(server, {"customer_id": FRESH})[0]["source"] != "batch":
+        assert time.monotonic() < deadline, "scores of v7 are not served again"
+        time.sleep(0.2)

@@ -1,0 +1,152 @@
+"""A Kubernetes API server on 127.0.0.1 for one InferenceService, with a stand-in for KServe's controller,
+to test the deploy step's client side with the real `kubernetes` client.
+
+It answers the calls the deploy step makes (GET and PUT of the InferenceService), like the API server:
+a PUT must carry the resourceVersion last read (else 409), bumps `metadata.generation` and is checked
+against the pinned CRD schema when one is on this machine. The controller part fills `status` as
+KServe does in Serverless mode once the new revision is ready: a new revision per spec change,
+`canaryTrafficPercent` splitting traffic between it and the last rolled-out revision, and tag routes
+(`latest`, `prev`) whose URL is the `canary_url` the test gives (a stand-in predictor).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+PATH = "/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices/{name}"
+
+
+@dataclass
+class KubeApi:
+    isvc: dict[str, Any]
+    canary_url: str
+    url: str = ""
+    # The controller makes a new revision ready after this many reads (None: never).
+    ready_after_reads: int | None = 1
+    validate: Callable[[dict[str, Any]], list[str]] | None = None
+    requests: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    puts: list[dict[str, Any]] = field(default_factory=list)
+    _reads_since_put: int = 0
+    _revisions: int = 0
+    _rolled_out: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        meta = self.isvc.setdefault("metadata", {})
+        meta.setdefault("namespace", "propensity")
+        meta.update(generation=1, resourceVersion="1")
+        self._reconcile()  # the object as applied from the manifests: one ready revision
+
+    @property
+    def path(self) -> str:
+        meta = self.isvc["metadata"]
+        return PATH.format(namespace=meta["namespace"], name=meta["name"])
+
+    def handle(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            self.requests.append((method, path, body))
+            if path != self.path:
+                return 404, status(404, "NotFound", f"{path} not found")
+            if method == "GET":
+                self._reads_since_put += 1
+                if self.ready_after_reads is not None and self._reads_since_put >= self.ready_after_reads:
+                    self._reconcile()
+                return 200, copy.deepcopy(self.isvc)
+            if method == "PUT":
+                return self._put(body)
+            return 405, status(405, "MethodNotAllowed", method)
+
+    def _put(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        meta = self.isvc["metadata"]
+        if body.get("metadata", {}).get("resourceVersion") != meta["resourceVersion"]:
+            return 409, status(409, "Conflict", "the object has been modified; please apply your changes again")
+        errors = self.validate(body) if self.validate else []
+        if errors:
+            return 422, status(422, "Invalid", "; ".join(errors))
+        self.puts.append(copy.deepcopy(body))
+        changed = body["spec"] != self.isvc["spec"]
+        self.isvc = {**copy.deepcopy(body), "status": self.isvc.get("status", {})}
+        generation = meta["generation"] + (1 if changed else 0)
+        self.isvc["metadata"].update(generation=generation, resourceVersion=str(int(meta["resourceVersion"]) + 1))
+        self._reads_since_put = 0
+        return 200, copy.deepcopy(self.isvc)
+
+    def _reconcile(self) -> None:
+        """What KServe and Knative do with the current spec once its revision is ready."""
+        meta, status_ = self.isvc["metadata"], self.isvc.setdefault("status", {})
+        if status_.get("observedGeneration") == meta["generation"]:
+            return
+        name = meta["name"]
+        self._revisions += 1
+        latest = f"{name}-predictor-{self._revisions:05d}"
+        canary = self.isvc["spec"]["predictor"].get("canaryTrafficPercent")
+        routes = [{"tag": "latest", "revisionName": latest, "latestRevision": True, "url": self.canary_url}]
+        if canary is None or self._rolled_out is None:
+            routes[0]["percent"] = 100
+            self._rolled_out = latest
+        else:
+            routes[0]["percent"] = canary
+            routes.append(
+                {"tag": "prev", "revisionName": self._rolled_out, "latestRevision": False, "percent": 100 - canary}
+            )
+        status_.update(
+            observedGeneration=meta["generation"],
+            conditions=[{"type": "Ready", "status": "True"}],
+            url=f"http://{name}.{meta['namespace']}.example.com",
+            components={
+                "predictor": {
+                    "latestCreatedRevision": latest,
+                    "latestReadyRevision": latest,
+                    "latestRolledoutRevision": self._rolled_out,
+                    "traffic": routes,
+                }
+            },
+        )
+
+
+def status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+    }
+
+
+@contextmanager
+def serving(api: KubeApi) -> Iterator[KubeApi]:
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            code, payload = api.handle(self.command, self.path.split("?", 1)[0], body)
+            data = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    api.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield api
+    finally:
+        server.shutdown()
+        server.server_close()
