@@ -34,7 +34,7 @@ import pandas as pd
 
 from components.batch_scoring import apply_model, publish_latest_scores, score_customers
 from components.features import build_training_set, feature_dates, push_snapshot_online
-from components.registry import Decision, promote, register_models
+from components.registry import Decision, register_models
 from components.training import train_candidates, train_realtime_model
 from feature_repo.definitions import ACTIVITY_VIEW
 from feature_repo.store import feature_repo, feature_store
@@ -45,7 +45,7 @@ from propensity.settings import Settings, get_settings
 from propensity.spark import spark_session
 from propensity.storage import Storage
 from propensity.synthetic import generate
-from propensity.tracking import CHAMPION, alias_version, configure
+from propensity.tracking import CHAMPION, alias_version, configure, promote
 
 FLOOR = "identity pandas UDF (floor)"
 LADDER_REPEAT_LIMIT = 100_000  # above this, one run per stage is enough (and all the machine can afford)

@@ -37,18 +37,18 @@ from typing import Any, Protocol
 import httpx
 from mlflow import MlflowClient
 
-from components.registry import promote
 from propensity.errors import PropensityError
 from propensity.settings import Settings, pod_namespace
 from propensity.storage import Storage
-from propensity.tracking import ROLLED_BACK_TAG, Release, configure, release
+from propensity.tracking import ROLLED_BACK_TAG, Release, configure, promote, release
+from serving.schema import SMOKE_HEADER
 
 DEPLOYMENTS_KEY = "state/deployments.json"
 DEPLOYED, ROLLED_BACK = "deployed", "rolled_back"
 VERSION_ENV = "PROPENSITY_SERVING_MODEL_VERSION"
 GROUP, API_VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 PREDICT_PATH = "/v1/models/propensity:predict"
-SMOKE_PREFIX = "deploy-smoke-"  # customer ids of smoke requests (monitoring can leave them out)
+SMOKE_PREFIX = "deploy-smoke-"  # customer ids of smoke requests
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def _smoke_request(client: httpx.Client, url: str, rel: Release, index: int) -> 
     """One new customer (real-time path: the model this release changes); the error, if any."""
     body = {"instances": [{"customer_id": f"{SMOKE_PREFIX}{uuid.uuid4().hex[:12]}-{index}", "country": "unknown"}]}
     try:
-        response = client.post(f"{url}{PREDICT_PATH}", json=body)
+        response = client.post(f"{url}{PREDICT_PATH}", json=body, headers={SMOKE_HEADER: "1"})
     except httpx.HTTPError as error:
         return f"{type(error).__name__}: {error}"
     if response.status_code != 200:

@@ -148,10 +148,19 @@ def register_models(batch_run_id: str, realtime_run_id: str, gate_report: Input[
 @component
 def promote_to_champion(model_version: str, realtime_model_version: str) -> None:
     """Move the `champion` alias to the new versions."""
-    from components.registry import promote
     from propensity.settings import get_settings
+    from propensity.tracking import promote
 
     promote(get_settings(), model_version, realtime_model_version)
+
+
+@component
+def deploy_release(model_version: str) -> str:
+    """Roll the new champion out (canary, smoke requests); on failure roll back and fail the step."""
+    from components.deploy import deploy
+    from propensity.settings import get_settings
+
+    return deploy(get_settings(), model_version).detail
 
 
 @component

@@ -12,7 +12,7 @@ from pipelines.platform import PURE, REGISTRY, SPARK_DRIVER, TRAINING, on_cluste
 @dsl.pipeline(
     name="propensity-training",
     description="Build a point-in-time training set from Feast, validate it, train candidates, "
-    "evaluate the best against the champion and register it in MLflow.",
+    "evaluate the best against the champion, register it in MLflow and deploy it if it wins.",
 )
 def training_pipeline(
     as_of_date: str = "",
@@ -71,12 +71,16 @@ def training_pipeline(
         REGISTRY,
     ).set_display_name("Register in MLflow (challenger)")
     with dsl.If(gate.outputs["Output"] == "promote", name="challenger-wins"):
-        on_cluster(
+        promoted = on_cluster(
             c.promote_to_champion(
                 model_version=registered.outputs["model_version"],
                 realtime_model_version=registered.outputs["realtime_model_version"],
             ),
             REGISTRY,
         ).set_display_name("Promote to champion")
+        # Canary, smoke requests, then all traffic, or the previous spec and champion restored.
+        on_cluster(c.deploy_release(model_version=registered.outputs["model_version"]), REGISTRY).after(
+            promoted
+        ).set_display_name("Deploy (canary, automatic rollback)")
     outputs = NamedTuple("TrainingOutputs", model_version=str, auc=float, decision=str)
     return outputs(registered.outputs["model_version"], evaluation.outputs["Output"], gate.outputs["Output"])

@@ -1,7 +1,8 @@
 """`propensity demo`: the whole loop on one machine, with the real libraries.
 
 generate -> training -> batch scoring -> serve and query -> drifted new data -> monitoring
-(drift triggers retraining, challenger vs champion) -> batch scoring again -> stop the server.
+(drift triggers retraining, challenger vs champion; a winner is deployed to the running server, which
+swaps it in) -> batch scoring again -> stop the server.
 Every figure in the summary is measured by the run.
 """
 
@@ -17,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,7 @@ def run_demo(
     options: DemoOptions | None = None,
     progress: StepProgress | None = None,
 ) -> dict[str, Any]:
+    from components.deploy import read_deployments
     from monitoring.trigger import read_history
     from pipelines.runner import run_local
     from propensity.tracking import CHAMPION, alias_version
@@ -207,8 +209,8 @@ def run_demo(
         timings[name] = round(time.monotonic() - t0, 1)
         return result
 
-    def pipeline(name: str) -> Callable[[], dict[str, Any]]:
-        return lambda: run_local(name, {}, settings, log_file, on_task=progress.detail)
+    def pipeline(name: str, with_settings: Settings = settings) -> Callable[[], dict[str, Any]]:
+        return lambda: run_local(name, {}, with_settings, log_file, on_task=progress.detail)
 
     tx = step(
         "generate",
@@ -225,11 +227,14 @@ def run_demo(
         "Batch-scoring pipeline: Spark scores every known customer",
         pipeline("batch-scoring"),
     )
+    # The server follows the champion (checking every few seconds here); a retraining run's deploy
+    # step finds it on this port, waits for it to swap the new champion in and smoke-tests it.
+    served = settings.model_copy(update={"serving_port": free_port(), "serving_model_poll_seconds": 5.0})
     with ExitStack() as server:
         url = step(
             "server_start",
             "Starting the KServe model server on 127.0.0.1",
-            lambda: server.enter_context(running_server(settings, free_port())),
+            lambda: server.enter_context(running_server(served, served.serving_port)),
         )
         serving = step(
             "serving",
@@ -250,12 +255,14 @@ def run_demo(
             ),
         )
         history_before = len(read_history(settings))
+        deployments_before = len(read_deployments(settings))
         monitoring = step(
             "monitoring",
-            "Monitoring pipeline: Evidently drift check (may retrain)",
-            pipeline("monitoring"),
+            "Monitoring pipeline: Evidently drift check (may retrain and deploy)",
+            pipeline("monitoring", served),
         )
         triggers = read_history(settings)[history_before:]
+        deployments = read_deployments(settings)[deployments_before:]
         rescoring = (
             step("batch_scoring_again", "Batch-scoring pipeline with the current champion", pipeline("batch-scoring"))
             if options.rescore
@@ -292,6 +299,7 @@ def run_demo(
         }
         if rescoring
         else None,
+        "deployment": asdict(deployments[-1]) if deployments else None,
         "champion_version": champion.version if champion else None,
         "data": {"transactions_initial": tx, "transactions_after_new_data": new_tx},
         "timings_seconds": {**timings, "total": round(time.monotonic() - started, 1)},
@@ -312,5 +320,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     ]
     if m["retrain_triggered"]:
         lines.append(f"Retraining      model v{r['model_version']}  AUC {r['auc']}  decision: {r['decision']}")
+    if d := summary.get("deployment"):
+        lines.append(f"Deployment      v{d['batch_version']} {d['outcome'].replace('_', ' ')}: {d['detail']}")
     lines.append(f"Champion        v{summary['champion_version']}  (total {summary['timings_seconds']['total']}s)")
     return lines

@@ -70,6 +70,25 @@ def alias_version(settings: Settings, name: str, alias: str) -> ModelRef | None:
     return ModelRef(name=name, version=str(mv.version), run_id=str(mv.run_id))
 
 
+def promote(settings: Settings, batch_version: str, realtime_version: str) -> None:
+    """Move `champion` of both models to one release. Rollback is the same call with the previous one.
+
+    MLflow moves one alias per call: if the second move fails, the first is moved back, so the two
+    aliases never name versions of different releases."""
+    configure(settings)
+    client = MlflowClient()
+    before = alias_version(settings, settings.model_name, CHAMPION)
+    client.set_registered_model_alias(settings.model_name, CHAMPION, batch_version)
+    try:
+        client.set_registered_model_alias(settings.realtime_model_name, CHAMPION, realtime_version)
+    except Exception:
+        if before is None:
+            client.delete_registered_model_alias(settings.model_name, CHAMPION)
+        else:
+            client.set_registered_model_alias(settings.model_name, CHAMPION, before.version)
+        raise
+
+
 # Version tags linking the two models of one training run, and marking a rolled-back pair.
 REALTIME_VERSION_TAG = "realtime_model_version"
 ROLLED_BACK_TAG = "rolled_back"

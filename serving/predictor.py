@@ -45,7 +45,7 @@ from propensity.storage import Storage
 from propensity.tracking import ModelRef, load_scorer, rolled_back_versions, served_realtime_model
 from serving.inference_log import InferenceLogger
 from serving.online import Columns, OnlineReader, online_reader
-from serving.schema import INSTANCE_FIELDS, Instance, RequestError, parse_instances, parse_v2
+from serving.schema import INSTANCE_FIELDS, SMOKE_HEADER, Instance, RequestError, parse_instances, parse_v2
 
 MODEL_NAME = "propensity"
 BATCH, REALTIME = "batch", "realtime"
@@ -244,7 +244,9 @@ class PropensityModel(Model):
             self.inference_log.stop()
         super().stop()
 
-    async def score(self, instances: list[Instance], now: datetime | None = None) -> list[dict[str, Any]]:
+    async def score(
+        self, instances: list[Instance], now: datetime | None = None, log: bool = True
+    ) -> list[dict[str, Any]]:
         self._started()
         served, rolled_back = self.served, self.rolled_back  # one model for the whole request
         assert self.reader is not None and served is not None
@@ -296,7 +298,8 @@ class PropensityModel(Model):
             )
             PREDICTIONS.labels(*labels).inc()
             predictions.append(prediction)
-        self._log(instances, online, predictions, now)
+        if log:
+            self._log(instances, online, predictions, now)
         return predictions
 
     def _log(
@@ -323,9 +326,10 @@ class PropensityModel(Model):
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> dict[str, Any] | InferResponse:
+        log = not (headers and headers.get(SMOKE_HEADER))
         try:
             if isinstance(payload, InferRequest):
-                return await self._predict_v2(payload)
+                return await self._predict_v2(payload, log)
             if isinstance(payload, bytes | str):
                 # KServe passes the body through undecoded when the client did not declare JSON
                 # (curl -d sends a form content type): a JSON body is accepted whatever its label.
@@ -333,14 +337,14 @@ class PropensityModel(Model):
                     payload = orjson.loads(payload)
                 except orjson.JSONDecodeError:
                     raise RequestError("the request body is not valid JSON (UTF-8)") from None
-            predictions = await self.score(parse_instances(payload))
+            predictions = await self.score(parse_instances(payload), log=log)
         except RequestError as exc:
             raise InvalidInput(str(exc)) from None
         return {"predictions": predictions}
 
-    async def _predict_v2(self, request: InferRequest) -> InferResponse:
+    async def _predict_v2(self, request: InferRequest, log: bool) -> InferResponse:
         """Open Inference Protocol: one input tensor per field (customer_id, country, ...)."""
-        predictions = await self.score(parse_v2(request))
+        predictions = await self.score(parse_v2(request), log=log)
         outputs = []
         for field, datatype in (
             ("customer_id", "BYTES"),

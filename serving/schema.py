@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from kserve.protocol.infer_type import InferRequest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+if TYPE_CHECKING:  # KServe takes seconds to import; the deploy step uses this contract without it
+    from kserve.protocol.infer_type import InferRequest
+
 MAX_INSTANCES = 1000
+# A request with this header set is a deploy step's smoke request: answered like any other, but not
+# written to the inference log (monitoring sees only real traffic).
+SMOKE_HEADER = "x-propensity-smoke"
 
 
 class Instance(BaseModel):

@@ -16,7 +16,7 @@ import pytest
 from components import batch_scoring
 from components.batch_scoring import latest_scores_dir, publish_latest_scores, score_customers
 from components.features import build_training_set, materialize_features
-from components.registry import Decision, promote, register_models
+from components.registry import Decision, register_models
 from components.training import train_candidates, train_realtime_model
 from feature_repo.store import feature_store
 from propensity import features as F
@@ -25,6 +25,7 @@ from propensity.lake import ingest, last_data_date
 from propensity.settings import Settings, get_settings
 from propensity.synthetic import generate
 from propensity.tables import CURRENT_POINTER
+from propensity.tracking import promote
 from tests.test_ingest import lake_customers, lake_transactions
 
 

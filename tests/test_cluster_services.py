@@ -9,11 +9,11 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from components.registry import Decision, promote, register_models
+from components.registry import Decision, register_models
 from components.training import train_candidates, train_realtime_model
 from propensity import features as F
 from propensity.settings import Settings
-from propensity.tracking import CHALLENGER, CHAMPION, alias_version, load_sklearn
+from propensity.tracking import CHALLENGER, CHAMPION, alias_version, load_sklearn, promote
 from tests.services import MlflowServer, ObjectStore
 from tests.test_training_logic import _frame
 

@@ -150,10 +150,11 @@ def test_rescoring_a_date_replaces_its_partition(demo: tuple[Settings, dict[str,
 def test_no_drift_on_undrifted_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Same steps as the pipelines, in-process: undrifted new data must not look like drift."""
     from components.features import build_training_set, materialize_features
-    from components.registry import compare_with_champion, promote, register_models
+    from components.registry import compare_with_champion, register_models
     from components.training import DEFAULT_CANDIDATES, evaluate_run, train_candidates, train_realtime_model
     from monitoring.drift import check_drift
     from propensity.demo import write_and_ingest
+    from propensity.tracking import promote
 
     monkeypatch.setenv("PROPENSITY_HOME", str(tmp_path / "home"))
     settings = get_settings()

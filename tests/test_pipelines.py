@@ -97,7 +97,12 @@ def test_a_rerun_really_reruns_and_only_safe_steps_retry(compiled: dict[str, dic
     for step in ("batch-scoring/materialize-features", "batch-scoring/score-customers", "training/train-candidates"):
         assert step in retried
     # Registration and alias moves are never retried blindly.
-    for step in ("training/register-models", "training/promote-to-champion", "monitoring/trigger-retraining"):
+    for step in (
+        "training/register-models",
+        "training/promote-to-champion",
+        "training/deploy-release",
+        "monitoring/trigger-retraining",
+    ):
         assert step in tasks and step not in retried
 
 
@@ -130,8 +135,13 @@ def test_training_pipeline_shape(compiled: dict[str, dict[str, Any]]) -> None:
     assert "validate-training-set" in candidates["dependentTasks"]
     assert candidates["inputs"]["parameters"]["candidates"]["componentInputParameter"] == "candidates"
     assert "train-candidates" in tasks["evaluate-model"]["dependentTasks"]
-    condition = next(t for name, t in tasks.items() if name.startswith("condition"))
+    condition_name, condition = next((name, t) for name, t in tasks.items() if name.startswith("condition"))
     assert "== 'promote'" in condition["triggerPolicy"]["condition"]
+    # Only a promoted challenger is deployed, after its aliases moved.
+    branch = spec["components"][f"comp-{condition_name}"]["dag"]["tasks"]
+    assert branch["deploy-release"]["dependentTasks"] == ["promote-to-champion"]
+    source = branch["deploy-release"]["inputs"]["parameters"]["model_version"]
+    assert source["componentInputParameter"] == "pipelinechannel--register-models-model_version"
     names = {t["taskInfo"]["name"] for t in tasks.values()}
     assert {
         "Validate data (Great Expectations)",

@@ -23,7 +23,7 @@ import pytest
 from feast import FeatureStore
 from mlflow import MlflowClient
 
-from components.deploy import DEPLOYED, LocalServer, deploy
+from components.deploy import DEPLOYED, SMOKE_PREFIX, LocalServer, deploy
 from components.training import train_realtime_model
 from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, SCORE_VIEW
 from feature_repo.store import feature_repo, repo_config
@@ -345,6 +345,9 @@ def test_deploy_swaps_the_model_under_load_without_a_failed_request(server: http
     assert event.outcome == DEPLOYED and "0 failed" in event.detail, event
     assert realtime_version(server) == new_version
     assert failures == []
+    time.sleep(1)  # the writer thread appends to the spool within a second
+    spooled = b"".join(path.read_bytes() for path in deployment.inference_spool_dir.rglob("*.jsonl"))
+    assert b'"c-n"' in spooled and SMOKE_PREFIX.encode() not in spooled, "smoke requests reached the inference log"
 
     # A release whose real-time model cannot be loaded: the server refuses to swap it in and keeps
     # serving; the deploy step sees the old version answer, rolls the aliases back and fails.
