@@ -10,7 +10,7 @@ Two targets, one procedure:
 
 * **kubernetes**: the InferenceService. The new version is pinned in the predictor's environment
   (`PROPENSITY_SERVING_MODEL_VERSION`), which makes a new Knative revision, with KServe's
-  `canaryTrafficPercent` (Serverless mode, KServe 0.15+ as pinned: the new revision gets that share,
+  `canaryTrafficPercent` (Serverless mode, in the KServe 0.21 we pin: the new revision gets that share,
   the last rolled-out revision the rest). The smoke requests go to the canary's own URL (the `latest`
   tag route of `serving.kserve.io/enable-tag-routing`). Promotion removes `canaryTrafficPercent`;
   rollback restores the previous spec with `canaryTrafficPercent: 0`, which sends all traffic back to

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from components.batch_scoring import latest_scores_dir
+from components.deploy import DEPLOYED, read_deployments
 from monitoring.trigger import read_history
 from propensity.demo import SUMMARY_KEY, DemoOptions, free_port, run_demo, running_server
 from propensity.settings import Settings, get_settings
@@ -124,6 +125,21 @@ def test_drift_triggers_retraining_and_the_challenger_is_judged(
     assert summary["champion_version"] == expected
     assert summary["batch_scoring_after_retraining"]["model_version"] == expected
     assert [r.status for r in read_history(settings)] == ["succeeded"]
+
+
+def test_each_promoted_champion_was_deployed(demo: tuple[Settings, dict[str, Any]]) -> None:
+    """The first champion with no server up (the aliases are the deployment); a retrained winner to
+    the running server, which swapped it in and answered every smoke request."""
+    settings, summary = demo
+    history = read_deployments(settings)
+    assert history[0].batch_version == summary["training"]["model_version"] and "no server" in history[0].detail
+    if summary["retraining"]["decision"] == "promote":
+        deployment = summary["deployment"]
+        assert deployment["outcome"] == DEPLOYED and deployment["batch_version"] == summary["champion_version"]
+        assert f"{settings.deploy_smoke_requests} smoke requests, 0 failed" in deployment["detail"]
+        assert [d.outcome for d in history] == [DEPLOYED, DEPLOYED]
+    else:
+        assert summary["deployment"] is None and len(history) == 1
 
 
 def test_rescoring_a_date_replaces_its_partition(demo: tuple[Settings, dict[str, Any]]) -> None:

@@ -128,6 +128,9 @@ def test_the_loop_trains_scores_serves_detects_drift_and_retrains(loop: Loop) ->
     assert int(s["retraining"]["model_version"]) > int(s["training"]["model_version"])
     expected = s["retraining"]["model_version"] if s["retraining"]["decision"] == "promote" else None
     assert s["champion_version"] == (expected or s["training"]["model_version"])
+    if expected:  # deployed to the running server, which swapped it in and passed its smoke requests
+        assert s["deployment"]["outcome"] == "deployed" and s["deployment"]["batch_version"] == expected
+        assert ", 0 failed" in s["deployment"]["detail"]
     assert s["batch_scoring_after_retraining"] is None
 
 
