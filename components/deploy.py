@@ -40,7 +40,7 @@ from mlflow import MlflowClient
 from propensity.errors import PropensityError
 from propensity.settings import Settings, pod_namespace
 from propensity.storage import Storage
-from propensity.tracking import ROLLED_BACK_TAG, Release, configure, promote, release
+from propensity.tracking import CHAMPION, ROLLED_BACK_TAG, Release, alias_version, configure, promote, release
 from serving.schema import SMOKE_HEADER
 
 DEPLOYMENTS_KEY = "state/deployments.json"
@@ -197,15 +197,23 @@ class LocalServer:
         return self.start(rel)
 
 
-def _ready(isvc: dict[str, Any]) -> bool:
+def _revision(isvc: dict[str, Any]) -> str | None:
+    """The predictor's newest revision (KServe reports Knative's)."""
+    predictor = ((isvc.get("status") or {}).get("components") or {}).get("predictor") or {}
+    return predictor.get("latestCreatedRevision")
+
+
+def _ready(isvc: dict[str, Any], not_revision: str | None) -> bool:
+    """Ready on the spec last written, with its newest revision ready and, when the pod template
+    changed, that revision a new one (the status can say the new generation before Knative has made
+    the revision)."""
     status = isvc.get("status") or {}
     if status.get("observedGeneration", -1) < isvc["metadata"].get("generation", 0):
         return False
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
     predictor = (status.get("components") or {}).get("predictor") or {}
-    return conditions.get("Ready") == "True" and predictor.get("latestReadyRevision") == predictor.get(
-        "latestCreatedRevision"
-    )
+    created = predictor.get("latestCreatedRevision")
+    return conditions.get("Ready") == "True" and predictor.get("latestReadyRevision") == created != not_revision
 
 
 def _canary_url(isvc: dict[str, Any]) -> str | None:
@@ -214,6 +222,11 @@ def _canary_url(isvc: dict[str, Any]) -> str | None:
         if route.get("tag") == "latest" and route.get("url"):
             return str(route["url"])
     return None
+
+
+def _template(spec: dict[str, Any]) -> dict[str, Any]:
+    """What makes a new Knative revision when it changes: the predictor, less its traffic split."""
+    return {k: v for k, v in spec["predictor"].items() if k != "canaryTrafficPercent"}
 
 
 def _pinned(spec: dict[str, Any], rel: Release, canary_percent: int | None) -> dict[str, Any]:
@@ -273,11 +286,11 @@ class InferenceServiceRollout:
         body.pop("status", None)
         return self._call("update", self.api.replace_namespaced_custom_object, body)
 
-    def _wait_ready(self, generation: int) -> dict[str, Any]:
+    def _wait_ready(self, generation: int, not_revision: str | None) -> dict[str, Any]:
         deadline = time.monotonic() + self.settings.deploy_timeout_seconds
         while True:
             isvc = self._get()
-            if isvc["metadata"].get("generation", 0) >= generation and _ready(isvc):
+            if isvc["metadata"].get("generation", 0) >= generation and _ready(isvc, not_revision):
                 return isvc
             if time.monotonic() > deadline:
                 conditions = (isvc.get("status") or {}).get("conditions") or []
@@ -289,8 +302,13 @@ class InferenceServiceRollout:
             time.sleep(self.poll_seconds)
 
     def _apply(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Write `spec` and wait until it serves; a new revision if the pod template changed."""
+        current = self._get()
+        template_changed = _template(spec) != _template(current["spec"])
         updated = self._replace(spec)
-        return self._wait_ready(int(updated["metadata"].get("generation", 0)))
+        return self._wait_ready(
+            int(updated["metadata"].get("generation", 0)), _revision(current) if template_changed else None
+        )
 
     def start(self, rel: Release) -> str | None:
         self.previous = self._get()
@@ -345,6 +363,10 @@ def deploy(settings: Settings, version: str, rollout: Rollout | None = None) -> 
     """Promote release `version` and roll it out; keep it if the smoke requests pass, else roll back."""
     rel = release(settings, version)  # validates the version before anything moves
     previous = _previous_release(settings, read_deployments(settings), rel)
+    if previous is None:  # nothing deployed through this step yet: go back to the champion of now
+        champion = alias_version(settings, settings.model_name, CHAMPION)
+        if champion is not None and champion.version != rel.batch.version:
+            previous = release(settings, champion.version)
     rollout = rollout or rollout_for(settings)
     promote(settings, rel.batch.version, rel.realtime.version)
     try:

@@ -6,7 +6,8 @@ a PUT must carry the resourceVersion last read (else 409), bumps `metadata.gener
 against the pinned CRD schema when one is on this machine. The controller part fills `status` as
 KServe does in Serverless mode once the new revision is ready: a new revision per spec change,
 `canaryTrafficPercent` splitting traffic between it and the last rolled-out revision, and tag routes
-(`latest`, `prev`) whose URL is the `canary_url` the test gives (a stand-in predictor).
+(`latest`, `prev`) whose URL is `<canary_url>/<revision>` (a stand-in predictor that can tell which
+revision a request was routed to; `pins` says which model version each revision pins).
 """
 
 from __future__ import annotations
@@ -28,14 +29,19 @@ class KubeApi:
     isvc: dict[str, Any]
     canary_url: str
     url: str = ""
-    # The controller makes a new revision ready after this many reads (None: never).
+    # The controller makes a new revision ready after this many reads (None: never); before that the
+    # status already names the new generation for `stale_reads` reads (KServe updates the status
+    # before Knative has made the revision).
     ready_after_reads: int | None = 1
+    stale_reads: int = 0
     validate: Callable[[dict[str, Any]], list[str]] | None = None
     requests: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    pins: dict[str, str | None] = field(default_factory=dict)  # revision -> PROPENSITY_SERVING_MODEL_VERSION
     puts: list[dict[str, Any]] = field(default_factory=list)
     _reads_since_put: int = 0
     _revisions: int = 0
     _rolled_out: str | None = None
+    _template: dict[str, Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -56,7 +62,9 @@ class KubeApi:
                 return 404, status(404, "NotFound", f"{path} not found")
             if method == "GET":
                 self._reads_since_put += 1
-                if self.ready_after_reads is not None and self._reads_since_put >= self.ready_after_reads:
+                if self._reads_since_put <= self.stale_reads:
+                    self.isvc["status"]["observedGeneration"] = self.isvc["metadata"]["generation"]
+                elif self.ready_after_reads is not None and self._reads_since_put >= self.ready_after_reads:
                     self._reconcile()
                 return 200, copy.deepcopy(self.isvc)
             if method == "PUT":
@@ -81,13 +89,20 @@ class KubeApi:
     def _reconcile(self) -> None:
         """What KServe and Knative do with the current spec once its revision is ready."""
         meta, status_ = self.isvc["metadata"], self.isvc.setdefault("status", {})
-        if status_.get("observedGeneration") == meta["generation"]:
-            return
         name = meta["name"]
-        self._revisions += 1
+        predictor = self.isvc["spec"]["predictor"]
+        template = {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"}
+        if template != self._template:  # Knative: a new revision only when the pod template changes
+            self._template = copy.deepcopy(template)
+            self._revisions += 1
+            env = predictor["containers"][0].get("env") or []
+            pin = next((e.get("value") for e in env if e["name"] == "PROPENSITY_SERVING_MODEL_VERSION"), None)
+            self.pins[f"{name}-predictor-{self._revisions:05d}"] = pin
         latest = f"{name}-predictor-{self._revisions:05d}"
-        canary = self.isvc["spec"]["predictor"].get("canaryTrafficPercent")
-        routes = [{"tag": "latest", "revisionName": latest, "latestRevision": True, "url": self.canary_url}]
+        canary = predictor.get("canaryTrafficPercent")
+        routes = [
+            {"tag": "latest", "revisionName": latest, "latestRevision": True, "url": f"{self.canary_url}/{latest}"}
+        ]
         if canary is None or self._rolled_out is None:
             routes[0]["percent"] = 100
             self._rolled_out = latest

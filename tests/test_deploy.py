@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -55,21 +55,26 @@ def register_releases(settings: Settings, count: int) -> None:
 
 @dataclass
 class Predictor:
-    """Stands in for a predictor revision: answers every request with `version`, or misbehaves."""
+    """Stands in for the predictor's revisions: a request to `/<revision>/...` is answered with the
+    real-time version of the release that revision pins (batch N -> real-time N + 10), unless the
+    test makes it misbehave (another `version`, a `status`, a `delay`)."""
 
-    version: str = ""
+    version: str | None = None
     status: int = 200
     delay: float = 0.0
     url: str = ""
     requests: int = 0
+    pins: dict[str, str | None] = field(default_factory=dict)
 
-    def answer(self) -> tuple[int, dict[str, Any]]:
+    def answer(self, path: str) -> tuple[int, dict[str, Any]]:
         self.requests += 1
         time.sleep(self.delay)
         if self.status != 200:
             return self.status, {"error": "broken on purpose"}
+        pin = self.pins.get(path.strip("/").split("/", 1)[0])
+        version = self.version or (str(int(pin) + 10) if pin else "the champion at start")
         prediction = {"customer_id": "x", "score": 0.5, "source": "realtime", "model": "propensity-realtime"}
-        return 200, {"predictions": [{**prediction, "model_version": self.version}]}
+        return 200, {"predictions": [{**prediction, "model_version": version}]}
 
 
 @pytest.fixture
@@ -79,7 +84,7 @@ def predictor() -> Iterator[Predictor]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            code, body = stand_in.answer()
+            code, body = stand_in.answer(self.path)
             data = json.dumps(body).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
@@ -103,6 +108,7 @@ def cluster(settings: Settings, predictor: Predictor) -> Iterator[kube_api.KubeA
     isvc = the(render("production"), "InferenceService", "propensity")
     # Every update is checked against the KServe CRD, as the API server would (when the schemas are here).
     api = kube_api.KubeApi(isvc, canary_url=predictor.url, validate=schema_errors if CRD_DIR else None)
+    predictor.pins = api.pins
     with kube_api.serving(api):
         yield api
 
@@ -130,15 +136,13 @@ def champions(settings: Settings) -> tuple[str | None, str | None]:
     return tuple(ref.version if ref else None for ref in refs)  # type: ignore[return-value]
 
 
-def deploy_ok(settings: Settings, cluster: kube_api.KubeApi, predictor: Predictor, version: str) -> None:
-    predictor.version = str(int(version) + 10)
-    deploy(settings, version, rollout(settings, cluster))
+def deploy_ok(settings: Settings, cluster: kube_api.KubeApi, version: str) -> None:
+    assert deploy(settings, version, rollout(settings, cluster)).outcome == DEPLOYED
 
 
 def test_a_release_goes_out_as_a_canary_and_is_promoted(
     k8s: Settings, cluster: kube_api.KubeApi, predictor: Predictor
 ) -> None:
-    predictor.version = "11"
     event = deploy(k8s, "1", rollout(k8s, cluster))
     assert event.outcome == DEPLOYED and (event.batch_version, event.realtime_version) == ("1", "11")
     canary, promoted = cluster.puts
@@ -162,9 +166,8 @@ def test_a_release_goes_out_as_a_canary_and_is_promoted(
 def test_a_canary_that_fails_its_smoke_requests_is_rolled_back(
     k8s: Settings, cluster: kube_api.KubeApi, predictor: Predictor, misbehaviour: dict[str, Any], message: str
 ) -> None:
-    deploy_ok(k8s, cluster, predictor, "1")
+    deploy_ok(k8s, cluster, "1")
     before = cluster.isvc["spec"]
-    predictor.version = "12"
     for key, value in misbehaviour.items():
         setattr(predictor, key, value)
     strict = k8s.model_copy(update={"deploy_max_p95_ms": 20.0})
@@ -188,7 +191,7 @@ def test_a_canary_that_fails_its_smoke_requests_is_rolled_back(
 def test_a_canary_that_never_gets_ready_is_rolled_back(
     k8s: Settings, cluster: kube_api.KubeApi, predictor: Predictor
 ) -> None:
-    deploy_ok(k8s, cluster, predictor, "1")
+    deploy_ok(k8s, cluster, "1")
     cluster.ready_after_reads = None  # the new revision never becomes ready (image pull, crash loop...)
     impatient = k8s.model_copy(update={"deploy_timeout_seconds": 0.5})
     with pytest.raises(PropensityError, match=r"v2 was rolled back to v1: .*not ready within"):
@@ -196,25 +199,34 @@ def test_a_canary_that_never_gets_ready_is_rolled_back(
     assert pinned_version(cluster.puts[-1]["spec"]) == "1" and champions(k8s) == ("1", "11")
 
 
+def test_the_canary_is_checked_only_once_its_own_revision_is_ready(
+    k8s: Settings, cluster: kube_api.KubeApi, predictor: Predictor
+) -> None:
+    """KServe can report the new generation while its newest revision is still the old one; smoke
+    requests sent then would reach the old model. The step waits for a revision of its own."""
+    deploy_ok(k8s, cluster, "1")
+    cluster.stale_reads = 3
+    deploy_ok(k8s, cluster, "2")
+    assert champions(k8s) == ("2", "12")
+
+
 def test_manual_rollback_goes_back_one_release_at_a_time(
     k8s: Settings, cluster: kube_api.KubeApi, predictor: Predictor
 ) -> None:
     for version in ("1", "2", "3"):
-        deploy_ok(k8s, cluster, predictor, version)
-    predictor.version = "12"
+        deploy_ok(k8s, cluster, version)
     event = rollback(k8s, rollout(k8s, cluster))
     assert (event.batch_version, event.outcome) == ("3", ROLLED_BACK)
     spec = cluster.puts[-1]["spec"]
     assert pinned_version(spec) == "2" and "canaryTrafficPercent" not in spec["predictor"]  # all traffic at once
     assert champions(k8s) == ("2", "12")
     assert MlflowClient().get_model_version(k8s.model_name, "3").tags.get(ROLLED_BACK_TAG) == "true"
-    predictor.version = "11"
     rollback(k8s, rollout(k8s, cluster))
     assert champions(k8s) == ("1", "11")
     with pytest.raises(PropensityError, match="nothing to roll back to"):
         rollback(k8s, rollout(k8s, cluster))
     # Deploying a rolled-back release again on purpose makes its scores acceptable again.
-    deploy_ok(k8s, cluster, predictor, "3")
+    deploy_ok(k8s, cluster, "3")
     assert ROLLED_BACK_TAG not in MlflowClient().get_model_version(k8s.model_name, "3").tags
     assert deployed_stack(read_deployments(k8s)) == ["1", "3"]
 
@@ -223,7 +235,6 @@ def test_an_update_that_races_another_writer_fails_instead_of_overwriting(
     k8s: Settings, cluster: kube_api.KubeApi, predictor: Predictor
 ) -> None:
     """Every update carries the resourceVersion it read: the API server refuses a stale one."""
-    predictor.version = "11"
     target = rollout(k8s, cluster)
     stale = target._get()
     cluster.isvc["metadata"]["resourceVersion"] = "99"  # someone applied meanwhile
