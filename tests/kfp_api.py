@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.http_stub import json_server
 
 PREFIX = "/apis/v2beta1"
 
@@ -109,37 +110,18 @@ class KfpApi:
 def kfp_api_server() -> Iterator[KfpApi]:
     api = KfpApi()
 
-    class Handler(BaseHTTPRequestHandler):
-        def _serve(self) -> None:
-            url = urlparse(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            request = Request(
-                method=self.command,
+    def answer(handler: BaseHTTPRequestHandler, raw: bytes) -> tuple[int, dict[str, Any]]:
+        url = urlparse(handler.path)
+        return api.handle(
+            Request(
+                method=handler.command,
                 path=url.path,
                 query={k: v[-1] for k, v in parse_qs(url.query).items()},
-                headers={k.lower(): v for k, v in self.headers.items()},
+                headers={k.lower(): v for k, v in handler.headers.items()},
                 body=json.loads(raw) if raw else {},
             )
-            status, payload = api.handle(request)
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+        )
 
-        do_GET = do_POST = do_DELETE = _serve
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    api.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with json_server(answer) as url:
+        api.url = url
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()

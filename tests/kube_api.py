@@ -18,8 +18,10 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.http_stub import json_server
 
 PATH = "/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices/{name}"
 
@@ -139,29 +141,9 @@ def status(code: int, reason: str, message: str) -> dict[str, Any]:
 
 @contextmanager
 def serving(api: KubeApi) -> Iterator[KubeApi]:
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
-            code, payload = api.handle(self.command, self.path.split("?", 1)[0], body)
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(handler: BaseHTTPRequestHandler, raw: bytes) -> tuple[int, dict[str, Any]]:
+        return api.handle(handler.command, handler.path.split("?", 1)[0], json.loads(raw or b"{}"))
 
-        do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = _answer
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    api.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with json_server(answer) as url:
+        api.url = url
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -9,11 +9,9 @@ The local target (a real `propensity serve` swapping models under load) is in te
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -36,6 +34,7 @@ from propensity.errors import PropensityError
 from propensity.settings import Settings
 from propensity.tracking import CHAMPION, REALTIME_VERSION_TAG, ROLLED_BACK_TAG, alias_version, configure
 from tests import kube_api
+from tests.http_stub import json_server
 from tests.test_manifests import CRD_DIR, render, schema_errors, the
 
 
@@ -80,27 +79,9 @@ class Predictor:
 @pytest.fixture
 def predictor() -> Iterator[Predictor]:
     stand_in = Predictor()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            code, body = stand_in.answer(self.path)
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    stand_in.url = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield stand_in
-    server.shutdown()
-    server.server_close()
+    with json_server(lambda handler, _: stand_in.answer(handler.path)) as url:
+        stand_in.url = url
+        yield stand_in
 
 
 @pytest.fixture
