@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     serving_workers: int = Field(
         1, ge=1, description="Server processes (KServe workers), each with its own event loop."
     )
+    serving_worker_start_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="How long a new worker process may take to import and load before KServe's supervisor "
+        "gives up on it (KServe's own limit, 5 s, is shorter than importing Feast, MLflow and KServe).",
+    )
     serving_read_threads: int = Field(
         1, ge=1, description="Threads per server process for online stores without an async client (SQLite)."
     )

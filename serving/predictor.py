@@ -21,6 +21,7 @@ records go to a background writer and never hold up or fail a request.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -141,6 +142,13 @@ class PropensityModel(Model):
         # KServe hands the loaded model to each worker process by pickling it: threads, tasks and
         # connections are made again there.
         return {**self.__dict__, "inference_log": None, "_health": None, "_models": None, "reader": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # In a worker process everything the model pulled in (Feast, MLflow, ONNX Runtime) has just
+        # been imported: freeze it, as the server does after loading (serving/server.py).
+        self.__dict__.update(state)
+        gc.collect()
+        gc.freeze()
 
     def load(self) -> bool:
         """Ready once the real-time model is loaded and the online store answers."""

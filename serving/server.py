@@ -9,12 +9,33 @@ from __future__ import annotations
 import gc
 
 import kserve
+from kserve.protocol.rest.multiprocess.server import RESTServerProcess
 
 from propensity.settings import Settings
 from serving.predictor import PropensityModel
 
 
+def patient_supervisor(start_seconds: float) -> None:
+    """KServe's multi-process server starts each worker with `spawn` and pings it every half second,
+    killing (and restarting) any that has not answered within 5 s. A worker answers only once it has
+    imported KServe and unpickled the model (Feast, MLflow, ONNX Runtime): longer than 5 s on a small
+    machine, so no worker ever came up. The supervisor waits `start_seconds` for an answer instead;
+    a worker that stops answering later is still replaced, just later."""
+    original = RESTServerProcess.is_alive
+    if getattr(original, "patient", False):
+        return
+
+    def is_alive(self: RESTServerProcess, timeout: float = start_seconds) -> bool:
+        return bool(original(self, max(timeout, start_seconds)))
+
+    is_alive.patient = True  # type: ignore[attr-defined]
+    RESTServerProcess.is_alive = is_alive
+
+
 def serve(settings: Settings, port: int | None = None, workers: int | None = None) -> None:
+    workers = workers or settings.serving_workers
+    if workers > 1:
+        patient_supervisor(settings.serving_worker_start_seconds)
     model = PropensityModel(settings)
     model.load()
     # Everything loaded so far (Feast, MLflow, ONNX Runtime: millions of objects) lives as long as
@@ -22,6 +43,4 @@ def serve(settings: Settings, port: int | None = None, workers: int | None = Non
     # stalls every request in flight for a few hundred milliseconds (the p99); frozen, it does not.
     gc.collect()
     gc.freeze()
-    kserve.ModelServer(
-        http_port=port or settings.serving_port, enable_grpc=False, workers=workers or settings.serving_workers
-    ).start([model])
+    kserve.ModelServer(http_port=port or settings.serving_port, enable_grpc=False, workers=workers).start([model])

@@ -279,6 +279,28 @@ def test_a_worker_copy_of_the_loaded_model_serves(deployment: Settings) -> None:
                 m.inference_log.stop()
 
 
+def test_several_worker_processes_serve_and_log_separately(deployment: Settings) -> None:
+    """`propensity serve --workers 2`: KServe's supervisor spawns two processes sharing the socket; each
+    answers, and each logs to a spool folder of its own."""
+    workers = deployment.model_copy(update={"serving_workers": 2})
+    spool = deployment.inference_spool_dir
+    before = {p.name for p in spool.iterdir()} if spool.exists() else set()
+    with running_server(workers, free_port(), timeout=300) as url:
+
+        async def load() -> list[int]:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                bodies = [{"instances": [{"customer_id": c}]} for c in (FRESH, "c-new")] * 100
+                return [r.status_code for r in await asyncio.gather(*(client.post(PREDICT, json=b) for b in bodies))]
+
+        for _ in range(3):
+            assert set(asyncio.run(load())) == {200}
+            folders = {p.name for p in spool.iterdir()} - before
+            if len(folders) == 2:
+                break
+        pids = {name.split("-", 1)[0] for name in folders}
+    assert len(pids) == 2, f"requests were served by worker processes {pids}"
+
+
 # Registry changes while serving. These run last: they move the champion the tests above rely on.
 
 
