@@ -112,8 +112,9 @@ def evaluate_model(
 
 
 @component
-def compare_with_champion(training_set: Input[Dataset], challenger_auc: float, report: Output[Markdown]) -> str:
-    """The promotion gate: the challenger must beat the champion on the same test rows.
+def compare_with_champion(training_set: Input[Dataset], challenger_run_id: str, report: Output[Markdown]) -> str:
+    """The promotion gate: floor, a significant gain over the champion on the same test rows, no
+    segment regressing beyond the tolerance.
 
     Returns the decision alone (a single output keeps `dsl.If` on it working in kfp.local too); the
     reason and both AUCs travel in the report's metadata.
@@ -123,7 +124,7 @@ def compare_with_champion(training_set: Input[Dataset], challenger_auc: float, r
     from components.registry import compare_with_champion as step
     from propensity.settings import get_settings
 
-    decision = step(get_settings(), Path(training_set.path), challenger_auc)
+    decision = step(get_settings(), Path(training_set.path), challenger_run_id)
     with open(report.path, "w") as handle:
         handle.write(f"# Decision: {decision.decision}\n\n{decision.reason}\n")
     report.metadata.update({k: v for k, v in decision.as_dict().items() if v is not None})

@@ -58,10 +58,11 @@ def training_pipeline(
     # The champion may have moved since the last run: always compare again.
     gate = on_cluster(
         c.compare_with_champion(
-            training_set=training_set.outputs["training_set"], challenger_auc=evaluation.outputs["Output"]
+            training_set=training_set.outputs["training_set"], challenger_run_id=best.outputs["run_id"]
         ),
         REGISTRY,
     ).set_display_name("Compare with champion")
+    gate.after(evaluation)
     registered = on_cluster(
         c.register_models(
             batch_run_id=best.outputs["run_id"],

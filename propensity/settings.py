@@ -109,7 +109,22 @@ class Settings(BaseSettings):
         1, ge=1, description="OpenMP threads per model fit (the cold-start model fits beside the candidates)."
     )
     min_auc: float = Field(0.6, ge=0.0, le=1.0)
-    min_auc_improvement: float = 0.0
+    min_auc_improvement: float = Field(
+        0.0, ge=0.0, lt=1.0, description="AUC the challenger must gain over the champion, at `gate_confidence`."
+    )
+    gate_confidence: float = Field(
+        0.95,
+        ge=0.5,
+        lt=1.0,
+        description="Confidence of the one-sided DeLong interval of the AUC gain that must clear "
+        "`min_auc_improvement` (a tie never promotes).",
+    )
+    gate_min_segment_rows: int = Field(
+        200, ge=1, description="Segments (countries) with fewer test rows than this are not checked for regressions."
+    )
+    gate_segment_tolerance: float = Field(
+        0.02, ge=0.0, lt=1.0, description="AUC a segment may lose to the champion before the challenger is rejected."
+    )
 
     # Serving.
     serving_port: int = 8080

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.registry import PROMOTE, REJECT, decide
+from components.registry import PROMOTE, REJECT, GateRules, auc_difference, decide
 from components.training import (
     Candidate,
     coerce_params,
@@ -100,19 +100,94 @@ def test_candidates_must_be_parameter_mappings(settings: Settings, tmp_path: Pat
         train_candidates(settings, tmp_path / "never-read.parquet", candidates)
 
 
-@pytest.mark.parametrize(
-    ("challenger", "champion", "expected"),
-    [
-        (0.55, None, REJECT),
-        (0.7, None, PROMOTE),
-        (0.7, 0.69, PROMOTE),
-        (0.7, 0.72, REJECT),
-        (0.7, 0.7, PROMOTE),
-    ],
-)
-def test_promotion_rule(challenger: float, champion: float | None, expected: str) -> None:
-    decision, reason = decide(challenger, champion, min_auc=0.6, min_improvement=0.0)
-    assert decision == expected and reason
+RULES = GateRules(min_auc=0.6, min_improvement=0.0, confidence=0.95, min_segment_rows=200, segment_tolerance=0.02)
+
+
+def scored(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, a signal that predicts them, and a country per row."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.3).astype(int)
+    signal = labels + rng.normal(0, 1.0, n)
+    return labels, signal, rng.choice(np.array(["DE", "FR", "US"]), n)
+
+
+def noisier(signal: np.ndarray, scale: float, seed: int = 1) -> np.ndarray:
+    return signal + np.random.default_rng(seed).normal(0, scale, len(signal))
+
+
+def test_the_gate_applies_the_floor_and_promotes_a_first_model() -> None:
+    labels, signal, countries = scored()
+    assert decide(labels, noisier(signal, 20.0), None, countries, RULES)[0] == REJECT  # AUC near 0.5
+    decision, reason = decide(labels, signal, None, countries, RULES)
+    assert decision == PROMOTE and "no champion yet" in reason
+
+
+def test_a_tie_never_promotes() -> None:
+    labels, signal, countries = scored()
+    decision, reason = decide(labels, signal, signal.copy(), countries, RULES)
+    assert decision == REJECT and "difference +0.0000" in reason
+
+
+def test_a_gain_within_the_noise_does_not_promote_and_a_clear_one_does() -> None:
+    labels, signal, countries = scored()
+    champion = noisier(signal, 0.5)
+    slightly = noisier(signal, 0.49, seed=2)  # a hair better on paper, indistinguishable in fact
+    assert decide(labels, slightly, champion, countries, RULES)[0] == REJECT
+    decision, reason = decide(labels, signal, champion, countries, RULES)
+    assert decision == PROMOTE and "lower bound +" in reason
+    demanding = GateRules(**{**RULES.__dict__, "min_improvement": 0.2})
+    assert decide(labels, signal, champion, countries, demanding)[0] == REJECT
+
+
+def test_a_segment_that_regresses_blocks_promotion_unless_it_is_too_small() -> None:
+    labels, signal, countries = scored()
+    champion = noisier(signal, 1.2)
+    challenger = signal.copy()
+    french = countries == "FR"
+    challenger[french] = noisier(signal, 2.0)[french]  # clearly better overall, much worse in FR
+    decision, reason = decide(labels, challenger, champion, countries, RULES)
+    assert decision == REJECT and "country FR" in reason
+    lenient = GateRules(**{**RULES.__dict__, "min_segment_rows": int(french.sum()) + 1})
+    assert decide(labels, challenger, champion, countries, lenient)[0] == PROMOTE
+
+
+def test_delong_standard_error_matches_the_bootstrap() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    labels, signal, _ = scored(3000)
+    a, b = noisier(signal, 0.8), noisier(signal, 1.0, seed=3)
+    difference, error = auc_difference(labels, a, b)
+    assert difference == pytest.approx(roc_auc_score(labels, a) - roc_auc_score(labels, b), abs=1e-12)
+    rng = np.random.default_rng(4)
+    draws = []
+    for _ in range(300):
+        i = rng.integers(0, len(labels), len(labels))
+        draws.append(roc_auc_score(labels[i], a[i]) - roc_auc_score(labels[i], b[i]))
+    assert error == pytest.approx(float(np.std(draws)), rel=0.2)
+
+
+def test_only_a_challenger_that_passed_the_gate_gets_the_alias(settings: Settings) -> None:
+    import mlflow
+    import mlflow.sklearn
+    from mlflow import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+
+    from components.registry import Decision, register_models
+    from propensity.tracking import CHALLENGER, alias_version, configure
+
+    experiment = configure(settings)
+    runs = []
+    for _ in range(2):
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.sklearn.log_model(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), name="model")
+        runs.append(run.info.run_id)
+    rejected = register_models(settings, *runs, Decision(REJECT, "tie with the champion", 0.8, 0.8, "1"))
+    assert alias_version(settings, settings.model_name, CHALLENGER) is None
+    tags = MlflowClient().get_model_version(settings.model_name, rejected.batch.version).tags
+    assert (tags["decision"], tags["decision_reason"]) == (REJECT, "tie with the champion")
+    passed = register_models(settings, *runs, Decision(PROMOTE, "significantly better", 0.9, 0.8, "1"))
+    challenger = alias_version(settings, settings.model_name, CHALLENGER)
+    assert challenger is not None and challenger.version == passed.batch.version
 
 
 def test_validation_gate_passes_good_and_names_what_is_wrong() -> None:
