@@ -16,9 +16,10 @@ rounds, and the verdicts are ratios within this run (machines here are shared an
 It needs a trained, scored deployment: `--home DIR` with the settings in the environment (as after
 `propensity demo`); without it, it runs the demo first. Usage:
 
-    python benchmarks/serving.py [--home DIR] [--seconds 10] [--rounds 3] [--profile]
+    python benchmarks/serving_load.py [--home DIR] [--seconds 10] [--rounds 3] [--profile]
 
-Prints a Markdown table for docs/benchmarks.md; `--profile` adds py-spy's top frames of our server
+(Not named serving.py: a script's folder comes first on sys.path, and that name would hide the
+`serving` package.) Prints a Markdown table for docs/benchmarks.md; `--profile` adds py-spy's top frames of our server
 on each path.
 """
 
@@ -47,7 +48,7 @@ SERVER_CORE, CLIENT_CORE = "0", "1"
 CONNECTIONS = 16
 
 # --------------------------------------------------------------------------------------------------
-# The comparison servers (run as `python benchmarks/serving.py server KIND --port P`)
+# The comparison servers (run as `python benchmarks/serving_load.py server KIND --port P`)
 
 
 def run_server(kind: str, port: int) -> None:
