@@ -280,8 +280,8 @@ class InferenceServiceRollout:
     def _get(self) -> dict[str, Any]:
         return self._call("read", self.api.get_namespaced_custom_object)
 
-    def _replace(self, spec: dict[str, Any]) -> dict[str, Any]:
-        current = self._get()
+    def _replace(self, spec: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+        """Write `spec` over `current` (as just read: its resourceVersion guards the update)."""
         body = {**current, "spec": spec}
         body.pop("status", None)
         return self._call("update", self.api.replace_namespaced_custom_object, body)
@@ -301,18 +301,17 @@ class InferenceServiceRollout:
                 )
             time.sleep(self.poll_seconds)
 
-    def _apply(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def _apply(self, spec: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
         """Write `spec` and wait until it serves; a new revision if the pod template changed."""
-        current = self._get()
         template_changed = _template(spec) != _template(current["spec"])
-        updated = self._replace(spec)
+        updated = self._replace(spec, current)
         return self._wait_ready(
             int(updated["metadata"].get("generation", 0)), _revision(current) if template_changed else None
         )
 
     def start(self, rel: Release) -> str | None:
         self.previous = self._get()
-        isvc = self._apply(_pinned(self.previous["spec"], rel, self.settings.deploy_canary_percent))
+        isvc = self._apply(_pinned(self.previous["spec"], rel, self.settings.deploy_canary_percent), self.previous)
         url = _canary_url(isvc)
         if url is None:
             raise PropensityError(
@@ -322,19 +321,21 @@ class InferenceServiceRollout:
         return url
 
     def finish(self) -> None:
-        spec = copy.deepcopy(self._get()["spec"])
+        current = self._get()
+        spec = copy.deepcopy(current["spec"])
         spec["predictor"].pop("canaryTrafficPercent", None)
-        self._apply(spec)
+        self._apply(spec, current)
 
     def restore(self) -> None:
         if self.previous is None:
             return
         spec = copy.deepcopy(self.previous["spec"])
         spec["predictor"]["canaryTrafficPercent"] = 0
-        self._replace(spec)  # traffic moves back as soon as KServe sees it: no need to wait
+        self._replace(spec, self._get())  # traffic moves back as soon as KServe sees it: no need to wait
 
     def pin(self, rel: Release) -> str | None:
-        isvc = self._apply(_pinned(self._get()["spec"], rel, None))
+        current = self._get()
+        isvc = self._apply(_pinned(current["spec"], rel, None), current)
         url = _canary_url(isvc) or (isvc.get("status") or {}).get("url")  # the revision just made, all traffic
         return str(url) if url else None
 

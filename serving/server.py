@@ -6,13 +6,11 @@ Options of KServe's own model-server parser (`kserve.model_server.parser`: --max
 
 from __future__ import annotations
 
-import gc
-
 import kserve
 from kserve.protocol.rest.multiprocess.server import RESTServerProcess
 
 from propensity.settings import Settings
-from serving.predictor import PropensityModel
+from serving.predictor import PropensityModel, freeze_long_lived
 
 
 def patient_supervisor(start_seconds: float) -> None:
@@ -38,9 +36,5 @@ def serve(settings: Settings, port: int | None = None, workers: int | None = Non
         patient_supervisor(settings.serving_worker_start_seconds)
     model = PropensityModel(settings)
     model.load()
-    # Everything loaded so far (Feast, MLflow, ONNX Runtime: millions of objects) lives as long as
-    # the server. Left in the collector's generations, each full collection walks them all and
-    # stalls every request in flight for a few hundred milliseconds (the p99); frozen, it does not.
-    gc.collect()
-    gc.freeze()
+    freeze_long_lived()
     kserve.ModelServer(http_port=port or settings.serving_port, enable_grpc=False, workers=workers).start([model])
