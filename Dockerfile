@@ -2,7 +2,7 @@
 # and of the Spark driver (client mode inside a component pod). Its reference is set at pipeline
 # compile time and, for the predictor, by the kustomize overlays (manifests/overlays/*).
 #
-#   docker build -t <registry>/propensity:<tag> .
+#   make image IMAGE=<registry>/propensity:<tag>   (docker build with the git commit as CODE_VERSION)
 #   docker run --rm <registry>/propensity:<tag> demo
 FROM python:3.11-slim-bookworm
 
@@ -43,9 +43,12 @@ RUN groupadd --gid 1000 propensity \
  && mkdir -p /var/lib/propensity \
  && chown propensity:propensity /var/lib/propensity
 
-# Spark's Python workers use the interpreter that has the package installed.
+# Spark's Python workers use the interpreter that has the package installed. The code's version
+# (the git commit, passed by `make image`) is recorded on every model trained with this image.
+ARG CODE_VERSION=unknown
 ENV PROPENSITY_HOME=/var/lib/propensity \
-    PYSPARK_PYTHON=/usr/local/bin/python
+    PYSPARK_PYTHON=/usr/local/bin/python \
+    PROPENSITY_CODE_VERSION=${CODE_VERSION}
 
 USER 1000:1000
 WORKDIR /var/lib/propensity

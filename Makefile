@@ -7,7 +7,7 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test system-test lint check-prereqs lock compile benchmark crds clean
+.PHONY: setup demo test system-test lint check-prereqs lock compile benchmark crds clean image
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The project image; the commit (with "-dirty" for uncommitted changes) is baked in as the code version.
+IMAGE ?= propensity:0.1.0
+image:
+	docker build --build-arg CODE_VERSION=$$(git describe --always --dirty 2>/dev/null || echo unknown) -t $(IMAGE) .
 
 compile: setup
 	$(BIN)/propensity compile --out compiled

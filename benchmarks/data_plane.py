@@ -81,7 +81,7 @@ def train_champion(settings: Settings, work: Path) -> None:
     build_training_set(settings, work / "training.parquet")
     candidate = train_candidates(settings, work / "training.parquet", [{"max_iter": 50}])[0]
     realtime = train_realtime_model(settings, work / "training.parquet")
-    registered = register_models(settings, candidate.run_id, realtime, Decision("promote", "bench", 0.0, None, None))
+    registered = register_models(settings, candidate.run_id, realtime, Decision.unchecked("promote", "bench"))
     promote(settings, registered.batch.version, registered.realtime.version)
 
 

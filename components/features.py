@@ -7,14 +7,19 @@
   over it, and the newest snapshot (and changed profiles) pushed to the online store in batches.
   An older snapshot than the one online never replaces it (a backfill cannot roll serving back).
 * `build_training_set`: labelled entity rows computed by Spark, capped by a setting with sampling
-  stratified by snapshot date, joined point-in-time by Feast `get_historical_features`.
+  stratified by snapshot date, joined point-in-time by Feast `get_historical_features`, written
+  unfilled (validation looks at the data as it is) with its lineage (propensity.training_set).
+
+The training window and label horizon are settings; a pipeline's parameters reach these steps as
+`settings.with_values(...)`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +27,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 
-from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, TRAINING_SERVICE
+from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, TRAINING_SERVICE, FeatureRepo
 from feature_repo.store import check_redis, feature_repo, feature_store
 from propensity import features as F
 from propensity.feature_table import build_feature_table, computed_snapshots, snapshot_key, snapshot_partition
@@ -31,6 +36,7 @@ from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.storage import Storage
 from propensity.tables import current_version, parquet_batches
+from propensity.training_set import TrainingSetInfo, write_training_set
 
 # ---------------------------------------------------------------------------------------------------
 # Online store
@@ -115,22 +121,21 @@ class MaterializeResult:
     seconds: float
 
 
-def feature_dates(settings: Settings, as_of: pd.Timestamp, window_days: int | None = None) -> list[pd.Timestamp]:
+def feature_dates(settings: Settings, as_of: pd.Timestamp) -> list[pd.Timestamp]:
     """The training snapshots of the window (those after the lake's first day) and `as_of` itself."""
-    window = window_days or settings.training_window_days
     first = first_data_date(settings)
-    dates = F.training_snapshot_dates(as_of, window, settings.label_horizon_days, settings.snapshot_every_days)
+    dates = F.training_snapshot_dates(
+        as_of, settings.training_window_days, settings.label_horizon_days, settings.snapshot_every_days
+    )
     return sorted({d for d in dates if d > first} | {as_of})
 
 
-def materialize_features(
-    settings: Settings, as_of_date: str | None = None, training_window_days: int | None = None
-) -> MaterializeResult:
-    """Bring the offline table up to date for the window, apply the Feast repo, push the newest
-    snapshot and changed profiles online."""
+def materialize_features(settings: Settings, as_of_date: str | None = None) -> MaterializeResult:
+    """Bring the offline table up to date for the training window, apply the Feast repo, push the
+    newest snapshot and changed profiles online."""
     started = time.monotonic()
     as_of = resolve_date(settings, as_of_date)
-    dates = feature_dates(settings, as_of, training_window_days)
+    dates = feature_dates(settings, as_of)
     Storage(settings).check()  # before anything is computed or written
     if settings.online_store == "redis":
         check_redis(settings)
@@ -159,12 +164,27 @@ def materialize_features(
 
 
 def historical_features(settings: Settings, entity_rows: pd.DataFrame) -> pd.DataFrame:
-    """Point-in-time join of the training feature service onto (customer_id, event_timestamp) rows."""
+    """Point-in-time join of the training feature service onto (customer_id, event_timestamp) rows.
+
+    Nothing is filled: a feature the join did not find stays null for validation to see."""
     store = feature_store(settings)
     service = store.get_feature_service(TRAINING_SERVICE)
     frame = store.get_historical_features(entity_df=entity_rows, features=service).to_df()
     frame[F.EVENT_TIMESTAMP] = pd.to_datetime(frame[F.EVENT_TIMESTAMP], utc=True).dt.tz_convert(None)
-    return F.fill_missing_features(frame).sort_values([F.EVENT_TIMESTAMP, F.ENTITY]).reset_index(drop=True)
+    return frame.sort_values([F.EVENT_TIMESTAMP, F.ENTITY]).reset_index(drop=True)
+
+
+def feature_view_versions(repo: FeatureRepo) -> dict[str, str]:
+    """A version for each feature view the training service reads: a hash of its definition (name,
+    entities, features and types, TTL), not of where its rows live, so it changes exactly when the
+    definition does."""
+    versions = {}
+    for view in (repo.activity, repo.profile):
+        spec = view.to_proto().spec
+        for location in ("batch_source", "stream_source", "project"):
+            spec.ClearField(location)
+        versions[view.name] = hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()[:12]
+    return versions
 
 
 def labelled_entities(spark: SparkSession, settings: Settings, dates: list[pd.Timestamp]) -> DataFrame:
@@ -186,23 +206,11 @@ def cap_rows(frame: DataFrame, max_rows: int, seed: int = 0) -> tuple[DataFrame,
     return sampled.drop("_stratum"), total
 
 
-@dataclass(frozen=True)
-class TrainingSetResult:
-    rows: int
-    rows_before_cap: int
-    positives: int
-    first_snapshot: str
-    last_snapshot: str
-    feature_service: str
-
-
-def build_training_set(
-    settings: Settings, out_path: Path, as_of_date: str | None = None, training_window_days: int | None = None
-) -> TrainingSetResult:
-    """Labelled rows (customer, t) with features as known at t, for every t whose label is complete."""
+def build_training_set(settings: Settings, out_path: Path, as_of_date: str | None = None) -> TrainingSetInfo:
+    """Labelled rows (customer, t) with features as known at t, for every t whose label is complete,
+    written with their lineage."""
     as_of = resolve_date(settings, as_of_date)
-    window = training_window_days or settings.training_window_days
-    dates = [d for d in feature_dates(settings, as_of, window) if d < as_of]
+    dates = [d for d in feature_dates(settings, as_of) if d < as_of]
     if not dates:
         raise ValueError(
             f"the data starts {first_data_date(settings).date()}: not enough history before {as_of.date()} for "
@@ -211,17 +219,19 @@ def build_training_set(
     spark = spark_session(settings, "propensity-training-set")
     entities, rows_before_cap = cap_rows(labelled_entities(spark, settings, dates), settings.training_max_rows)
     frame = historical_features(settings, entities.toPandas())
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(out_path, index=False)
-    return TrainingSetResult(
+    info = TrainingSetInfo(
+        as_of_date=snapshot_key(as_of),
+        training_window_days=settings.training_window_days,
+        label_horizon_days=settings.label_horizon_days,
+        snapshot_every_days=settings.snapshot_every_days,
+        first_snapshot=snapshot_key(min(dates)),
+        last_snapshot=snapshot_key(max(dates)),
+        snapshots=len(dates),
         rows=len(frame),
         rows_before_cap=rows_before_cap,
         positives=int(frame[F.LABEL].sum()),
-        first_snapshot=snapshot_key(min(dates)),
-        last_snapshot=snapshot_key(max(dates)),
         feature_service=TRAINING_SERVICE,
+        feature_views=feature_view_versions(feature_repo(settings)),
     )
-
-
-def as_dict(result: MaterializeResult | TrainingSetResult) -> dict[str, object]:
-    return asdict(result)
+    write_training_set(frame, out_path, info)
+    return info

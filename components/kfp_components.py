@@ -18,43 +18,55 @@ def component(func):
 
 
 @component
-def materialize_features(as_of_date: str, training_window_days: int = 0) -> NamedTuple(
+def materialize_features(as_of_date: str, training_window_days: int = 0, label_horizon_days: int = 0) -> NamedTuple(
     "Materialized", as_of_date=str, snapshots_computed=int, online_rows=int
 ):
-    """Bring the offline feature table up to date (Spark), apply the Feast repo, push the newest snapshot online."""
+    """Bring the offline feature table up to date (Spark), apply the Feast repo, push the newest snapshot online.
+    A window or horizon of 0 means the settings' value."""
     from components.features import materialize_features as step
     from propensity.settings import get_settings
 
-    result = step(get_settings(), as_of_date or None, training_window_days or None)
+    settings = get_settings().with_values(
+        training_window_days=training_window_days or None, label_horizon_days=label_horizon_days or None
+    )
+    result = step(settings, as_of_date or None)
     return (result.as_of_date, result.snapshots_computed, result.online_rows)
 
 
 @component
-def build_training_set(as_of_date: str, training_window_days: int, training_set: Output[Dataset]) -> int:
-    """Point-in-time-correct labelled rows from Feast."""
+def build_training_set(
+    as_of_date: str, training_window_days: int, label_horizon_days: int, training_set: Output[Dataset]
+) -> int:
+    """Point-in-time-correct labelled rows from Feast, with their lineage in the file and the artifact."""
     from pathlib import Path
 
-    from components.features import as_dict
     from components.features import build_training_set as step
     from propensity.settings import get_settings
 
-    result = step(get_settings(), Path(training_set.path), as_of_date or None, training_window_days)
-    training_set.metadata.update(as_dict(result))
-    return result.rows
+    settings = get_settings().with_values(
+        training_window_days=training_window_days or None, label_horizon_days=label_horizon_days or None
+    )
+    info = step(settings, Path(training_set.path), as_of_date or None)
+    training_set.metadata.update(info.as_dict())
+    return info.rows
 
 
 @component
-def validate_training_set(training_set: Input[Dataset], report: Output[Markdown]) -> bool:
-    """Great Expectations gate: fails the run, with the failed expectations, when the data is bad."""
-    import pandas as pd
+def validate_data(training_set: Input[Dataset], report: Output[HTML], summary: Output[Markdown]) -> bool:
+    """Great Expectations suites on the raw transactions, the feature table and the training set:
+    fails the run, with the Data Docs report, when the data is bad."""
+    from pathlib import Path
 
-    from components.validation import validate_training_set as step
+    from components.validation import validate_data as step
+    from propensity.settings import get_settings
 
-    result = step(pd.read_parquet(training_set.path))
+    result = step(get_settings(), Path(training_set.path))
     with open(report.path, "w") as handle:
+        handle.write(result.html())
+    with open(summary.path, "w") as handle:
         handle.write(result.markdown())
     if not result.success:
-        raise ValueError("training data failed validation: " + "; ".join(result.failed))
+        raise ValueError("data failed validation: " + "; ".join(result.failed))
     return result.success
 
 
@@ -106,28 +118,41 @@ def evaluate_model(
     fpr, tpr, thresholds = roc_points(scored["label"], scored["score"].to_numpy())
     roc.log_roc_curve(fpr, tpr, thresholds)
     roc.log_confusion_matrix(["no purchase", "purchase"], confusion(scored["label"], scored["score"].to_numpy()))
+    metrics.log_metric("calibration_error", evaluation.calibration_error)
+    metrics.log_metric("top_decile_capture", evaluation.top_decile_capture)
+    for name, baseline in evaluation.baselines.items():
+        metrics.log_metric(f"baseline_auc_{name.replace(' ', '_')}", baseline.auc)
     with open(report.path, "w") as handle:
         handle.write(evaluation.markdown())
     return evaluation.auc
 
 
 @component
-def compare_with_champion(training_set: Input[Dataset], challenger_run_id: str, report: Output[Markdown]) -> str:
-    """The promotion gate: floor, a significant gain over the champion on the same test rows, no
-    segment regressing beyond the tolerance.
+def compare_with_champion(
+    training_set: Input[Dataset],
+    challenger_run_id: str,
+    realtime_run_id: str,
+    report: Output[Markdown],
+    quality_report: Output[HTML],
+) -> str:
+    """The promotion gate, one per model: the batch model must clear a floor, gain significantly over
+    the champion on the same test rows and regress no segment beyond the tolerance; the real-time
+    model must clear its floor on new customers and not be significantly worse than its champion.
 
-    Returns the decision alone (a single output keeps `dsl.If` on it working in kfp.local too); the
-    reason and both AUCs travel in the report's metadata.
+    Returns the release's decision alone (a single output keeps `dsl.If` on it working in kfp.local
+    too); both verdicts travel in the report's metadata.
     """
     from pathlib import Path
 
     from components.registry import compare_with_champion as step
     from propensity.settings import get_settings
 
-    decision = step(get_settings(), Path(training_set.path), challenger_run_id)
+    decision, page = step(get_settings(), Path(training_set.path), challenger_run_id, realtime_run_id)
     with open(report.path, "w") as handle:
-        handle.write(f"# Decision: {decision.decision}\n\n{decision.reason}\n")
-    report.metadata.update({k: v for k, v in decision.as_dict().items() if v is not None})
+        handle.write(f"# Decision: {decision.decision}\n\n{decision.markdown()}")
+    with open(quality_report.path, "w") as handle:
+        handle.write(page)
+    report.metadata.update(decision.as_dict())
     return decision.decision
 
 
@@ -135,13 +160,13 @@ def compare_with_champion(training_set: Input[Dataset], challenger_run_id: str, 
 def register_models(batch_run_id: str, realtime_run_id: str, gate_report: Input[Markdown]) -> NamedTuple(
     "Registered", model_version=str, realtime_model_version=str
 ):
-    """Register both models as `challenger`, tagged with the gate's decision and reason."""
+    """Register both models, each tagged with the release's decision and its own gate's; only a
+    release that passed gets the `challenger` alias."""
     from components.registry import Decision
     from components.registry import register_models as step
     from propensity.settings import get_settings
 
-    fields = ("decision", "reason", "challenger_auc", "champion_auc", "champion_version")
-    decision = Decision(**{f: gate_report.metadata.get(f) for f in fields})
+    decision = Decision.from_dict(dict(gate_report.metadata))
     registered = step(get_settings(), batch_run_id, realtime_run_id, decision)
     return (registered.batch.version, registered.realtime.version)
 

@@ -1,16 +1,29 @@
-"""The promotion gate: compare the challenger with the champion on the same rows, register."""
+"""The promotion gate: compare the challengers with the champions on the same rows, register.
+
+A release is the batch model and the real-time model trained together; it is promoted whole or not
+at all. Each model has its own gate on the rows it will serve:
+
+* the batch model, on the test snapshots' known customers: a floor, a significant gain over the
+  champion (DeLong), no large segment regressing beyond a tolerance (`decide`);
+* the real-time model, on the test snapshots' rows that look like new customers (no purchase within
+  the active window): a floor, and not significantly worse than the real-time champion by more than
+  the tolerance (`decide_realtime`). It need not beat it: the release exists for the batch model,
+  and a cold-start model rarely improves much from one month to the next.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import mlflow.sklearn
 import numpy as np
 from mlflow import MlflowClient
 
-from components.training import SEGMENT, predict_scores, test_rows
+from components.report import baseline_scores, release_report
+from components.training import SEGMENT, predict_scores, read_split, test_rows
 from propensity import features as F
 from propensity.settings import Settings
 from propensity.tracking import (
@@ -28,15 +41,62 @@ REJECT = "reject"
 
 
 @dataclass(frozen=True)
-class Decision:
+class Verdict:
+    """One model's gate."""
+
     decision: str
     reason: str
     challenger_auc: float
     champion_auc: float | None
+    rows: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The release's: promote only if both models pass their gates."""
+
+    decision: str
+    reason: str
     champion_version: str | None
+    batch: Verdict
+    realtime: Verdict
+
+    @classmethod
+    def of(cls, batch: Verdict, realtime: Verdict, champion_version: str | None) -> Decision:
+        decision = PROMOTE if batch.decision == realtime.decision == PROMOTE else REJECT
+        return cls(decision, f"batch: {batch.reason}. real-time: {realtime.reason}", champion_version, batch, realtime)
+
+    @classmethod
+    def unchecked(cls, decision: str, reason: str) -> Decision:
+        """A decision taken outside the gate (by an operator, a test or a benchmark), for both models."""
+        verdict = Verdict(decision, reason, 0.0, None, 0)
+        return cls(decision, reason, None, verdict, verdict)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def markdown(self) -> str:
+        return (
+            f"**Release: {self.decision}** (champion before: version {self.champion_version or 'none'})\n\n"
+            f"* batch model ({self.batch.rows} test rows): **{self.batch.decision}**, {self.batch.reason}\n"
+            f"* real-time model ({self.realtime.rows} new-customer test rows): "
+            f"**{self.realtime.decision}**, {self.realtime.reason}\n"
+        )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Decision:
+        """From `as_dict` output, also after a trip through KFP metadata (numbers come back as floats)."""
+
+        def verdict(v: dict[str, Any]) -> Verdict:
+            return Verdict(**{**v, "rows": int(v["rows"])})
+
+        return cls(
+            str(values["decision"]),
+            str(values["reason"]),
+            values.get("champion_version"),
+            verdict(values["batch"]),
+            verdict(values["realtime"]),
+        )
 
 
 def auc_difference(labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray) -> tuple[float, float]:
@@ -68,6 +128,7 @@ class GateRules:
     confidence: float
     min_segment_rows: int
     segment_tolerance: float
+    realtime_min_auc: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GateRules:
@@ -77,7 +138,14 @@ class GateRules:
             settings.gate_confidence,
             settings.gate_min_segment_rows,
             settings.gate_segment_tolerance,
+            settings.realtime_min_auc,
         )
+
+    @property
+    def z(self) -> float:
+        from scipy.stats import norm
+
+        return float(norm.ppf(self.confidence))
 
 
 def decide(
@@ -93,7 +161,6 @@ def decide(
        DeLong's one-sided interval of the paired difference): a tie or noise never promotes;
     3. no segment with at least `min_segment_rows` rows (and both classes) loses more than
        `segment_tolerance` of AUC."""
-    from scipy.stats import norm
     from sklearn.metrics import roc_auc_score
 
     auc = float(roc_auc_score(labels, challenger))
@@ -102,7 +169,7 @@ def decide(
     if champion is None:
         return PROMOTE, f"no champion yet; challenger AUC {auc:.4f} clears the floor {rules.min_auc:.4f}"
     difference, error = auc_difference(labels, challenger, champion)
-    lower = difference - float(norm.ppf(rules.confidence)) * error
+    lower = difference - rules.z * error
     versus = (
         f"challenger AUC {auc:.4f} vs champion {auc - difference:.4f}: difference {difference:+.4f}, "
         f"{rules.confidence:.0%} lower bound {lower:+.4f}"
@@ -122,28 +189,81 @@ def decide(
     return PROMOTE, f"{versus}; no segment regresses beyond {rules.segment_tolerance:.4f}"
 
 
-def compare_with_champion(settings: Settings, training_set: Path, challenger_run_id: str) -> Decision:
-    """Score the challenger and the current champion on the same test rows and apply the rule."""
+def decide_realtime(
+    labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, rules: GateRules
+) -> tuple[str, str]:
+    """The real-time model's rule, on rows that look like new customers: its AUC clears its floor,
+    and it is not worse than the real-time champion by more than `segment_tolerance` with
+    `confidence` (the upper end of DeLong's one-sided interval of the paired difference)."""
     from sklearn.metrics import roc_auc_score
 
-    configure(settings)
-    test = test_rows(training_set)
-    labels = test[F.LABEL].to_numpy()
-    challenger = predict_scores(
-        mlflow.sklearn.load_model(f"runs:/{challenger_run_id}/model"), test, F.BATCH_MODEL_FEATURES
+    if len(set(np.asarray(labels).tolist())) < 2:
+        return REJECT, f"the {len(labels)} new-customer test rows hold one class: the model cannot be checked"
+    auc = float(roc_auc_score(labels, challenger))
+    if auc < rules.realtime_min_auc:
+        return REJECT, f"challenger AUC {auc:.4f} on new customers is below the floor {rules.realtime_min_auc:.4f}"
+    if champion is None:
+        return PROMOTE, f"no champion yet; AUC {auc:.4f} on new customers clears the floor"
+    difference, error = auc_difference(labels, challenger, champion)
+    upper = difference + rules.z * error
+    versus = (
+        f"AUC {auc:.4f} on new customers vs champion {auc - difference:.4f}: difference {difference:+.4f}, "
+        f"{rules.confidence:.0%} upper bound {upper:+.4f}"
     )
+    if upper < -rules.segment_tolerance:
+        return REJECT, f"{versus}: significantly worse by more than {rules.segment_tolerance:.4f}"
+    return PROMOTE, f"{versus}: not significantly worse"
+
+
+def _scores(settings: Settings, run_id: str, rows: Any, features: list[str]) -> np.ndarray:
+    configure(settings)
+    return predict_scores(mlflow.sklearn.load_model(f"runs:/{run_id}/model"), rows, features)
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray | None) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if scores is None or len(set(labels.tolist())) < 2:
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def compare_with_champion(
+    settings: Settings, training_set: Path, challenger_run_id: str, realtime_run_id: str
+) -> tuple[Decision, str]:
+    """Score each challenger and its champion on the same test rows and apply each model's rule;
+    returns the decision and its HTML report (quality against the champion and the baselines, per
+    segment, calibration and lift)."""
+    rules = GateRules.from_settings(settings)
+    split, _ = read_split(training_set)
+    test = split.test
+    labels = test[F.LABEL].to_numpy()
+    challenger = _scores(settings, challenger_run_id, test, F.BATCH_MODEL_FEATURES)
     champion_ref = alias_version(settings, settings.model_name, CHAMPION)
     champion = (
         None if champion_ref is None else predict_scores(load_sklearn(champion_ref), test, F.BATCH_MODEL_FEATURES)
     )
-    decision, reason = decide(labels, challenger, champion, test[SEGMENT].to_numpy(), GateRules.from_settings(settings))
-    return Decision(
-        decision,
-        reason,
-        float(roc_auc_score(labels, challenger)),
-        None if champion is None else float(roc_auc_score(labels, champion)),
-        champion_ref.version if champion_ref else None,
+    decision, reason = decide(labels, challenger, champion, test[SEGMENT].to_numpy(), rules)
+    batch = Verdict(decision, reason, float(_auc(labels, challenger) or 0.0), _auc(labels, champion), len(test))
+
+    new = F.new_customers(test_rows(training_set, known_only=False))
+    new_labels = new[F.LABEL].to_numpy()
+    features = F.REALTIME_MODEL_FEATURES
+    rt_challenger = _scores(settings, realtime_run_id, new, features)
+    rt_champion_ref = alias_version(settings, settings.realtime_model_name, CHAMPION)
+    rt_champion = None if rt_champion_ref is None else predict_scores(load_sklearn(rt_champion_ref), new, features)
+    decision, reason = decide_realtime(new_labels, rt_challenger, rt_champion, rules)
+    realtime = Verdict(
+        decision, reason, float(_auc(new_labels, rt_challenger) or 0.0), _auc(new_labels, rt_champion), len(new)
     )
+    release = Decision.of(batch, realtime, champion_ref.version if champion_ref else None)
+    scores = {
+        "challenger": challenger,
+        **({} if champion is None else {f"champion (v{release.champion_version})": champion}),
+        **baseline_scores(split.train, test),
+    }
+    title = f"Release decision: {release.decision}"
+    return release, release_report(title, release.markdown(), labels, test[SEGMENT].to_numpy(), scores, SEGMENT)
 
 
 @dataclass(frozen=True)
@@ -160,12 +280,21 @@ def register_models(settings: Settings, batch_run_id: str, realtime_run_id: str,
     down), `challenger` still names the previous pair and the run fails."""
     configure(settings)
     client = MlflowClient()
-    tags = {"decision": decision.decision, "decision_reason": decision.reason}
-    batch = mlflow.register_model(f"runs:/{batch_run_id}/model", settings.model_name, tags=tags)
+
+    def tags(verdict: Verdict) -> dict[str, str]:
+        return {
+            "decision": decision.decision,
+            "decision_reason": decision.reason,
+            "gate": verdict.decision,
+            "gate_reason": verdict.reason,
+            "gate_test_rows": str(verdict.rows),
+        }
+
+    batch = mlflow.register_model(f"runs:/{batch_run_id}/model", settings.model_name, tags=tags(decision.batch))
     realtime = mlflow.register_model(
         f"runs:/{realtime_run_id}/model",
         settings.realtime_model_name,
-        tags={**tags, "batch_model_version": str(batch.version)},
+        tags={**tags(decision.realtime), "batch_model_version": str(batch.version)},
     )
     client.set_model_version_tag(settings.model_name, batch.version, REALTIME_VERSION_TAG, str(realtime.version))
     if decision.decision == PROMOTE:  # a rejected version is registered with its reason, but no alias

@@ -1,14 +1,17 @@
 """Training and evaluation of the batch model and the real-time (cold-start) model.
 
 The training set is split by snapshot date, never at random: train on the oldest snapshots, choose
-hyperparameters on the next ones, and evaluate on the newest, as the model will be used.
+hyperparameters on the next ones, and evaluate on the newest, as the model will be used. An embargo
+of one label horizon separates the periods: a training row's label window closes before the first
+validation snapshot, and a validation row's before the first test snapshot, so no label the model
+learned from overlaps the period it is judged on.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +22,18 @@ import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 from threadpoolctl import threadpool_limits
 
 import propensity
+from components.report import QUALITY_HEADER, Quality, baseline_scores, quality
 from propensity import features as F
 from propensity.runtime import choose_runtime
 from propensity.settings import Settings
 from propensity.tracking import configure, log_runtime
+from propensity.training_set import TrainingSetInfo, read_training_set
 
 DEFAULT_CANDIDATES: list[dict[str, Any]] = [
     {"learning_rate": 0.05, "max_leaf_nodes": 15, "max_iter": 150},
@@ -47,18 +52,36 @@ class Split:
     test: pd.DataFrame
 
 
-def split_by_time(frame: pd.DataFrame) -> Split:
-    dates = np.sort(frame[F.EVENT_TIMESTAMP].unique())
+def split_by_time(frame: pd.DataFrame, horizon_days: int) -> Split:
+    """Test on the newest snapshots (about a ninth of them), validate on the newest whose labels close
+    before the test period, train on those whose labels close before the validation period."""
+    dates = sorted(pd.Timestamp(d) for d in frame[F.EVENT_TIMESTAMP].unique())
     if len(dates) < 3:
         raise ValueError(f"the training set has {len(dates)} snapshot date(s); at least 3 are needed")
-    n_eval = max(1, len(dates) // 6)
-    test_dates, valid_dates = dates[-n_eval:], dates[-2 * n_eval : -n_eval]
+    embargo = pd.Timedelta(days=horizon_days)
+    n_eval = max(1, len(dates) // 9)
+    test_dates = dates[-n_eval:]
+    before_test = [d for d in dates if d + embargo <= test_dates[0]]
+    valid_dates = before_test[-n_eval:]
+    train_dates = [d for d in before_test if valid_dates and d + embargo <= valid_dates[0]]
+    if not train_dates:
+        raise ValueError(
+            f"the training set's {len(dates)} snapshot dates ({dates[0].date()} to {dates[-1].date()}) leave no "
+            f"training period: the validation and test periods each follow a {horizon_days}-day embargo; "
+            "widen training_window_days"
+        )
     ts = frame[F.EVENT_TIMESTAMP]
     return Split(
-        train=frame[ts < valid_dates[0]],
+        train=frame[ts.isin(train_dates)],
         valid=frame[ts.isin(valid_dates)],
         test=frame[ts.isin(test_dates)],
     )
+
+
+def read_split(training_set: Path, known_only: bool = True) -> tuple[Split, TrainingSetInfo]:
+    """The training set's split (of the known customers, or of everyone) with its lineage."""
+    frame, info = read_training_set(training_set)
+    return split_by_time(F.known_customers(frame) if known_only else frame, info.label_horizon_days), info
 
 
 INTEGER_PARAMS = {"max_iter", "max_leaf_nodes", "max_depth", "min_samples_leaf", "max_bins"}
@@ -82,11 +105,23 @@ def make_model(features: list[str], params: dict[str, Any]) -> Pipeline:
     return Pipeline([("prepare", prep), ("classify", classifier)])
 
 
+def calibrate(model: Any, rows: pd.DataFrame, features: list[str]) -> Any:
+    """Platt scaling of the fitted model's log-odds on the validation rows: scores become honest
+    probabilities (campaign budgets are sized with them) and the ranking, hence AUC, is unchanged."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    return CalibratedClassifierCV(FrozenEstimator(model), method="sigmoid").fit(rows[features], rows[F.LABEL])
+
+
 def predict_scores(model: Any, frame: pd.DataFrame, features: list[str]) -> np.ndarray:
     return np.asarray(model.predict_proba(frame[features])[:, 1])
 
 
-def code_version() -> str:
+def code_version(settings: Settings) -> str:
+    """The version baked into the image at build time, else the checkout's git commit."""
+    if settings.code_version:
+        return settings.code_version
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -132,19 +167,46 @@ class Candidate:
         return cls(**json.loads(text))
 
 
-def _lineage_tags(pipeline_run_id: str, frame: pd.DataFrame, role: str) -> dict[str, str]:
-    return {
-        "role": role,
-        "pipeline_run_id": pipeline_run_id,
-        "data_first_snapshot": str(frame[F.EVENT_TIMESTAMP].min().date()),
-        "data_last_snapshot": str(frame[F.EVENT_TIMESTAMP].max().date()),
-        "feature_service": "propensity_training",
-        "code_version": code_version(),
+def log_lineage(settings: Settings, info: TrainingSetInfo, split: Split, role: str, pipeline_run_id: str) -> None:
+    """What a reviewer needs to trace a model version back: run, data, features, code. The run's
+    parameters (as-of date, window, horizon) are logged as MLflow params, the rest as tags/metrics."""
+    periods = {
+        name: f"{part[F.EVENT_TIMESTAMP].min().date()}..{part[F.EVENT_TIMESTAMP].max().date()}"
+        for name, part in (("train", split.train), ("valid", split.valid), ("test", split.test))
     }
+    mlflow.set_tags(
+        {
+            "role": role,
+            "pipeline_run_id": pipeline_run_id,
+            "code_version": code_version(settings),
+            "feature_service": info.feature_service,
+            **{f"feature_view.{name}": version for name, version in sorted(info.feature_views.items())},
+            "data_first_snapshot": info.first_snapshot,
+            "data_last_snapshot": info.last_snapshot,
+            **{f"{name}_period": period for name, period in periods.items()},
+        }
+    )
+    mlflow.log_params(
+        {
+            "as_of_date": info.as_of_date,
+            "training_window_days": info.training_window_days,
+            "label_horizon_days": info.label_horizon_days,
+            "snapshot_every_days": info.snapshot_every_days,
+        }
+    )
+    mlflow.log_metrics(
+        {
+            "training_set_rows": info.rows,
+            "training_set_rows_before_cap": info.rows_before_cap,
+            "training_set_label_rate": info.label_rate,
+            "train_rows": len(split.train),
+            "train_label_rate": float(split.train[F.LABEL].mean()),
+        }
+    )
 
 
 def fit_candidate(
-    settings: Settings, split: Split, params: dict[str, Any], pipeline_run_id: str = "local"
+    settings: Settings, split: Split, info: TrainingSetInfo, params: dict[str, Any], pipeline_run_id: str = "local"
 ) -> Candidate:
     """Fit one hyperparameter candidate of the batch model on a split and log it as an MLflow run."""
     params = coerce_params(params)
@@ -155,11 +217,12 @@ def fit_candidate(
             split.train[F.BATCH_MODEL_FEATURES], split.train[F.LABEL]
         )
     valid_auc = float(roc_auc_score(split.valid[F.LABEL], predict_scores(model, split.valid, F.BATCH_MODEL_FEATURES)))
+    model = calibrate(model, split.valid, F.BATCH_MODEL_FEATURES)
     experiment_id = configure(settings)
     with mlflow.start_run(experiment_id=experiment_id, run_name="batch-candidate") as run:
-        mlflow.set_tags(_lineage_tags(pipeline_run_id, split.train, "batch"))
+        log_lineage(settings, info, split, "batch", pipeline_run_id)
         mlflow.log_params(params)
-        mlflow.log_metrics({"valid_auc": valid_auc, "train_rows": len(split.train)})
+        mlflow.log_metric("valid_auc", valid_auc)
         _log_model(model, split.train[F.BATCH_MODEL_FEATURES].head(200))
     return Candidate(run_id=run.info.run_id, valid_auc=valid_auc, params=params)
 
@@ -170,8 +233,8 @@ def train_candidates(
     """Fit every hyperparameter candidate on one read of the training set, each logged as an MLflow run."""
     if not candidates or not all(isinstance(params, dict) for params in candidates):
         raise ValueError(f"candidates must be a non-empty list of parameter mappings, got {candidates!r}")
-    split = split_by_time(F.known_customers(pd.read_parquet(training_set)))
-    return [fit_candidate(settings, split, params, pipeline_run_id) for params in candidates]
+    split, info = read_split(training_set)
+    return [fit_candidate(settings, split, info, params, pipeline_run_id) for params in candidates]
 
 
 def select_best(candidates: list[Candidate]) -> Candidate:
@@ -182,7 +245,7 @@ def select_best(candidates: list[Candidate]) -> Candidate:
 
 def train_realtime_model(settings: Settings, training_set: Path, pipeline_run_id: str = "local") -> str:
     """Fit the cold-start model on every customer, new ones included; return its MLflow run id."""
-    split = split_by_time(pd.read_parquet(training_set))
+    split, info = read_split(training_set, known_only=False)
     fit_rows = pd.concat([split.train, split.valid])
     features = F.REALTIME_MODEL_FEATURES
     model = make_model(features, REALTIME_PARAMS).fit(fit_rows[features], fit_rows[F.LABEL])
@@ -191,9 +254,9 @@ def train_realtime_model(settings: Settings, training_set: Path, pipeline_run_id
     # The serving runtime is chosen here, on rows the model has not seen (propensity.runtime).
     exported, difference = choose_runtime(model, features, split.test.head(RUNTIME_CHECK_ROWS))
     with mlflow.start_run(experiment_id=experiment_id, run_name="realtime-model") as run:
-        mlflow.set_tags(_lineage_tags(pipeline_run_id, fit_rows, "realtime"))
+        log_lineage(settings, info, Split(fit_rows, split.valid, split.test), "realtime", pipeline_run_id)
         mlflow.log_params(REALTIME_PARAMS)
-        mlflow.log_metrics({"test_auc": test_auc, "train_rows": len(fit_rows)})
+        mlflow.log_metric("test_auc", test_auc)
         _log_model(model, fit_rows[features].head(200))
         log_runtime(exported, difference)
     return str(run.info.run_id)
@@ -205,48 +268,69 @@ class Evaluation:
     average_precision: float
     log_loss: float
     brier: float
+    calibration_error: float
+    top_decile_capture: float
     test_rows: int
     positive_rate: float
     segment_auc: dict[str, float]
+    baselines: dict[str, Quality] = field(default_factory=dict)
+
+    @property
+    def quality(self) -> Quality:
+        return Quality(self.auc, self.average_precision, self.brier, self.calibration_error, self.top_decile_capture)
 
     def markdown(self) -> str:
         rows = "\n".join(f"| {segment} | {auc:.4f} |" for segment, auc in sorted(self.segment_auc.items()))
+        baselines = "\n".join(q.row(name) for name, q in self.baselines.items())
         return (
             f"# Evaluation on the newest snapshots ({self.test_rows} rows)\n\n"
-            f"AUC {self.auc:.4f}, average precision {self.average_precision:.4f}, "
-            f"log loss {self.log_loss:.4f}, Brier {self.brier:.4f}, positive rate {self.positive_rate:.3f}\n\n"
+            f"Positive rate {self.positive_rate:.3f}, log loss {self.log_loss:.4f}.\n\n"
+            f"{QUALITY_HEADER}\n{self.quality.row('this model')}\n{baselines}\n\n"
             f"| {SEGMENT} | AUC |\n|---|---|\n{rows}\n"
         )
 
 
-def evaluate_scores(labels: pd.Series, scores: np.ndarray, segments: pd.Series) -> Evaluation:
+def evaluate_scores(
+    labels: pd.Series, scores: np.ndarray, segments: pd.Series, baselines: dict[str, np.ndarray] | None = None
+) -> Evaluation:
     segment_auc = {
         str(segment): float(roc_auc_score(labels[mask], scores[mask.to_numpy()]))
         for segment, mask in ((s, segments == s) for s in segments.unique())
         if labels[mask].nunique() == 2
     }
+    measured = quality(labels.to_numpy(), scores)
     return Evaluation(
-        auc=float(roc_auc_score(labels, scores)),
-        average_precision=float(average_precision_score(labels, scores)),
+        auc=measured.auc,
+        average_precision=measured.pr_auc,
         log_loss=float(log_loss(labels, np.clip(scores, 1e-6, 1 - 1e-6))),
-        brier=float(brier_score_loss(labels, scores)),
+        brier=measured.brier,
+        calibration_error=measured.calibration_error,
+        top_decile_capture=measured.top_decile_capture,
         test_rows=len(labels),
         positive_rate=float(labels.mean()),
         segment_auc=segment_auc,
+        baselines={name: quality(labels.to_numpy(), s) for name, s in (baselines or {}).items()},
     )
 
 
-def test_rows(training_set: Path) -> pd.DataFrame:
-    return split_by_time(F.known_customers(pd.read_parquet(training_set))).test
+def test_rows(training_set: Path, known_only: bool = True) -> pd.DataFrame:
+    """The test snapshots' rows: of the known customers (the batch model's), or of everyone."""
+    return read_split(training_set, known_only)[0].test
+
+
+def metric_name(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower())
 
 
 def evaluate_run(settings: Settings, training_set: Path, run_id: str) -> tuple[Evaluation, pd.DataFrame]:
-    """Evaluate a logged batch model on the test snapshots; log the metrics to its run."""
+    """Evaluate a logged batch model on the test snapshots, beside the baselines fitted on the same
+    training rows; log the metrics to its run."""
     configure(settings)
-    test = test_rows(training_set)
+    split, _ = read_split(training_set)
+    test = split.test
     model = mlflow.sklearn.load_model(f"runs:/{run_id}/model")
     scores = predict_scores(model, test, F.BATCH_MODEL_FEATURES)
-    evaluation = evaluate_scores(test[F.LABEL], scores, test[SEGMENT])
+    evaluation = evaluate_scores(test[F.LABEL], scores, test[SEGMENT], baseline_scores(split.train, test))
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(
             {
@@ -254,9 +338,12 @@ def evaluate_run(settings: Settings, training_set: Path, run_id: str) -> tuple[E
                 "test_average_precision": evaluation.average_precision,
                 "test_log_loss": evaluation.log_loss,
                 "test_brier": evaluation.brier,
+                "test_calibration_error": evaluation.calibration_error,
+                "test_top_decile_capture": evaluation.top_decile_capture,
             }
         )
         mlflow.log_metrics({f"test_auc_{SEGMENT}_{k}": v for k, v in evaluation.segment_auc.items()})
+        mlflow.log_metrics({f"baseline_{metric_name(name)}_auc": q.auc for name, q in evaluation.baselines.items()})
         # Kept with the model: the reference distribution for drift monitoring.
         reference = test[[*F.BATCH_MODEL_FEATURES]].assign(score=scores)
         path = settings.scratch_dir / run_id / "reference.parquet"

@@ -57,8 +57,6 @@ class Resources:
 SPARK_DRIVER = Resources(cpu="1", memory="4Gi", memory_limit="8Gi", retries=2, cache=False)
 # Model fits and evaluation on the capped training set, in the step's own process.
 TRAINING = Resources(cpu="2", memory="4Gi", memory_limit="8Gi", retries=1, cache=False)
-# Pure functions of their input artifacts: a rerun with the same inputs may reuse the result.
-PURE = Resources(cpu="500m", memory="2Gi", memory_limit="4Gi", retries=1, cache=True)
 # Calls to MLflow and KFP that change what they point at: never retried blindly, never cached.
 REGISTRY = Resources(cpu="250m", memory="1Gi", memory_limit="2Gi", retries=0, cache=False)
 

@@ -6,7 +6,7 @@ from kfp import dsl
 
 from components import kfp_components as c
 from components.training import DEFAULT_CANDIDATES
-from pipelines.platform import PURE, REGISTRY, SPARK_DRIVER, TRAINING, on_cluster
+from pipelines.platform import REGISTRY, SPARK_DRIVER, TRAINING, on_cluster
 
 
 @dsl.pipeline(
@@ -17,19 +17,28 @@ from pipelines.platform import PURE, REGISTRY, SPARK_DRIVER, TRAINING, on_cluste
 def training_pipeline(
     as_of_date: str = "",
     training_window_days: int = 120,
+    label_horizon_days: int = 30,
     candidates: list = DEFAULT_CANDIDATES,
 ) -> NamedTuple("TrainingOutputs", model_version=str, auc=float, decision=str):
-    """as_of_date: last day of data to learn from (empty: the day after the last transaction)."""
+    """as_of_date: last day of data to learn from (empty: the day after the last transaction).
+    training_window_days: how far back the labelled snapshots go; label_horizon_days: the label's
+    window (will the customer buy within it?). Later steps read both from the training set's lineage."""
     features = on_cluster(
-        c.materialize_features(as_of_date=as_of_date, training_window_days=training_window_days),
+        c.materialize_features(
+            as_of_date=as_of_date, training_window_days=training_window_days, label_horizon_days=label_horizon_days
+        ),
         SPARK_DRIVER,
     ).set_display_name("Materialize features in Feast")
     training_set = on_cluster(
-        c.build_training_set(as_of_date=features.outputs["as_of_date"], training_window_days=training_window_days),
+        c.build_training_set(
+            as_of_date=features.outputs["as_of_date"],
+            training_window_days=training_window_days,
+            label_horizon_days=label_horizon_days,
+        ),
         SPARK_DRIVER,
     ).set_display_name("Build point-in-time training set")
     validation = on_cluster(
-        c.validate_training_set(training_set=training_set.outputs["training_set"]), PURE
+        c.validate_data(training_set=training_set.outputs["training_set"]), SPARK_DRIVER
     ).set_display_name("Validate data (Great Expectations)")
     # One step reads the training set once and fits every candidate, rather than one pod per
     # candidate each reading the whole set.
@@ -58,7 +67,9 @@ def training_pipeline(
     # The champion may have moved since the last run: always compare again.
     gate = on_cluster(
         c.compare_with_champion(
-            training_set=training_set.outputs["training_set"], challenger_run_id=best.outputs["run_id"]
+            training_set=training_set.outputs["training_set"],
+            challenger_run_id=best.outputs["run_id"],
+            realtime_run_id=realtime.output,
         ),
         REGISTRY,
     ).set_display_name("Compare with champion")

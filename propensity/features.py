@@ -45,6 +45,12 @@ def known_customers(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["days_since_last_order"] <= ACTIVE_WINDOW_DAYS]
 
 
+def new_customers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows that look like new customers to serving: no purchase within the active window (never
+    bought, or lapsed). The real-time model's gate is judged on them."""
+    return frame[~(frame["days_since_last_order"] <= ACTIVE_WINDOW_DAYS)]
+
+
 def snapshot_dates(first: pd.Timestamp, last: pd.Timestamp, every_days: int) -> list[pd.Timestamp]:
     """Dates every `every_days` days ending exactly at `last` (the as-of date), none before `first`."""
     last = pd.Timestamp(last).normalize()

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     )
 
     # Labels and training.
+    code_version: str | None = Field(
+        None,
+        description="The code's version, baked into the image at build time (`make image`); outside an image "
+        "the git commit of the checkout is used.",
+    )
     label_horizon_days: int = Field(30, gt=0)
     snapshot_every_days: int = Field(7, gt=0)
     training_window_days: int = Field(120, gt=0)
@@ -123,7 +128,14 @@ class Settings(BaseSettings):
         200, ge=1, description="Segments (countries) with fewer test rows than this are not checked for regressions."
     )
     gate_segment_tolerance: float = Field(
-        0.02, ge=0.0, lt=1.0, description="AUC a segment may lose to the champion before the challenger is rejected."
+        0.02,
+        ge=0.0,
+        lt=1.0,
+        description="AUC a segment (or the real-time model, on new customers) may lose to the champion before "
+        "the release is rejected.",
+    )
+    realtime_min_auc: float = Field(
+        0.55, ge=0.0, le=1.0, description="The real-time model's AUC floor, on test rows that look like new customers."
     )
 
     # Serving.
@@ -250,6 +262,12 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"PROPENSITY_CONFIG points to {config_file}, which is not a file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+    def with_values(self, **changes: object) -> Settings:
+        """These settings with some values replaced (None keeps a value), validated like any other:
+        how a pipeline parameter (window, horizon) reaches the step functions."""
+        given = {name: value for name, value in changes.items() if value is not None}
+        return type(self)(**{**self.model_dump(), **given})
 
     def as_env(self) -> dict[str, str]:
         """These settings as PROPENSITY_* variables, so that child processes (pipeline steps, the

@@ -44,7 +44,7 @@ def scored_world(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         build_training_set(settings, root / "training.parquet")
         candidate = train_candidates(settings, root / "training.parquet", [{"max_iter": 30}])[0]
         realtime = train_realtime_model(settings, root / "training.parquet")
-        registered = register_models(settings, candidate.run_id, realtime, Decision("promote", "test", 0.8, None, None))
+        registered = register_models(settings, candidate.run_id, realtime, Decision.unchecked("promote", "test"))
         promote(settings, registered.batch.version, registered.realtime.version)
         score_customers(settings)
     return settings

@@ -15,10 +15,10 @@ from propensity import features as F
 from propensity.settings import Settings
 from propensity.tracking import CHALLENGER, CHAMPION, alias_version, load_sklearn, promote
 from tests.services import MlflowServer, ObjectStore
-from tests.test_training_logic import _frame
+from tests.test_training_logic import _frame, written
 
 pytestmark = pytest.mark.system
-PROMOTE = Decision("promote", "test", 0.9, None, None)
+PROMOTE = Decision.unchecked("promote", "test")
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def on_server(
 def _train_pair(settings: Settings, tmp_path: Path) -> tuple[str, str]:
     path = tmp_path / "training.parquet"
     if not path.exists():
-        _frame(per_date=60).to_parquet(path, index=False)
+        written(_frame(per_date=60), path)
     (candidate,) = train_candidates(settings, path, [{"max_iter": 10}])
     return candidate.run_id, train_realtime_model(settings, path)
 

@@ -16,6 +16,7 @@ from propensity.errors import PropensityError
 from propensity.feature_table import computed_snapshots
 from propensity.lake import ingest
 from propensity.settings import Settings, get_settings
+from propensity.training_set import read_training_set
 from serving.online import OnlineReader, RedisReader, online_reader
 from tests import reference
 from tests.test_ingest import lake_customers, lake_transactions
@@ -42,10 +43,19 @@ async def read_once(reader: OnlineReader, ids: list[str]) -> dict[str, list[obje
 
 
 def test_training_set_features_and_labels_never_see_the_future(lake: Settings, tmp_path: Path) -> None:
+    # The pipeline's parameters (window, horizon) reach the steps as settings.
+    lake = lake.with_values(training_window_days=63, label_horizon_days=14)
     materialize_features(lake)
     result = build_training_set(lake, tmp_path / "training.parquet")
-    frame = pd.read_parquet(tmp_path / "training.parquet")
-    assert result.rows == len(frame) > 0 and frame[F.EVENT_TIMESTAMP].nunique() > 3
+    frame, info = read_training_set(tmp_path / "training.parquet")
+    assert result == info and result.rows == len(frame) > 0 and frame[F.EVENT_TIMESTAMP].nunique() == 10
+    assert (info.training_window_days, info.label_horizon_days, info.snapshots) == (63, 14, 10)
+    assert info.positives == frame[F.LABEL].sum() and info.feature_service == "propensity_training"
+    assert set(info.feature_views) == {"customer_activity", "customer_profile"}
+    assert str(frame[F.EVENT_TIMESTAMP].min().date()) == info.first_snapshot
+    assert str(frame[F.EVENT_TIMESTAMP].max().date()) == info.last_snapshot
+    # Nothing is filled: what the join found is what validation sees.
+    assert not frame[F.BATCH_MODEL_FEATURES].isna().any().any()
 
     customers, transactions = lake_customers(lake), lake_transactions(lake)
     for t, rows in frame.groupby(F.EVENT_TIMESTAMP):
@@ -64,7 +74,7 @@ def test_training_set_features_and_labels_never_see_the_future(lake: Settings, t
         ]
         assert set(got.index[got[F.LABEL] == 1]) == set(window["customer_id"]) & set(got.index)
     as_of = transactions["timestamp"].max().normalize() + pd.Timedelta(days=1)
-    assert frame[F.EVENT_TIMESTAMP].max() + pd.Timedelta(days=lake.label_horizon_days) <= as_of
+    assert frame[F.EVENT_TIMESTAMP].max() + pd.Timedelta(days=14) == as_of == pd.Timestamp(info.as_of_date)
 
 
 def test_changing_the_future_does_not_change_the_past(lake: Settings, tmp_path: Path) -> None:

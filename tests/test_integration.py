@@ -180,8 +180,10 @@ def test_no_drift_on_undrifted_data(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     build_training_set(settings, training_set)
     candidate = train_candidates(settings, training_set, DEFAULT_CANDIDATES[:1])[0]
     evaluate_run(settings, training_set, candidate.run_id)  # logs the drift reference with the model
-    decision = compare_with_champion(settings, training_set, candidate.run_id)
-    registered = register_models(settings, candidate.run_id, train_realtime_model(settings, training_set), decision)
+    realtime = train_realtime_model(settings, training_set)
+    decision, report = compare_with_champion(settings, training_set, candidate.run_id, realtime)
+    assert "Release decision: promote" in report and "data:image/png;base64," in report
+    registered = register_models(settings, candidate.run_id, realtime, decision)
     promote(settings, registered.batch.version, registered.realtime.version)
 
     new_days = {"customers": OPTIONS.customers, "days": OPTIONS.days + OPTIONS.new_days, "since_day": OPTIONS.days}

@@ -72,7 +72,14 @@ def test_every_step_gets_the_settings_credentials_and_a_work_dir(
             assert config_map["data"]["PROPENSITY_TABLES_CLAIM"] == TABLES_CLAIM
             # Spark steps advertise their pod's IP to the executors; no step reads it from the ConfigMap.
             assert "PROPENSITY_SPARK_DRIVER_HOST" not in mapped
-            spark_steps = ("materialize", "build-training-set", "score-customers", "publish-latest", "check-drift")
+            spark_steps = (
+                "materialize",
+                "build-training-set",
+                "validate-data",
+                "score-customers",
+                "publish-latest",
+                "check-drift",
+            )
             spark_step = any(s in executor_name for s in spark_steps)
             driver_host = [{"name": "PROPENSITY_SPARK_DRIVER_HOST", "fieldPath": "status.podIP"}]
             assert config.get("fieldPathAsEnv") == (driver_host if spark_step else None), executor_name
@@ -90,9 +97,9 @@ def test_a_rerun_really_reruns_and_only_safe_steps_retry(compiled: dict[str, dic
         for name, task in tasks_by_component(spec).items()
     }
     cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
-    # Only steps whose result is a function of their input artifacts may come back from the cache;
-    # anything reading the lake, the registry or "today" reruns (a cached nightly run scores nothing).
-    assert cached == {"training/validate-training-set"}
+    # Every step reads the lake, the registry or "today": none may come back from the cache (a
+    # cached nightly run scores nothing; a cached validation would pass data it never saw).
+    assert cached == set()
     retried = {name for name, task in tasks.items() if task.get("retryPolicy", {}).get("maxRetryCount")}
     for step in ("batch-scoring/materialize-features", "batch-scoring/score-customers", "training/train-candidates"):
         assert step in retried
@@ -128,11 +135,20 @@ def test_training_pipeline_shape(compiled: dict[str, dict[str, Any]]) -> None:
     root = spec["root"]
     assert root["inputDefinitions"]["parameters"]["as_of_date"]["defaultValue"] == ""
     assert root["inputDefinitions"]["parameters"]["training_window_days"]["defaultValue"] == 120
+    assert root["inputDefinitions"]["parameters"]["label_horizon_days"]["defaultValue"] == 30
     tasks = root["dag"]["tasks"]
+    # Window and horizon reach the steps that compute snapshots and labels; later steps read them
+    # from the training set's lineage.
+    for step in ("materialize-features", "build-training-set"):
+        given = tasks[step]["inputs"]["parameters"]
+        for parameter in ("training_window_days", "label_horizon_days"):
+            assert given[parameter]["componentInputParameter"] == parameter, (step, parameter)
+    gate = tasks["compare-with-champion"]["inputs"]
+    assert gate["parameters"]["realtime_run_id"]["taskOutputParameter"]["producerTask"] == "train-realtime-model"
     # One task fits every candidate on one read of the training set (no per-candidate loop).
     assert not any(name.startswith("for-loop") for name in tasks)
     candidates = tasks["train-candidates"]
-    assert "validate-training-set" in candidates["dependentTasks"]
+    assert "validate-data" in candidates["dependentTasks"]
     assert candidates["inputs"]["parameters"]["candidates"]["componentInputParameter"] == "candidates"
     assert "train-candidates" in tasks["evaluate-model"]["dependentTasks"]
     condition_name, condition = next((name, t) for name, t in tasks.items() if name.startswith("condition"))
@@ -151,6 +167,12 @@ def test_training_pipeline_shape(compiled: dict[str, dict[str, Any]]) -> None:
     outputs = spec["components"]["comp-evaluate-model"]["outputDefinitions"]["artifacts"]
     assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
     assert outputs["roc"]["artifactType"]["schemaTitle"] == "system.ClassificationMetrics"
+    reports = {
+        component: spec["components"][f"comp-{component}"]["outputDefinitions"]["artifacts"]
+        for component in ("validate-data", "compare-with-champion")
+    }
+    assert reports["validate-data"]["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert reports["compare-with-champion"]["quality_report"]["artifactType"]["schemaTitle"] == "system.HTML"
 
 
 def test_monitoring_retrains_only_on_drift(compiled: dict[str, dict[str, Any]]) -> None:

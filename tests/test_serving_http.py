@@ -37,6 +37,7 @@ from propensity.synthetic import generate
 from propensity.tracking import CHAMPION, REALTIME_VERSION_TAG, ROLLED_BACK_TAG, alias_version, configure
 from serving.inference_log import read_records
 from serving.schema import INSTANCE_FIELDS, MAX_INSTANCES
+from tests.test_training_logic import written
 
 PREDICT = "/v1/models/propensity:predict"
 INFER = "/v2/models/propensity/infer"
@@ -50,7 +51,9 @@ def training_set(path: Path) -> Path:
     n = 3000
     frame = pd.DataFrame(
         {
-            F.EVENT_TIMESTAMP: pd.to_datetime("2026-01-01") + pd.to_timedelta(rng.integers(0, 6, n) * 7, unit="D"),
+            F.ENTITY: [f"c-{i}" for i in range(n)],
+            # Twelve weekly snapshots: room for the split's embargo of one label horizon.
+            F.EVENT_TIMESTAMP: pd.to_datetime("2026-01-01") + pd.to_timedelta(rng.integers(0, 12, n) * 7, unit="D"),
             "tenure_days": rng.integers(0, 900, n).astype(float),
             "orders_total": rng.poisson(3, n).astype(float),
             "orders_90d": rng.poisson(1, n).astype(float),
@@ -60,8 +63,7 @@ def training_set(path: Path) -> Path:
         }
     )
     frame[F.LABEL] = (rng.random(n) < 1 / (1 + np.exp(-(frame["orders_90d"] - 1)))).astype(int)
-    frame.to_parquet(path, index=False)
-    return path
+    return written(frame, path)
 
 
 def write_online(settings: Settings) -> None:

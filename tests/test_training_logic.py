@@ -16,9 +16,11 @@ from components.training import (
     split_by_time,
     train_candidates,
 )
-from components.validation import validate_training_set
 from propensity import features as F
 from propensity.settings import Settings
+from propensity.training_set import TrainingSetInfo, write_training_set
+
+HORIZON = 30
 
 
 def _frame(n_dates: int = 12, per_date: int = 80, seed: int = 0) -> pd.DataFrame:
@@ -47,20 +49,68 @@ def _frame(n_dates: int = 12, per_date: int = 80, seed: int = 0) -> pd.DataFrame
     return frame
 
 
-def test_split_by_time_never_mixes_dates() -> None:
-    split = split_by_time(_frame())
-    assert split.train[F.EVENT_TIMESTAMP].max() < split.valid[F.EVENT_TIMESTAMP].min()
-    assert split.valid[F.EVENT_TIMESTAMP].max() < split.test[F.EVENT_TIMESTAMP].min()
-    assert len(split.train) + len(split.valid) + len(split.test) == len(_frame())
+def info_for(frame: pd.DataFrame, horizon: int = HORIZON) -> TrainingSetInfo:
+    """The lineage build_training_set would write for `frame`."""
+    dates = frame[F.EVENT_TIMESTAMP]
+    last = dates.max()
+    return TrainingSetInfo(
+        as_of_date=str((last + pd.Timedelta(days=horizon)).date()),
+        training_window_days=int((last - dates.min()).days),
+        label_horizon_days=horizon,
+        snapshot_every_days=7,
+        first_snapshot=str(dates.min().date()),
+        last_snapshot=str(last.date()),
+        snapshots=int(dates.nunique()),
+        rows=len(frame),
+        rows_before_cap=len(frame),
+        positives=int(frame[F.LABEL].sum()),
+        feature_service="propensity_training",
+        feature_views={"customer_activity": "abc", "customer_profile": "def"},
+    )
 
 
-def test_split_needs_three_dates() -> None:
+def written(frame: pd.DataFrame, path: Path, horizon: int = HORIZON) -> Path:
+    write_training_set(frame, path, info_for(frame, horizon))
+    return path
+
+
+def test_the_split_embargoes_one_label_horizon_before_each_period() -> None:
+    frame = _frame(n_dates=24)
+    split = split_by_time(frame, HORIZON)
+    horizon = pd.Timedelta(days=HORIZON)
+    train, valid, test = (set(part[F.EVENT_TIMESTAMP]) for part in (split.train, split.valid, split.test))
+    # No training label window reaches into validation, no validation label window into the test.
+    assert max(train) + horizon <= min(valid) and max(valid) + horizon <= min(test)
+    assert max(test) == frame[F.EVENT_TIMESTAMP].max() and len(test) == len(valid) == 24 // 9
+    # The embargoed snapshots are exactly those whose labels would overlap the next period.
+    dropped = set(frame[F.EVENT_TIMESTAMP]) - train - valid - test
+    assert dropped and all(d + horizon > min(valid) or d + horizon > min(test) for d in dropped)
+    assert min(train) == frame[F.EVENT_TIMESTAMP].min()
+    # A one-week horizon embargoes nothing with weekly snapshots.
+    weekly = split_by_time(frame, 7)
+    assert len(weekly.train) + len(weekly.valid) + len(weekly.test) == len(frame)
+
+
+def test_the_split_needs_room_for_the_embargo() -> None:
     with pytest.raises(ValueError, match="at least 3"):
-        split_by_time(_frame(n_dates=2))
+        split_by_time(_frame(n_dates=2), HORIZON)
+    with pytest.raises(ValueError, match="30-day embargo; widen training_window_days"):
+        split_by_time(_frame(n_dates=8), HORIZON)
+    split_by_time(_frame(n_dates=8), 7)
+
+
+def test_the_split_follows_the_horizon_recorded_with_the_training_set(settings: Settings, tmp_path: Path) -> None:
+    from components.training import read_split
+
+    frame = _frame(n_dates=12)
+    short, _ = read_split(written(frame, tmp_path / "short.parquet", horizon=7))
+    long, info = read_split(written(frame, tmp_path / "long.parquet", horizon=HORIZON))
+    assert info.label_horizon_days == HORIZON
+    assert len(short.train) > len(long.train)
 
 
 def test_model_learns_signal() -> None:
-    split = split_by_time(_frame(per_date=200))
+    split = split_by_time(_frame(per_date=200), HORIZON)
     model = make_model(F.BATCH_MODEL_FEATURES, {"max_iter": 50, "max_depth": 3})
     model.fit(split.train[F.BATCH_MODEL_FEATURES], split.train[F.LABEL])
     scores = model.predict_proba(split.test[F.BATCH_MODEL_FEATURES])[:, 1]
@@ -83,8 +133,7 @@ def test_select_best_prefers_higher_validation_auc() -> None:
 def test_candidates_share_one_read_of_the_training_set(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "training.parquet"
-    _frame(per_date=100).to_parquet(path, index=False)
+    path = written(_frame(per_date=100), tmp_path / "training.parquet")
     reads: list[object] = []
     read_parquet = pd.read_parquet
     monkeypatch.setattr(pd, "read_parquet", lambda *a, **k: reads.append(a) or read_parquet(*a, **k))
@@ -100,7 +149,14 @@ def test_candidates_must_be_parameter_mappings(settings: Settings, tmp_path: Pat
         train_candidates(settings, tmp_path / "never-read.parquet", candidates)
 
 
-RULES = GateRules(min_auc=0.6, min_improvement=0.0, confidence=0.95, min_segment_rows=200, segment_tolerance=0.02)
+RULES = GateRules(
+    min_auc=0.6,
+    min_improvement=0.0,
+    confidence=0.95,
+    min_segment_rows=200,
+    segment_tolerance=0.02,
+    realtime_min_auc=0.55,
+)
 
 
 def scored(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -181,27 +237,94 @@ def test_only_a_challenger_that_passed_the_gate_gets_the_alias(settings: Setting
         with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.sklearn.log_model(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), name="model")
         runs.append(run.info.run_id)
-    rejected = register_models(settings, *runs, Decision(REJECT, "tie with the champion", 0.8, 0.8, "1"))
+    rejected = register_models(settings, *runs, Decision.unchecked(REJECT, "tie with the champion"))
     assert alias_version(settings, settings.model_name, CHALLENGER) is None
     tags = MlflowClient().get_model_version(settings.model_name, rejected.batch.version).tags
     assert (tags["decision"], tags["decision_reason"]) == (REJECT, "tie with the champion")
-    passed = register_models(settings, *runs, Decision(PROMOTE, "significantly better", 0.9, 0.8, "1"))
+    passed = register_models(settings, *runs, Decision.unchecked(PROMOTE, "significantly better"))
     challenger = alias_version(settings, settings.model_name, CHALLENGER)
     assert challenger is not None and challenger.version == passed.batch.version
 
 
-def test_validation_gate_passes_good_and_names_what_is_wrong() -> None:
-    good = _frame()
-    assert validate_training_set(good).success
-    bad = good.copy()
-    bad.loc[0, "orders_total"] = -1
-    bad.loc[1, "country"] = None
-    result = validate_training_set(bad)
-    assert not result.success
-    assert any("orders_total" in f for f in result.failed) and any("country" in f for f in result.failed)
-    assert "FAILED" in result.markdown()
+def test_the_real_time_model_has_its_own_gate() -> None:
+    from components.registry import decide_realtime
+
+    labels, signal, _ = scored()
+    assert decide_realtime(labels, noisier(signal, 20.0), None, RULES)[0] == REJECT  # below its floor
+    assert decide_realtime(labels, signal, None, RULES)[0] == PROMOTE
+    # It need not beat its champion (a tie passes), but must not be significantly worse.
+    assert decide_realtime(labels, signal, signal.copy(), RULES)[0] == PROMOTE
+    decision, reason = decide_realtime(labels, noisier(signal, 1.5), signal, RULES)
+    assert decision == REJECT and "significantly worse" in reason
+    decision, reason = decide_realtime(np.zeros(50, dtype=int), signal[:50], None, RULES)
+    assert decision == REJECT and "one class" in reason
 
 
-def test_validation_rejects_a_broken_label_rate() -> None:
-    frame = _frame().assign(label=0)
-    assert not validate_training_set(frame).success
+def test_a_release_is_promoted_only_when_both_gates_pass() -> None:
+    from components.registry import Decision, Verdict
+
+    passed, failed = Verdict(PROMOTE, "better", 0.8, 0.7, 900), Verdict(REJECT, "worse", 0.6, 0.7, 120)
+    assert Decision.of(passed, passed, "3").decision == PROMOTE
+    for batch, realtime in ((passed, failed), (failed, passed)):
+        decision = Decision.of(batch, realtime, "3")
+        assert decision.decision == REJECT and "batch: " in decision.reason and "real-time: " in decision.reason
+    # Through KFP metadata (protobuf Struct) numbers come back as floats.
+    blob = decision.as_dict()
+    blob["realtime"] = {**blob["realtime"], "rows": 900.0}  # type: ignore[dict-item]
+    assert Decision.from_dict(blob).realtime.rows == 900
+
+
+def test_every_version_records_its_gate_and_lineage(settings: Settings, tmp_path: Path) -> None:
+    import mlflow.models
+    from mlflow import MlflowClient
+
+    from components.registry import Decision, Verdict, register_models
+    from components.training import train_realtime_model
+
+    frame = _frame(n_dates=12, per_date=100)
+    path = written(frame, tmp_path / "training.parquet")
+    [candidate] = train_candidates(settings.with_values(code_version="1.2.3+abc"), path, [{"max_iter": 10}], "run-42")
+    realtime = train_realtime_model(settings, path, "run-42")
+    decision = Decision.of(Verdict(PROMOTE, "better", 0.8, 0.7, 900), Verdict(REJECT, "worse", 0.5, 0.7, 80), "1")
+    registered = register_models(settings, candidate.run_id, realtime, decision)
+
+    client = MlflowClient()
+    run = client.get_run(candidate.run_id)
+    info = info_for(frame)
+    assert run.data.params["as_of_date"] == info.as_of_date
+    assert run.data.params["label_horizon_days"] == str(HORIZON)
+    assert run.data.params["training_window_days"] == str(info.training_window_days)
+    tags = run.data.tags
+    assert (tags["pipeline_run_id"], tags["code_version"], tags["feature_service"]) == (
+        "run-42",
+        "1.2.3+abc",
+        "propensity_training",
+    )
+    assert tags["feature_view.customer_activity"] == "abc" and tags["data_last_snapshot"] == info.last_snapshot
+    assert run.data.metrics["training_set_rows"] == len(frame)
+    assert run.data.metrics["training_set_label_rate"] == pytest.approx(frame[F.LABEL].mean())
+    assert "+" in client.get_run(realtime).data.tags["code_version"]  # the checkout's commit outside an image
+    batch = client.get_model_version(settings.model_name, registered.batch.version)
+    assert (batch.tags["decision"], batch.tags["gate"], batch.tags["gate_test_rows"]) == (REJECT, PROMOTE, "900")
+    rt = client.get_model_version(settings.realtime_model_name, registered.realtime.version)
+    assert (rt.tags["gate"], rt.tags["gate_reason"]) == (REJECT, "worse")
+    logged = mlflow.models.get_model_info(registered.batch.uri)
+    assert logged.signature is not None and logged.saved_input_example_info is not None
+
+
+def test_calibration_keeps_the_ranking_and_makes_probabilities_honest() -> None:
+    from components.report import quality
+    from components.training import calibrate, predict_scores
+
+    frame = _frame(n_dates=20, per_date=300)
+    frame[F.LABEL] = (np.random.default_rng(5).random(len(frame)) < 0.05 + 0.04 * frame["orders_90d"]).astype(int)
+    split = split_by_time(frame, HORIZON)
+    # An overfitted model is overconfident: its probabilities run to the extremes.
+    overfit = {"max_iter": 300, "learning_rate": 0.5, "max_leaf_nodes": 63, "min_samples_leaf": 2}
+    raw = make_model(F.BATCH_MODEL_FEATURES, overfit).fit(split.train[F.BATCH_MODEL_FEATURES], split.train[F.LABEL])
+    calibrated = calibrate(raw, split.valid, F.BATCH_MODEL_FEATURES)
+    labels = split.test[F.LABEL].to_numpy()
+    before = quality(labels, predict_scores(raw, split.test, F.BATCH_MODEL_FEATURES))
+    after = quality(labels, predict_scores(calibrated, split.test, F.BATCH_MODEL_FEATURES))
+    assert after.auc == pytest.approx(before.auc, abs=1e-9)
+    assert after.calibration_error < before.calibration_error / 2 and after.brier < before.brier
