@@ -148,6 +148,28 @@ class GateRules:
         return float(norm.ppf(self.confidence))
 
 
+def auc_of(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+_NO_CHAMPION = (REJECT, "no champion to compare with")  # never returned: _floor_and_first decides then
+
+
+def _floor_and_first(
+    labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, floor: float, rows: str
+) -> tuple[str, str] | None:
+    """The rules that need no champion: a challenger below the floor is rejected; with no champion
+    yet, one above it is promoted. None: compare with the champion."""
+    auc = auc_of(labels, challenger)
+    if auc < floor:
+        return REJECT, f"challenger AUC {auc:.4f}{rows} is below the floor {floor:.4f}"
+    if champion is None:
+        return PROMOTE, f"no champion yet; challenger AUC {auc:.4f}{rows} clears the floor {floor:.4f}"
+    return None
+
+
 def decide(
     labels: np.ndarray,
     challenger: np.ndarray,
@@ -163,11 +185,10 @@ def decide(
        `segment_tolerance` of AUC."""
     from sklearn.metrics import roc_auc_score
 
-    auc = float(roc_auc_score(labels, challenger))
-    if auc < rules.min_auc:
-        return REJECT, f"challenger AUC {auc:.4f} is below the floor {rules.min_auc:.4f}"
-    if champion is None:
-        return PROMOTE, f"no champion yet; challenger AUC {auc:.4f} clears the floor {rules.min_auc:.4f}"
+    first = _floor_and_first(labels, challenger, champion, rules.min_auc, "")
+    if first is not None or champion is None:
+        return first or _NO_CHAMPION
+    auc = auc_of(labels, challenger)
     difference, error = auc_difference(labels, challenger, champion)
     lower = difference - rules.z * error
     versus = (
@@ -195,16 +216,13 @@ def decide_realtime(
     """The real-time model's rule, on rows that look like new customers: its AUC clears its floor,
     and it is not worse than the real-time champion by more than `segment_tolerance` with
     `confidence` (the upper end of DeLong's one-sided interval of the paired difference)."""
-    from sklearn.metrics import roc_auc_score
-
     if len(set(np.asarray(labels).tolist())) < 2:
         return REJECT, f"the {len(labels)} new-customer test rows hold one class: the model cannot be checked"
-    auc = float(roc_auc_score(labels, challenger))
-    if auc < rules.realtime_min_auc:
-        return REJECT, f"challenger AUC {auc:.4f} on new customers is below the floor {rules.realtime_min_auc:.4f}"
-    if champion is None:
-        return PROMOTE, f"no champion yet; AUC {auc:.4f} on new customers clears the floor"
+    first = _floor_and_first(labels, challenger, champion, rules.realtime_min_auc, " on new customers")
+    if first is not None or champion is None:
+        return first or _NO_CHAMPION
     difference, error = auc_difference(labels, challenger, champion)
+    auc = difference + auc_of(labels, champion)
     upper = difference + rules.z * error
     versus = (
         f"AUC {auc:.4f} on new customers vs champion {auc - difference:.4f}: difference {difference:+.4f}, "
