@@ -55,14 +55,21 @@ def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int
 
 
 def cumulative_gains(labels: np.ndarray, scores: np.ndarray, groups: int = 10) -> pd.DataFrame:
-    """Share of buyers captured by the top 10%, 20%, ... of scores, and the lift over random."""
-    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
-    ranked = np.asarray(labels)[order]
-    total = max(int(ranked.sum()), 1)
+    """Share of buyers captured by the top 10%, 20%, ... of scores, and the lift over random.
+
+    Rows with equal scores cannot be told apart: each counts as the mean label of its tie (the
+    expected capture when ties are broken at random), so a constant score captures 10% in 10%."""
+    scores = np.asarray(scores, dtype=float)
+    order = np.argsort(-scores, kind="stable")
+    ranked_scores, ranked = scores[order], np.asarray(labels, dtype=float)[order]
+    _, starts, counts = np.unique(-ranked_scores, return_index=True, return_counts=True)
+    tie_means = np.add.reduceat(ranked, starts) / counts
+    expected = np.cumsum(np.repeat(tie_means, counts))
+    total = max(float(ranked.sum()), 1.0)
     shares = np.arange(1, groups + 1) / groups
-    sizes = np.rint(shares * len(ranked)).astype(int)
-    captured = [ranked[:size].sum() / total for size in sizes]
-    return pd.DataFrame({"share": shares, "captured": captured, "lift": np.asarray(captured) / shares})
+    sizes = np.maximum(np.rint(shares * len(ranked)).astype(int), 1)
+    captured = expected[sizes - 1] / total
+    return pd.DataFrame({"share": shares, "captured": captured, "lift": captured / shares})
 
 
 def quality(labels: np.ndarray, scores: np.ndarray) -> Quality:

@@ -28,6 +28,10 @@ def test_cumulative_gains_and_top_decile_capture() -> None:
     assert gains["captured"].iloc[-1] == 1.0
     backwards = R.cumulative_gains(labels, -perfect)
     assert backwards["captured"].iloc[0] == 0.0 and backwards["captured"].iloc[-1] == 1.0
+    # A score that cannot tell anyone apart captures what random contact would, whatever the row order.
+    constant = R.cumulative_gains(labels, np.zeros(100))
+    assert constant["captured"].to_numpy() == pytest.approx(np.arange(1, 11) / 10)
+    assert constant["lift"].to_numpy() == pytest.approx(np.ones(10))
 
 
 def test_baselines_score_the_same_rows_as_probabilities() -> None:
