@@ -14,10 +14,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     UV_NO_CACHE=1 \
     UV_COMPILE_BYTECODE=1
 
-# Java runtime for Spark. (Slim images lack the man directories the JRE's postinst links into.)
+# Java runtime for Spark; libgomp for LightGBM. (Slim images lack the man directories the JRE's postinst links into.)
 RUN mkdir -p /usr/share/man/man1 \
  && apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless libgomp1 \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/propensity

@@ -16,6 +16,7 @@ check-prereqs:
 	@command -v java >/dev/null 2>&1 || { echo "Java 17+ is required for Spark and was not found on PATH; install a JRE (e.g. apt-get install openjdk-17-jre-headless)"; exit 1; }
 	@v=$$(java -version 2>&1 | sed -nE '1s/.*version "([0-9]+).*/\1/p'); \
 	  [ -n "$$v" ] && [ "$$v" -ge 17 ] || { echo "Java 17+ is required for Spark, found version '$$v'; install a newer JRE"; exit 1; }
+	@[ "$$(uname)" != Linux ] || { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q 'libgomp\.so\.1' || { echo "libgomp (GNU OpenMP) is required by LightGBM and was not found; install it (e.g. apt-get install libgomp1)"; exit 1; }
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(MAKE) --no-print-directory check-prereqs

@@ -21,7 +21,14 @@ import mlflow.sklearn
 
 from components.features import build_training_set, materialize_features
 from components.report import baseline_scores, quality_table
-from components.training import DEFAULT_CANDIDATES, predict_scores, read_split, select_best, train_candidates
+from components.training import (
+    DEFAULT_CANDIDATES,
+    HIST_GRADIENT_BOOSTING,
+    predict_scores,
+    read_split,
+    select_best,
+    train_candidates,
+)
 from components.training import train_realtime_model as fit_realtime
 from components.validation import validate_data
 from propensity import features as F
@@ -49,13 +56,27 @@ def main() -> None:
         path = work / "training.parquet"
         info = build_training_set(settings, path)
         validation = validate_data(settings, path)
-        best = select_best(train_candidates(settings, path, DEFAULT_CANDIDATES))
+        trained = train_candidates(settings, path, DEFAULT_CANDIDATES)
+        best = select_best(trained)
         realtime_run = fit_realtime(settings, path)
         configure(settings)
 
         split, _ = read_split(path)
         test = split.test
-        batch = predict_scores(mlflow.sklearn.load_model(f"runs:/{best.run_id}/model"), test, F.BATCH_MODEL_FEATURES)
+
+        def scores(run_id: str) -> object:
+            return predict_scores(mlflow.sklearn.load_model(f"runs:/{run_id}/model"), test, F.BATCH_MODEL_FEATURES)
+
+        # The best candidate of each learner (by validation AUC, as the pipeline selects), on the test rows.
+        learners: dict[str, object] = {}
+        for candidate in sorted(trained, key=lambda c: -c.valid_auc):
+            learner = candidate.params.get("model", HIST_GRADIENT_BOOSTING)
+            if learner not in learners:
+                chosen = " (selected)" if candidate.run_id == best.run_id else ""
+                learners[learner] = (
+                    f"{learner}{chosen}, valid AUC {candidate.valid_auc:.4f}",
+                    scores(candidate.run_id),
+                )
         everyone, _ = read_split(path, known_only=False)
         new = F.new_customers(everyone.test)
         realtime_model = mlflow.sklearn.load_model(f"runs:/{realtime_run}/model")
@@ -67,8 +88,9 @@ def main() -> None:
             f"{info.rows} rows over {info.snapshots} snapshots ({info.first_snapshot} to {info.last_snapshot}), "
             f"label rate {info.label_rate:.3f}; data validation {'passed' if validation.success else 'FAILED'}.\n"
         )
-        print(f"Batch model (HistGradientBoosting, calibrated), known customers: {len(test)} test rows\n")
-        print(quality_table(test[F.LABEL].to_numpy(), {"batch model": batch, **baseline_scores(split.train, test)}))
+        print(f"Batch model candidates (calibrated), known customers: {len(test)} test rows\n")
+        rows = dict(learners.values())
+        print(quality_table(test[F.LABEL].to_numpy(), {**rows, **baseline_scores(split.train, test)}))  # type: ignore[arg-type]
         print(f"Real-time model, rows that look like new customers: {len(new)} test rows\n")
         print(quality_table(new[F.LABEL].to_numpy(), {"real-time model": realtime, **baseline_scores(new_train, new)}))
     print(f"({time.monotonic() - started:.0f} s)")

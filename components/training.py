@@ -35,10 +35,15 @@ from propensity.settings import Settings
 from propensity.tracking import configure, log_runtime
 from propensity.training_set import TrainingSetInfo, read_training_set
 
+# Each candidate names its learner (`model`, default HistGradientBoosting) and that learner's parameters.
+HIST_GRADIENT_BOOSTING = "hist_gradient_boosting"
+LIGHTGBM = "lightgbm"
+MODELS = (HIST_GRADIENT_BOOSTING, LIGHTGBM)
 DEFAULT_CANDIDATES: list[dict[str, Any]] = [
     {"learning_rate": 0.05, "max_leaf_nodes": 15, "max_iter": 150},
     {"learning_rate": 0.1, "max_leaf_nodes": 31, "max_iter": 100},
     {"learning_rate": 0.1, "max_depth": 3, "max_iter": 200, "l2_regularization": 1.0},
+    {"model": LIGHTGBM, "learning_rate": 0.05, "num_leaves": 15, "n_estimators": 200, "min_child_samples": 50},
 ]
 REALTIME_PARAMS: dict[str, Any] = {"learning_rate": 0.1, "max_depth": 3, "max_iter": 100}
 SEGMENT = "country"
@@ -84,7 +89,16 @@ def read_split(training_set: Path, known_only: bool = True) -> tuple[Split, Trai
     return split_by_time(F.known_customers(frame) if known_only else frame, info.label_horizon_days), info
 
 
-INTEGER_PARAMS = {"max_iter", "max_leaf_nodes", "max_depth", "min_samples_leaf", "max_bins"}
+INTEGER_PARAMS = {
+    "max_iter",
+    "max_leaf_nodes",
+    "max_depth",
+    "min_samples_leaf",
+    "max_bins",
+    "n_estimators",
+    "num_leaves",
+    "min_child_samples",
+}
 
 
 def coerce_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +115,16 @@ def make_model(features: list[str], params: dict[str, Any]) -> Pipeline:
             ("numeric", "passthrough", numeric),
         ]
     )
-    classifier = HistGradientBoostingClassifier(random_state=0, **coerce_params(params))
+    learner = dict(coerce_params(params))
+    kind = learner.pop("model", HIST_GRADIENT_BOOSTING)
+    if kind == LIGHTGBM:
+        from lightgbm import LGBMClassifier
+
+        classifier: Any = LGBMClassifier(random_state=0, verbose=-1, **learner)
+    elif kind == HIST_GRADIENT_BOOSTING:
+        classifier = HistGradientBoostingClassifier(random_state=0, **learner)
+    else:
+        raise ValueError(f"unknown model {kind!r} in a candidate; choose one of {', '.join(MODELS)}")
     return Pipeline([("prepare", prep), ("classify", classifier)])
 
 
@@ -141,7 +164,11 @@ def _log_model(model: Pipeline, sample: pd.DataFrame) -> None:
 
     # skops (MLflow's default format) refuses unknown types on load; trust exactly the sklearn
     # internals this model holds rather than falling back to pickle.
-    trusted = [t for t in sio.get_untrusted_types(data=sio.dumps(model)) if t.startswith("sklearn.")]
+    trusted = [
+        t
+        for t in sio.get_untrusted_types(data=sio.dumps(model))
+        if t.startswith(("sklearn.", "lightgbm.")) or t == "collections.OrderedDict"  # LightGBM's parameters
+    ]
     signature = infer_signature(sample, model.predict_proba(sample)[:, 1])
     mlflow.sklearn.log_model(
         model,
@@ -233,6 +260,9 @@ def train_candidates(
     """Fit every hyperparameter candidate on one read of the training set, each logged as an MLflow run."""
     if not candidates or not all(isinstance(params, dict) for params in candidates):
         raise ValueError(f"candidates must be a non-empty list of parameter mappings, got {candidates!r}")
+    unknown = [p["model"] for p in candidates if p.get("model", HIST_GRADIENT_BOOSTING) not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown} in the candidates; choose among {', '.join(MODELS)}")
     split, info = read_split(training_set)
     return [fit_candidate(settings, split, info, params, pipeline_run_id) for params in candidates]
 

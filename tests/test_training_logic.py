@@ -137,15 +137,25 @@ def test_candidates_share_one_read_of_the_training_set(
     reads: list[object] = []
     read_parquet = pd.read_parquet
     monkeypatch.setattr(pd, "read_parquet", lambda *a, **k: reads.append(a) or read_parquet(*a, **k))
-    trained = train_candidates(settings, path, [{"max_iter": 10}, {"max_iter": 20, "max_depth": 2}])
+    lightgbm = {"model": "lightgbm", "n_estimators": 20.0, "num_leaves": 7}  # KFP turns 20 into 20.0
+    trained = train_candidates(settings, path, [{"max_iter": 10}, lightgbm])
     assert len(reads) == 1
-    assert [c.params for c in trained] == [{"max_iter": 10}, {"max_iter": 20, "max_depth": 2}]
+    assert [c.params for c in trained] == [{"max_iter": 10}, {**lightgbm, "n_estimators": 20}]
     assert len({c.run_id for c in trained}) == 2 and all(0.5 < c.valid_auc <= 1 for c in trained)
 
 
-@pytest.mark.parametrize("candidates", [[], [{"max_iter": 10}, "fast"]])
-def test_candidates_must_be_parameter_mappings(settings: Settings, tmp_path: Path, candidates: list) -> None:
-    with pytest.raises(ValueError, match="candidates must be a non-empty list"):
+@pytest.mark.parametrize(
+    ("candidates", "error"),
+    [
+        ([], "candidates must be a non-empty list"),
+        ([{"max_iter": 10}, "fast"], "candidates must be a non-empty list"),
+        ([{"max_iter": 10}, {"model": "xgboost"}], r"unknown model\(s\) \['xgboost'\]"),
+    ],
+)
+def test_candidates_must_be_parameter_mappings_of_known_models(
+    settings: Settings, tmp_path: Path, candidates: list, error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
         train_candidates(settings, tmp_path / "never-read.parquet", candidates)
 
 
@@ -279,11 +289,19 @@ def test_every_version_records_its_gate_and_lineage(settings: Settings, tmp_path
     from mlflow import MlflowClient
 
     from components.registry import Decision, Verdict, register_models
-    from components.training import train_realtime_model
+    from components.training import evaluate_run, train_realtime_model
 
     frame = _frame(n_dates=12, per_date=100)
     path = written(frame, tmp_path / "training.parquet")
-    [candidate] = train_candidates(settings.with_values(code_version="1.2.3+abc"), path, [{"max_iter": 10}], "run-42")
+    lightgbm = {"model": "lightgbm", "n_estimators": 20}
+    [candidate] = train_candidates(settings.with_values(code_version="1.2.3+abc"), path, [lightgbm], "run-42")
+    # The LightGBM candidate, calibrated, comes back from MLflow (skops, with its types trusted).
+    evaluation, _ = evaluate_run(settings, path, candidate.run_id)
+    assert 0.5 < evaluation.auc <= 1 and set(evaluation.baselines) == {
+        "recency rank",
+        "frequency rank",
+        "logistic regression on RFM",
+    }
     realtime = train_realtime_model(settings, path, "run-42")
     decision = Decision.of(Verdict(PROMOTE, "better", 0.8, 0.7, 900), Verdict(REJECT, "worse", 0.5, 0.7, 80), "1")
     registered = register_models(settings, candidate.run_id, realtime, decision)
@@ -292,7 +310,7 @@ def test_every_version_records_its_gate_and_lineage(settings: Settings, tmp_path
     run = client.get_run(candidate.run_id)
     info = info_for(frame)
     assert run.data.params["as_of_date"] == info.as_of_date
-    assert run.data.params["label_horizon_days"] == str(HORIZON)
+    assert run.data.params["label_horizon_days"] == str(HORIZON) and run.data.params["model"] == "lightgbm"
     assert run.data.params["training_window_days"] == str(info.training_window_days)
     tags = run.data.tags
     assert (tags["pipeline_run_id"], tags["code_version"], tags["feature_service"]) == (
