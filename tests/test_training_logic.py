@@ -346,3 +346,45 @@ def test_calibration_keeps_the_ranking_and_makes_probabilities_honest() -> None:
     after = quality(labels, predict_scores(calibrated, split.test, F.BATCH_MODEL_FEATURES))
     assert after.auc == pytest.approx(before.auc, abs=1e-9)
     assert after.calibration_error < before.calibration_error / 2 and after.brier < before.brier
+
+
+def test_both_champion_aliases_move_together_or_not_at_all(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+    import mlflow.sklearn
+    from mlflow import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+
+    from components.registry import Decision, register_models
+    from propensity.tracking import CHAMPION, alias_version, configure, promote
+
+    experiment = configure(settings)
+    runs = []
+    for _ in range(2):
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.sklearn.log_model(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), name="model")
+        runs.append(run.info.run_id)
+    first = register_models(settings, *runs, Decision.unchecked(PROMOTE, "first"))
+    second = register_models(settings, *runs, Decision.unchecked(PROMOTE, "second"))
+
+    # The very first release: if the real-time alias cannot move, the batch alias is removed again.
+    real = MlflowClient.set_registered_model_alias
+
+    def fail_for_realtime(self: MlflowClient, name: str, alias: str, version: str) -> None:
+        if name == settings.realtime_model_name:
+            raise RuntimeError("registry unavailable")
+        real(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_for_realtime)
+    with pytest.raises(RuntimeError, match="registry unavailable"):
+        promote(settings, first.batch.version, first.realtime.version)
+    assert alias_version(settings, settings.model_name, CHAMPION) is None
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
+    promote(settings, first.batch.version, first.realtime.version)
+
+    # A later release: the batch alias goes back to the previous champion.
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_for_realtime)
+    with pytest.raises(RuntimeError):
+        promote(settings, second.batch.version, second.realtime.version)
+    for name, ref in ((settings.model_name, first.batch), (settings.realtime_model_name, first.realtime)):
+        champion = alias_version(settings, name, CHAMPION)
+        assert champion is not None and champion.version == ref.version, name
