@@ -16,13 +16,16 @@ from pipelines.platform import REGISTRY, SPARK_DRIVER, TRAINING, on_cluster
 )
 def training_pipeline(
     as_of_date: str = "",
-    training_window_days: int = 120,
-    label_horizon_days: int = 30,
+    training_window_days: int = 0,
+    label_horizon_days: int = 0,
     candidates: list = DEFAULT_CANDIDATES,
 ) -> NamedTuple("TrainingOutputs", model_version=str, auc=float, decision=str):
     """as_of_date: last day of data to learn from (empty: the day after the last transaction).
     training_window_days: how far back the labelled snapshots go; label_horizon_days: the label's
-    window (will the customer buy within it?). Later steps read both from the training set's lineage."""
+    window (will the customer buy within it?). 0 means the deployment's setting
+    (PROPENSITY_TRAINING_WINDOW_DAYS, 120; PROPENSITY_LABEL_HORIZON_DAYS, 30), so a run started by
+    the retraining trigger uses the same horizon as monitoring. Later steps read both from the
+    training set's lineage."""
     features = on_cluster(
         c.materialize_features(
             as_of_date=as_of_date, training_window_days=training_window_days, label_horizon_days=label_horizon_days

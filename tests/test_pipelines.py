@@ -134,8 +134,9 @@ def test_training_pipeline_shape(compiled: dict[str, dict[str, Any]]) -> None:
     spec = compiled["training"]
     root = spec["root"]
     assert root["inputDefinitions"]["parameters"]["as_of_date"]["defaultValue"] == ""
-    assert root["inputDefinitions"]["parameters"]["training_window_days"]["defaultValue"] == 120
-    assert root["inputDefinitions"]["parameters"]["label_horizon_days"]["defaultValue"] == 30
+    # 0: the deployment's settings decide, so a run the retraining trigger starts agrees with monitoring.
+    assert root["inputDefinitions"]["parameters"]["training_window_days"]["defaultValue"] == 0
+    assert root["inputDefinitions"]["parameters"]["label_horizon_days"]["defaultValue"] == 0
     tasks = root["dag"]["tasks"]
     # Window and horizon reach the steps that compute snapshots and labels; later steps read them
     # from the training set's lineage.
