@@ -71,10 +71,22 @@ def switch_version(table: Path, version: str, keep: int = 2) -> None:
             shutil.rmtree(table / old, ignore_errors=True)
 
 
+STALE_STAGING_HOURS = 24.0  # no write of a partition runs this long; an older staging folder is a killed run's
+
+
 def staging_dir(table: Path) -> Path:
     """A fresh path beside `table` (same file system, so moves are renames) for one write; the
-    writer (Spark) creates it."""
+    writer (Spark) creates it. Staging folders of `table` left by killed runs (untouched for
+    STALE_STAGING_HOURS) are removed first; a concurrent writer's recent folder is left alone."""
     table.parent.mkdir(parents=True, exist_ok=True)
+    cutoff = datetime.now(UTC).timestamp() - STALE_STAGING_HOURS * 3600
+    for old in table.parent.glob(f".staging-{table.name}-*"):
+        try:
+            stale = old.stat().st_mtime < cutoff
+        except FileNotFoundError:  # removed by another writer meanwhile
+            continue
+        if stale:
+            shutil.rmtree(old, ignore_errors=True)
     return table.parent / f".staging-{table.name}-{uuid.uuid4().hex}"
 
 

@@ -10,7 +10,7 @@ from propensity.cli import main
 from propensity.errors import PropensityError
 from propensity.lake import ingest, lake_changes
 from propensity.settings import Settings, get_settings
-from propensity.tables import current_version
+from propensity.tables import STALE_STAGING_HOURS, current_version, staging_dir
 
 
 def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "tx.csv") -> Path:
@@ -158,3 +158,22 @@ def test_cli_reports_one_line_and_exits_non_zero(
 def test_cli_ingest_json_summary(settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ingest", "--transactions", str(_write(tmp_path, GOOD)), "--json"]) == 0
     assert '"transactions": 3' in capsys.readouterr().out
+
+
+def test_a_killed_runs_staging_folder_is_swept_by_the_next_write(tmp_path: Path) -> None:
+    import os
+    import time
+
+    table = tmp_path / "historic_scores"
+    killed = tmp_path / ".staging-historic_scores-0"
+    live = tmp_path / ".staging-historic_scores-1"
+    other = tmp_path / ".staging-lake-0"
+    for folder in (killed, live, other):
+        (folder / "part").mkdir(parents=True)
+    long_ago = time.time() - (STALE_STAGING_HOURS + 1) * 3600
+    for folder in (killed, other):
+        os.utime(folder, (long_ago, long_ago))
+    fresh = staging_dir(table)
+    assert not killed.exists()  # left by a killed run: swept
+    assert live.exists() and other.exists()  # a concurrent writer's, and another table's: kept
+    assert not fresh.exists() and fresh.name.startswith(".staging-historic_scores-")
