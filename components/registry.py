@@ -23,7 +23,7 @@ import numpy as np
 from mlflow import MlflowClient
 
 from components.report import baseline_scores, release_report
-from components.training import SEGMENT, predict_scores, read_split, test_rows
+from components.training import SEGMENT, predict_scores, split_by_time
 from propensity import features as F
 from propensity.settings import Settings
 from propensity.tracking import (
@@ -35,6 +35,7 @@ from propensity.tracking import (
     configure,
     load_sklearn,
 )
+from propensity.training_set import read_training_set
 
 PROMOTE = "promote"
 REJECT = "reject"
@@ -154,9 +155,6 @@ def auc_of(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-_NO_CHAMPION = (REJECT, "no champion to compare with")  # never returned: _floor_and_first decides then
-
-
 def _floor_and_first(
     labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, floor: float, rows: str
 ) -> tuple[str, str] | None:
@@ -186,8 +184,9 @@ def decide(
     from sklearn.metrics import roc_auc_score
 
     first = _floor_and_first(labels, challenger, champion, rules.min_auc, "")
-    if first is not None or champion is None:
-        return first or _NO_CHAMPION
+    if first is not None:
+        return first
+    assert champion is not None  # without one, _floor_and_first has decided
     auc = auc_of(labels, challenger)
     difference, error = auc_difference(labels, challenger, champion)
     lower = difference - rules.z * error
@@ -219,8 +218,9 @@ def decide_realtime(
     if len(set(np.asarray(labels).tolist())) < 2:
         return REJECT, f"the {len(labels)} new-customer test rows hold one class: the model cannot be checked"
     first = _floor_and_first(labels, challenger, champion, rules.realtime_min_auc, " on new customers")
-    if first is not None or champion is None:
-        return first or _NO_CHAMPION
+    if first is not None:
+        return first
+    assert champion is not None  # without one, _floor_and_first has decided
     difference, error = auc_difference(labels, challenger, champion)
     auc = difference + auc_of(labels, champion)
     upper = difference + rules.z * error
@@ -239,11 +239,7 @@ def _scores(settings: Settings, run_id: str, rows: Any, features: list[str]) -> 
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray | None) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    if scores is None or len(set(labels.tolist())) < 2:
-        return None
-    return float(roc_auc_score(labels, scores))
+    return None if scores is None or len(set(labels.tolist())) < 2 else auc_of(labels, scores)
 
 
 def compare_with_champion(
@@ -253,7 +249,8 @@ def compare_with_champion(
     returns the decision and its HTML report (quality against the champion and the baselines, per
     segment, calibration and lift)."""
     rules = GateRules.from_settings(settings)
-    split, _ = read_split(training_set)
+    frame, info = read_training_set(training_set)  # one read for both models' test rows
+    split = split_by_time(F.known_customers(frame), info.label_horizon_days)
     test = split.test
     labels = test[F.LABEL].to_numpy()
     challenger = _scores(settings, challenger_run_id, test, F.BATCH_MODEL_FEATURES)
@@ -264,7 +261,7 @@ def compare_with_champion(
     decision, reason = decide(labels, challenger, champion, test[SEGMENT].to_numpy(), rules)
     batch = Verdict(decision, reason, float(_auc(labels, challenger) or 0.0), _auc(labels, champion), len(test))
 
-    new = F.new_customers(test_rows(training_set, known_only=False))
+    new = F.new_customers(split_by_time(frame, info.label_horizon_days).test)
     new_labels = new[F.LABEL].to_numpy()
     features = F.REALTIME_MODEL_FEATURES
     rt_challenger = _scores(settings, realtime_run_id, new, features)

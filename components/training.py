@@ -343,11 +343,6 @@ def evaluate_scores(
     )
 
 
-def test_rows(training_set: Path, known_only: bool = True) -> pd.DataFrame:
-    """The test snapshots' rows: of the known customers (the batch model's), or of everyone."""
-    return read_split(training_set, known_only)[0].test
-
-
 def metric_name(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower())
 

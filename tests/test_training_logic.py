@@ -232,14 +232,13 @@ def test_delong_standard_error_matches_the_bootstrap() -> None:
     assert error == pytest.approx(float(np.std(draws)), rel=0.2)
 
 
-def test_only_a_challenger_that_passed_the_gate_gets_the_alias(settings: Settings) -> None:
+def logged_pair(settings: Settings) -> list[str]:
+    """Two tiny logged models (run ids), to register as a batch and a real-time model."""
     import mlflow
     import mlflow.sklearn
-    from mlflow import MlflowClient
     from sklearn.linear_model import LogisticRegression
 
-    from components.registry import Decision, register_models
-    from propensity.tracking import CHALLENGER, alias_version, configure
+    from propensity.tracking import configure
 
     experiment = configure(settings)
     runs = []
@@ -247,6 +246,16 @@ def test_only_a_challenger_that_passed_the_gate_gets_the_alias(settings: Setting
         with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.sklearn.log_model(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), name="model")
         runs.append(run.info.run_id)
+    return runs
+
+
+def test_only_a_challenger_that_passed_the_gate_gets_the_alias(settings: Settings) -> None:
+    from mlflow import MlflowClient
+
+    from components.registry import Decision, register_models
+    from propensity.tracking import CHALLENGER, alias_version
+
+    runs = logged_pair(settings)
     rejected = register_models(settings, *runs, Decision.unchecked(REJECT, "tie with the champion"))
     assert alias_version(settings, settings.model_name, CHALLENGER) is None
     tags = MlflowClient().get_model_version(settings.model_name, rejected.batch.version).tags
@@ -349,20 +358,12 @@ def test_calibration_keeps_the_ranking_and_makes_probabilities_honest() -> None:
 
 
 def test_both_champion_aliases_move_together_or_not_at_all(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlflow
-    import mlflow.sklearn
     from mlflow import MlflowClient
-    from sklearn.linear_model import LogisticRegression
 
     from components.registry import Decision, register_models
-    from propensity.tracking import CHAMPION, alias_version, configure, promote
+    from propensity.tracking import CHAMPION, alias_version, promote
 
-    experiment = configure(settings)
-    runs = []
-    for _ in range(2):
-        with mlflow.start_run(experiment_id=experiment) as run:
-            mlflow.sklearn.log_model(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), name="model")
-        runs.append(run.info.run_id)
+    runs = logged_pair(settings)
     first = register_models(settings, *runs, Decision.unchecked(PROMOTE, "first"))
     second = register_models(settings, *runs, Decision.unchecked(PROMOTE, "second"))
 

@@ -3,6 +3,7 @@ engine computes the same verdicts where the data lives, and a bad lake stops the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -159,7 +160,7 @@ def test_every_expectation_has_a_failing_case() -> None:
 
 
 def test_a_capped_training_set_is_checked_against_the_sample_size() -> None:
-    capped = info_for(TRAINING).__class__(**{**INFO.__dict__, "rows_before_cap": 10 * len(TRAINING)})
+    capped = dataclasses.replace(INFO, rows_before_cap=10 * len(TRAINING))
     fits = V.run_suite(TRAINING, V.training_set_suite(capped, max_rows=len(TRAINING) + 20))
     assert fits.success, fits.failed
     too_small = V.run_suite(TRAINING, V.training_set_suite(capped, max_rows=2 * len(TRAINING)))
