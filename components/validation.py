@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import great_expectations as gx
+import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
@@ -228,6 +229,10 @@ def run_suite(data: pd.DataFrame | DataFrame, suite: gx.ExpectationSuite) -> Sui
         if not isinstance(data, pd.DataFrame):
             data.unpersist()  # GE caches the frame for its metrics; a later read must see the files again
     failed = [expectation_id(r.expectation_config) for r in result.results if not r.success and r.expectation_config]
+    for r in result.results:  # GE's renderer repr()s numbers: numpy 2 scalars print as "np.float64(...)"
+        observed = r.result.get("observed_value")
+        if isinstance(observed, np.generic):
+            r.result["observed_value"] = observed.item()
     page = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
     return SuiteResult(suite.name, bool(result.success), len(result.results), failed, page)
 
