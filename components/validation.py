@@ -130,6 +130,10 @@ def _non_negative(columns: Iterable[str]) -> list[gx.expectations.Expectation]:
     return [e.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in columns]
 
 
+def _calendar() -> list[gx.expectations.Expectation]:
+    return [e.ExpectColumnValuesToBeBetween(column=c, min_value=-1, max_value=1) for c in F.CALENDAR_FEATURES]
+
+
 def _nested_windows() -> list[gx.expectations.Expectation]:
     """Features are computed strictly before the snapshot: a 30-day window never exceeds the 90-day one."""
     pair = e.ExpectColumnPairValuesAToBeGreaterThanB
@@ -160,8 +164,9 @@ def feature_table_suite(as_of: pd.Timestamp) -> gx.ExpectationSuite:
         "feature_table",
         [
             e.ExpectCompoundColumnsToBeUnique(column_list=[F.ENTITY, F.EVENT_TIMESTAMP]),
-            *_not_null([F.ENTITY, F.EVENT_TIMESTAMP, *F.ACTIVITY_FEATURES]),
+            *_not_null([F.ENTITY, F.EVENT_TIMESTAMP, *F.SNAPSHOT_FEATURES]),
             *_non_negative(F.ACTIVITY_FEATURES),
+            *_calendar(),
             *_nested_windows(),
             e.ExpectColumnMaxToBeBetween(
                 column=F.EVENT_TIMESTAMP, min_value=as_of.to_pydatetime(), max_value=as_of.to_pydatetime()
@@ -201,6 +206,7 @@ def training_set_suite(info: TrainingSetInfo, max_rows: int) -> gx.ExpectationSu
             e.ExpectColumnValuesToBeInSet(column=F.LABEL, value_set=[0, 1]),
             e.ExpectColumnMeanToBeBetween(column=F.LABEL, min_value=LABEL_RATE[0], max_value=LABEL_RATE[1]),
             *_non_negative(F.ACTIVITY_FEATURES),
+            *_calendar(),
             *_nested_windows(),
             e.ExpectColumnMaxToBeBetween(
                 column=F.EVENT_TIMESTAMP, min_value=pd.Timestamp(info.last_snapshot).to_pydatetime()

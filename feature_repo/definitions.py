@@ -13,7 +13,7 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Float64, Int64, String
 
-from propensity.features import ACTIVITY_FEATURES, ENTITY, EVENT_TIMESTAMP
+from propensity.features import ENTITY, EVENT_TIMESTAMP, SNAPSHOT_FEATURES
 
 ACTIVITY_VIEW = "customer_activity"
 PROFILE_VIEW = "customer_profile"
@@ -21,7 +21,7 @@ SCORE_VIEW = "customer_score"
 TRAINING_SERVICE = "propensity_training"
 ONLINE_SERVICE = "propensity_online"
 
-_INT_FEATURES = {"orders_total", "orders_30d", "orders_90d"}
+_INT_FEATURES = {"orders_total", "orders_30d", "orders_90d", "orders_prev_90d"}
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ def build_repo(paths: SourcePaths, snapshot_every_days: int) -> FeatureRepo:
         ACTIVITY_VIEW,
         # A snapshot is valid until the next one; older rows must not leak into later training rows.
         timedelta(days=snapshot_every_days),
-        [Field(name=f, dtype=Int64 if f in _INT_FEATURES else Float64) for f in ACTIVITY_FEATURES],
-        "Purchase behaviour before each snapshot date",
+        [Field(name=f, dtype=Int64 if f in _INT_FEATURES else Float64) for f in SNAPSHOT_FEATURES],
+        "Purchase behaviour before each snapshot date, and where in the year the date is",
     )
     profile = view(
         PROFILE_VIEW,

@@ -1,9 +1,10 @@
 """The offline feature table: snapshot features by date, written by Spark, read where they live.
 
 Parquet partitioned by `snapshot_date` under `settings.offline_features_path`, with a manifest of
-when each snapshot was computed. `build_feature_table` computes only the snapshots that are missing
-or whose input days changed in the lake since (incremental); a recomputed snapshot replaces its
-partition whole.
+when each snapshot was computed and with which feature definition. `build_feature_table` computes
+only the snapshots that are missing or whose input days changed in the lake since (incremental); a
+recomputed snapshot replaces its partition whole. When the definition changes (a new feature), every
+snapshot in the table is recomputed, so that the table never mixes two schemas.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from propensity.tables import partition_name, read_manifest, replace_partitions,
 
 SNAPSHOT_PARTITION = "snapshot_date"
 SNAPSHOTS_MANIFEST = "_snapshots.json"
+DEFINITION_MANIFEST = "_definition.json"
 
 
 def snapshot_key(date: pd.Timestamp) -> str:
@@ -34,9 +36,17 @@ def computed_snapshots(settings: Settings) -> dict[str, str]:
     return dict(read_manifest(settings.offline_features_path / SNAPSHOTS_MANIFEST))
 
 
+def table_definition(settings: Settings) -> str | None:
+    """The feature definition the table's snapshots were computed with (None: an empty table)."""
+    return read_manifest(settings.offline_features_path / DEFINITION_MANIFEST).get("features")
+
+
 def stale_snapshots(settings: Settings, dates: list[pd.Timestamp]) -> list[pd.Timestamp]:
-    """The dates whose snapshot is missing, or was computed before a day it depends on changed."""
+    """The dates whose snapshot is missing, or was computed before a day it depends on changed; with
+    a new feature definition, every snapshot in the table as well."""
     computed = computed_snapshots(settings)
+    if computed and table_definition(settings) != F.FEATURE_DEFINITION:
+        return sorted(set(dates) | {pd.Timestamp(key) for key in computed})
     changes = sorted(lake_changes(settings).items())
     stale = []
     for date in sorted(set(dates)):
@@ -71,6 +81,7 @@ def build_feature_table(spark: SparkSession, settings: Settings, dates: list[pd.
     manifest = computed_snapshots(settings)
     # A snapshot without a single customer writes no partition; it is still computed (and empty).
     manifest.update(dict.fromkeys(keys, started))
+    write_manifest(table / DEFINITION_MANIFEST, {"features": F.FEATURE_DEFINITION})
     write_manifest(table / SNAPSHOTS_MANIFEST, manifest)
     assert written <= set(keys)
     return keys

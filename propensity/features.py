@@ -7,6 +7,7 @@ to training rows by `event_timestamp <= t`, so a row never sees its own future.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pandas as pd
@@ -17,7 +18,8 @@ ENTITY = "customer_id"
 EVENT_TIMESTAMP = "event_timestamp"
 LABEL = "label"
 
-ACTIVITY_FEATURES = [
+# What the first model saw: tenure, lifetime and 30/90-day recency/frequency/monetary windows.
+WINDOW_FEATURES = [
     "tenure_days",
     "orders_total",
     "orders_30d",
@@ -28,13 +30,39 @@ ACTIVITY_FEATURES = [
     "avg_items",
     "days_since_last_order",
 ]
+ACTIVITY_FEATURES = [
+    *WINDOW_FEATURES,
+    # Trend: the 90 days before the last 90.
+    "orders_prev_90d",
+    # The customer's own rhythm, counted in purchase days (several orders on one day are one visit).
+    "purchase_interval_days",  # days from the first purchase day to t, per purchase day
+    "interval_cv",  # spread of the gaps between purchase days: ~0 regular, ~1 memoryless, >1 bursty
+    "recency_ratio",  # days_since_last_order / purchase_interval_days: above 1 means overdue
+]
+# The shop's calendar at the snapshot date (the same for every customer): where in the year it is.
+CALENDAR_FEATURES = ["season_sin", "season_cos"]
+SNAPSHOT_FEATURES = ACTIVITY_FEATURES + CALENDAR_FEATURES  # the feature table's columns
 PROFILE_FEATURES = ["country", "channel"]
 CATEGORICAL_FEATURES = PROFILE_FEATURES
-BATCH_MODEL_FEATURES = ACTIVITY_FEATURES + PROFILE_FEATURES
+BATCH_MODEL_FEATURES = SNAPSHOT_FEATURES + PROFILE_FEATURES
 # The real-time (cold-start) model sees what is known about a new customer at request time.
 REALTIME_MODEL_FEATURES = ["tenure_days", "orders_total", "orders_90d", "revenue_90d", *PROFILE_FEATURES]
 UNKNOWN = "unknown"  # a profile field nobody told us
-NO_ORDER_DAYS = 9999.0  # days_since_last_order for a customer who never bought
+NO_ORDER_DAYS = 9999.0  # days_since_last_order (and the rhythm features) of a customer who never bought
+MEMORYLESS_CV = 1.0  # interval_cv until there are two gaps: what a buyer without rhythm shows
+# What a customer the feature store knows nothing about (a brand-new customer) gets.
+FEATURE_DEFAULTS: dict[str, float] = {
+    **dict.fromkeys(ACTIVITY_FEATURES, 0.0),
+    "days_since_last_order": NO_ORDER_DAYS,
+    "purchase_interval_days": NO_ORDER_DAYS,
+    "interval_cv": MEMORYLESS_CV,
+    "recency_ratio": NO_ORDER_DAYS,
+}
+DAYS_PER_YEAR = 365.25
+# What the feature table's snapshots were computed with; a snapshot computed with another definition
+# is recomputed. Bump the revision when a formula changes without a column changing.
+FEATURES_REVISION = 2
+FEATURE_DEFINITION = f"{FEATURES_REVISION}:{','.join(SNAPSHOT_FEATURES)}"
 # A known customer bought within this many days; lapsed customers are scored like new ones.
 ACTIVE_WINDOW_DAYS = 365
 
@@ -95,18 +123,27 @@ def daily_activity(transactions: DataFrame) -> DataFrame:
     )
 
 
+def calendar_features(t: Column) -> list[Column]:
+    """Day of the year on a circle, so that December 31 sits next to January 1."""
+    angle = 2 * math.pi * sf.dayofyear(t) / DAYS_PER_YEAR
+    return [sf.sin(angle).alias("season_sin"), sf.cos(angle).alias("season_cos")]
+
+
 def snapshot_features(customers: DataFrame, transactions: DataFrame, dates: Sequence[pd.Timestamp]) -> DataFrame:
     """One row per (customer signed up before t, t) for every snapshot date t, with behaviour features
     from transactions strictly before t, all dates in one Spark job.
 
     Lifetime totals: each day's activity is added to the first requested snapshot after it, then
-    running totals over the snapshots of each customer. Windows (30 and 90 days): each day joins the
-    few snapshots within 90 days after it. Both are linear in the data; no pass per date.
+    running totals over the snapshots of each customer. The gaps between purchase days are summed the
+    same way (count, sum, sum of squares), which gives their mean and spread. Windows (30, 90 and the
+    90 before those): each day joins the few snapshots within 180 days after it. All linear in the
+    data; no pass per date.
     """
     spark = customers.sparkSession
     snapshots = _snapshot_frame(spark, dates)
     t = sf.col(EVENT_TIMESTAMP)
-    daily = daily_activity(transactions)
+    by_day = Window.partitionBy(ENTITY).orderBy("day")
+    daily = daily_activity(transactions).withColumn("gap", sf.datediff("day", sf.lag("day").over(by_day)))
     ordered = sorted({pd.Timestamp(d).normalize().to_pydatetime() for d in dates})
     first_after = sf.try_element_at(
         sf.filter(sf.array(*[sf.lit(d).cast("timestamp_ntz") for d in ordered]), lambda x: x > sf.col("day")), sf.lit(1)
@@ -120,6 +157,11 @@ def snapshot_features(customers: DataFrame, transactions: DataFrame, dates: Sequ
             sf.sum("revenue").alias("revenue"),
             sf.sum("items").alias("items"),
             sf.max("last_order").alias("last_order"),
+            sf.min("day").alias("first_day"),
+            sf.count(sf.lit(1)).alias("purchase_days"),
+            sf.count("gap").alias("gaps"),
+            sf.sum("gap").alias("gap_sum"),
+            sf.sum(sf.col("gap") * sf.col("gap")).alias("gap_squares"),
         )
     )
     population = snapshot_population(customers, dates)
@@ -136,22 +178,39 @@ def snapshot_features(customers: DataFrame, transactions: DataFrame, dates: Sequ
             sf.sum(sf.coalesce("revenue", sf.lit(0.0))).over(running).alias("revenue_total"),
             sf.sum(sf.coalesce("items", sf.lit(0))).over(running).alias("items_total"),
             sf.max("last_order").over(running).alias("last_order"),
+            sf.min("first_day").over(running).alias("first_day"),
+            *[
+                sf.sum(sf.coalesce(c, sf.lit(0))).over(running).cast("bigint").alias(f"{c}_total")
+                for c in ("purchase_days", "gaps", "gap_sum", "gap_squares")
+            ],
         )
         .where(sf.col("_in_population"))
     )
     window_days = sf.datediff(t, sf.col("day"))
+
+    def in_window(column: str, low: int, high: int, zero: float) -> Column:
+        return sf.sum(sf.when(window_days.between(low, high), sf.col(column)).otherwise(zero))
+
     recent = (
-        daily.join(sf.broadcast(snapshots), (sf.col("day") < t) & (sf.col("day") >= sf.date_sub(t, 90)))
+        daily.join(sf.broadcast(snapshots), (sf.col("day") < t) & (sf.col("day") >= sf.date_sub(t, 180)))
         .groupBy(ENTITY, EVENT_TIMESTAMP)
         .agg(
-            sf.sum(sf.when(window_days <= 30, sf.col("orders")).otherwise(0)).alias("orders_30d"),
-            sf.sum("orders").alias("orders_90d"),
-            sf.sum(sf.when(window_days <= 30, sf.col("revenue")).otherwise(0.0)).alias("revenue_30d"),
-            sf.sum("revenue").alias("revenue_90d"),
+            in_window("orders", 1, 30, 0).alias("orders_30d"),
+            in_window("orders", 1, 90, 0).alias("orders_90d"),
+            in_window("orders", 91, 180, 0).alias("orders_prev_90d"),
+            in_window("revenue", 1, 30, 0.0).alias("revenue_30d"),
+            in_window("revenue", 1, 90, 0.0).alias("revenue_90d"),
         )
     )
     frame = totals.join(recent, [ENTITY, EVENT_TIMESTAMP], "left")
     orders_total = sf.col("orders_total").cast("bigint")
+    days, gaps, gap_sum = sf.col("purchase_days_total"), sf.col("gaps_total"), sf.col("gap_sum_total")
+    bought = days > 0
+    days_since_last_order = sf.coalesce(_days_between(t, sf.col("last_order")), sf.lit(NO_ORDER_DAYS))
+    interval = sf.when(bought, _days_between(t, sf.col("first_day")) / days).otherwise(NO_ORDER_DAYS)
+    # Spread over mean of the gaps, from integer sums so that equal gaps give exactly 0:
+    # sqrt(k * sum(g^2) - sum(g)^2) / sum(g).
+    spread = sf.sqrt((gaps * sf.col("gap_squares_total") - gap_sum * gap_sum).cast("double")) / gap_sum
     return frame.select(
         ENTITY,
         EVENT_TIMESTAMP,
@@ -163,7 +222,12 @@ def snapshot_features(customers: DataFrame, transactions: DataFrame, dates: Sequ
         sf.coalesce(sf.col("revenue_90d"), sf.lit(0.0)).cast("double").alias("revenue_90d"),
         sf.when(orders_total > 0, sf.col("revenue_total") / orders_total).otherwise(0.0).alias("avg_order_value"),
         sf.when(orders_total > 0, sf.col("items_total") / orders_total).otherwise(0.0).alias("avg_items"),
-        sf.coalesce(_days_between(t, sf.col("last_order")), sf.lit(NO_ORDER_DAYS)).alias("days_since_last_order"),
+        days_since_last_order.alias("days_since_last_order"),
+        sf.coalesce(sf.col("orders_prev_90d"), sf.lit(0)).cast("bigint").alias("orders_prev_90d"),
+        interval.alias("purchase_interval_days"),
+        sf.when(gaps >= 2, spread).otherwise(MEMORYLESS_CV).alias("interval_cv"),
+        sf.when(bought, days_since_last_order / interval).otherwise(NO_ORDER_DAYS).alias("recency_ratio"),
+        *calendar_features(t),
     )
 
 
@@ -215,8 +279,7 @@ def training_snapshot_dates(
 
 def fill_missing_features(frame: pd.DataFrame) -> pd.DataFrame:
     """Defaults for a customer the feature store knows nothing about (a brand-new customer)."""
-    defaults: dict[str, object] = {column: 0.0 for column in ACTIVITY_FEATURES}
-    defaults["days_since_last_order"] = NO_ORDER_DAYS
+    defaults: dict[str, object] = dict(FEATURE_DEFAULTS)
     defaults.update(dict.fromkeys(PROFILE_FEATURES, UNKNOWN))
     out = frame.copy()
     for column, value in defaults.items():

@@ -29,13 +29,11 @@ ONNX = "onnx"
 SKLEARN = "sklearn"
 Columns = Mapping[str, Sequence[Any]]
 
-_NUMERIC_DEFAULTS = {**{c: 0.0 for c in F.ACTIVITY_FEATURES}, "days_since_last_order": F.NO_ORDER_DAYS}
-
 
 def _filled(values: Sequence[Any], column: str) -> list[Any]:
     if column in F.CATEGORICAL_FEATURES:
         return [F.UNKNOWN if v is None else v for v in values]
-    default = _NUMERIC_DEFAULTS.get(column)
+    default = F.FEATURE_DEFAULTS.get(column)
     return [default if v is None or v != v else v for v in values]  # v != v: NaN
 
 

@@ -63,8 +63,8 @@ def test_training_set_features_and_labels_never_see_the_future(lake: Settings, t
         expected = reference.activity_features(customers, past_only, [t]).set_index(F.ENTITY)
         got = rows.set_index(F.ENTITY)
         pd.testing.assert_frame_equal(
-            got[F.ACTIVITY_FEATURES].sort_index(),
-            expected.loc[got.index, F.ACTIVITY_FEATURES].sort_index(),
+            got[F.SNAPSHOT_FEATURES].sort_index(),
+            expected.loc[got.index, F.SNAPSHOT_FEATURES].sort_index(),
             check_dtype=False,
         )
         # Labels come only from [t, t + horizon): the last labelled date closes by the as-of date.
@@ -96,7 +96,7 @@ def test_changing_the_future_does_not_change_the_past(lake: Settings, tmp_path: 
 
     build_training_set(lake, tmp_path / "after.parquet")
     after = pd.read_parquet(tmp_path / "after.parquet")
-    at_first = [F.ENTITY, *F.ACTIVITY_FEATURES, F.LABEL]
+    at_first = [F.ENTITY, *F.SNAPSHOT_FEATURES, F.LABEL]
     pd.testing.assert_frame_equal(
         before[before[F.EVENT_TIMESTAMP] == first][at_first].reset_index(drop=True),
         after[after[F.EVENT_TIMESTAMP] == first][at_first].reset_index(drop=True),
@@ -109,6 +109,22 @@ def test_a_second_run_computes_and_pushes_nothing(lake: Settings) -> None:
     again = materialize_features(lake)
     assert first.snapshots_computed == first.snapshot_dates and first.online_rows > 0
     assert (again.snapshots_computed, again.online_rows) == (0, 0)
+
+
+def test_a_new_feature_definition_recomputes_every_snapshot(
+    lake: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots outside today's window too: the table must never mix two schemas."""
+    narrower = lake.with_values(training_window_days=lake.training_window_days - 28)
+    materialize_features(lake)
+    before = computed_snapshots(lake)
+    assert materialize_features(narrower).snapshots_computed == 0
+    monkeypatch.setattr(F, "FEATURE_DEFINITION", F.FEATURE_DEFINITION + ",new_feature")
+    result = materialize_features(narrower)
+    after = computed_snapshots(lake)
+    assert result.snapshots_computed == len(before) > result.snapshot_dates
+    assert set(after) == set(before) and all(after[key] > before[key] for key in before)
+    assert materialize_features(narrower).snapshots_computed == 0
 
 
 def test_online_store_serves_the_as_of_snapshot_and_a_backfill_never_rolls_it_back(lake: Settings) -> None:

@@ -67,6 +67,8 @@ def test_customer_without_orders_gets_explicit_defaults(spark: SparkSession) -> 
     b = out.loc["b"]
     assert b["orders_total"] == 0 and b["revenue_90d"] == 0.0
     assert b["days_since_last_order"] == F.NO_ORDER_DAYS
+    assert b["purchase_interval_days"] == b["recency_ratio"] == F.NO_ORDER_DAYS
+    assert b["interval_cv"] == F.MEMORYLESS_CV and b["orders_prev_90d"] == 0
 
 
 def test_window_edges_are_exact(spark: SparkSession) -> None:
@@ -74,6 +76,41 @@ def test_window_edges_are_exact(spark: SparkSession) -> None:
     tx = _tx([("a", "2025-01-30 00:00:00", 1.0), ("a", "2025-01-29 23:59:00", 2.0), ("a", "2024-12-01", 4.0)])
     a = features(spark, _customers(), tx, [T]).set_index("customer_id").loc["a"]
     assert (a["orders_30d"], a["revenue_30d"], a["orders_90d"], a["revenue_90d"]) == (1, 1.0, 3, 7.0)
+
+
+def test_rhythm_trend_and_calendar(spark: SparkSession) -> None:
+    # a: weekly purchase days (two orders on the last one), then silent for 14 days: twice overdue.
+    # b: one purchase 8 days ago, no rhythm yet. c: signed up after t (no row).
+    tx = _tx(
+        [
+            ("a", "2024-10-01", 1.0),  # 151 days before t: the previous 90 days
+            ("a", "2025-01-25", 1.0),
+            ("a", "2025-02-01", 1.0),
+            ("a", "2025-02-08 10:00", 1.0),
+            ("a", "2025-02-08 18:00", 1.0),
+            ("a", "2025-02-15", 1.0),
+            ("b", "2025-02-21", 1.0),
+        ]
+    )
+    out = features(spark, _customers(), tx, [T]).set_index("customer_id")
+    a, b = out.loc["a"], out.loc["b"]
+    assert (a["orders_90d"], a["orders_prev_90d"]) == (5, 1)
+    # Purchase days: Oct 1 then weekly from Jan 25; from Oct 1 to t is 151 days over 5 purchase days.
+    assert a["purchase_interval_days"] == 151 / 5 and a["days_since_last_order"] == 14.0
+    assert a["recency_ratio"] == pytest.approx(14.0 / (151 / 5))
+    gaps = np.array([116, 7, 7, 7])
+    assert a["interval_cv"] == pytest.approx(gaps.std() / gaps.mean())
+    assert b["purchase_interval_days"] == 8.0 and b["recency_ratio"] == 1.0
+    assert b["interval_cv"] == F.MEMORYLESS_CV  # fewer than two gaps
+    # March 1 is day 60 of the year.
+    assert out["season_sin"].eq(np.sin(2 * np.pi * 60 / 365.25)).all()
+    assert out["season_cos"].eq(np.cos(2 * np.pi * 60 / 365.25)).all()
+
+
+def test_equal_gaps_have_no_spread(spark: SparkSession) -> None:
+    tx = _tx([("a", day, 1.0) for day in ("2025-02-01", "2025-02-08", "2025-02-15", "2025-02-22")])
+    a = features(spark, _customers(), tx, [T]).set_index("customer_id").loc["a"]
+    assert a["interval_cv"] == 0.0 and a["recency_ratio"] == 7.0 / (28 / 4)
 
 
 def test_labels_cover_exactly_the_horizon(spark: SparkSession) -> None:
@@ -140,8 +177,8 @@ def test_spark_features_equal_the_reference_on_random_data(spark: SparkSession, 
     expected = reference.activity_features(customers, tx, dates)
     expected = expected.sort_values([F.EVENT_TIMESTAMP, F.ENTITY]).reset_index(drop=True)
     pd.testing.assert_frame_equal(
-        got[[F.ENTITY, F.EVENT_TIMESTAMP, *F.ACTIVITY_FEATURES]],
-        expected[[F.ENTITY, F.EVENT_TIMESTAMP, *F.ACTIVITY_FEATURES]],
+        got[[F.ENTITY, F.EVENT_TIMESTAMP, *F.SNAPSHOT_FEATURES]],
+        expected[[F.ENTITY, F.EVENT_TIMESTAMP, *F.SNAPSHOT_FEATURES]],
         check_dtype=False,
         check_datetimelike_compat=True,
         rtol=1e-9,

@@ -187,7 +187,7 @@ def test_features_the_spark_cluster_computed_equal_the_reference(loop: Loop) -> 
     got = pd.read_parquet(snapshot_partition(settings, as_of))
     assert len(got) > CUSTOMERS / 2
     pd.testing.assert_frame_equal(
-        got.set_index(F.ENTITY)[F.ACTIVITY_FEATURES].sort_index(),
-        expected.set_index(F.ENTITY).loc[got[F.ENTITY], F.ACTIVITY_FEATURES].sort_index(),
+        got.set_index(F.ENTITY)[F.SNAPSHOT_FEATURES].sort_index(),
+        expected.set_index(F.ENTITY).loc[got[F.ENTITY], F.SNAPSHOT_FEATURES].sort_index(),
         check_dtype=False,
     )

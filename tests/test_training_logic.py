@@ -41,10 +41,16 @@ def _frame(n_dates: int = 12, per_date: int = 80, seed: int = 0) -> pd.DataFrame
             "avg_order_value": rng.uniform(10, 100, n),
             "avg_items": rng.uniform(1, 3, n),
             "days_since_last_order": rng.uniform(0, 200, n),
+            "orders_prev_90d": rng.integers(0, 6, n),
+            "purchase_interval_days": rng.uniform(5, 200, n),
+            "interval_cv": rng.uniform(0, 2, n),
+            "recency_ratio": rng.uniform(0, 5, n),
             "country": rng.choice(["DE", "FR"], n),
             "channel": rng.choice(["web", "app"], n),
         }
     )
+    angle = 2 * np.pi * frame[F.EVENT_TIMESTAMP].dt.dayofyear / F.DAYS_PER_YEAR
+    frame["season_sin"], frame["season_cos"] = np.sin(angle), np.cos(angle)
     frame[F.LABEL] = (rng.random(n) < 0.2 + 0.1 * orders_90d).astype(int)
     return frame
 

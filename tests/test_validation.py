@@ -74,6 +74,10 @@ def non_negative_cases(suite: str, columns: list[str]) -> list[tuple[str, str, M
     return [(suite, f"expect_column_values_to_be_between {c}", set_value(c, -1)) for c in columns]
 
 
+def calendar_cases(suite: str) -> list[tuple[str, str, Mutation]]:
+    return [(suite, f"expect_column_values_to_be_between {c}", set_value(c, 1.5)) for c in F.CALENDAR_FEATURES]
+
+
 def swapped(a: str, b: str) -> Mutation:
     """Make column b exceed column a in one row (a window wider than the one that contains it)."""
 
@@ -109,8 +113,9 @@ CASES: list[tuple[str, str, Mutation]] = [
         lambda f: f.assign(timestamp=f["timestamp"] - pd.Timedelta(days=14)),
     ),
     ("feature_table", "expect_compound_columns_to_be_unique", duplicate_first_row),
-    *not_null_cases("feature_table", [F.ENTITY, F.EVENT_TIMESTAMP, *F.ACTIVITY_FEATURES]),
+    *not_null_cases("feature_table", [F.ENTITY, F.EVENT_TIMESTAMP, *F.SNAPSHOT_FEATURES]),
     *non_negative_cases("feature_table", F.ACTIVITY_FEATURES),
+    *calendar_cases("feature_table"),
     *pairs("feature_table"),
     (  # the as-of snapshot is missing
         "feature_table",
@@ -127,6 +132,7 @@ CASES: list[tuple[str, str, Mutation]] = [
     ("training_set", f"expect_column_values_to_be_in_set {F.LABEL}", set_value(F.LABEL, 2)),
     ("training_set", f"expect_column_mean_to_be_between {F.LABEL}", lambda f: f.assign(**{F.LABEL: 0})),
     *non_negative_cases("training_set", F.ACTIVITY_FEATURES),
+    *calendar_cases("training_set"),
     *pairs("training_set"),
     (  # the newest labelled snapshot did not make it into the set
         "training_set",
