@@ -1,14 +1,23 @@
-"""Deterministic synthetic e-commerce data whose purchase behaviour depends on history and segment.
+"""Deterministic synthetic e-commerce data, with customers who behave more like real ones.
 
-Each customer has a latent daily purchase rate set by country and acquisition channel plus individual
-noise, a churn hazard, and a short-lived boost after each purchase (so recency and frequency carry
-signal). New customers keep arriving. With `drift > 0` the last `drift_days` change: fewer but
-larger orders, and new customers come mostly from one country and from social ads.
+What drives a customer's purchases (none of it is a column the model sees):
 
-Arrivals balance churn, so with a year or more of history the active base is in a steady state and
-undrifted data does not drift. Randomness is drawn day by day from generators seeded with (seed, day),
-and the number of draws per day never depends on `days` or `drift`, so a longer or drifted run
-reproduces every earlier day of a shorter undrifted one exactly. The demo relies on this to let "new data arrive".
+* **Two kinds of buyer.** Regular buyers (about a third) come back on a personal cycle, every 5 to
+  120 days, some punctually and some loosely; between cycles they seldom buy. Irregular buyers buy
+  at random at their own rate, more often right after a purchase.
+* **Rates that vary and decay.** Each customer's rate depends on country, channel and individual
+  taste, and fades with the time since signup at an individual pace (down to a third). Customers
+  with broader baskets buy a little more often.
+* **Seasonality.** The whole shop sells more towards late November and less in late May (+-20 %).
+* **Silent churn.** Every day some customers stop buying for good, without any signal.
+
+New customers keep arriving. With `drift > 0` the last `drift_days` change: fewer but larger
+orders, and new customers come mostly from one country and from social ads.
+
+Arrivals balance churn, so with a year or more of history the active base is in a steady state.
+Randomness is drawn day by day from generators seeded with (seed, day), and the number of draws per
+day never depends on `days` or `drift`, so a longer or drifted run reproduces every earlier day of a
+shorter undrifted one exactly. The demo relies on this to let "new data arrive".
 """
 
 from __future__ import annotations
@@ -30,6 +39,9 @@ COUNTRY_BASKET = {"DE": 3.9, "FR": 3.8, "GB": 3.85, "US": 4.1, "ES": 3.6, "IT": 
 
 DEFAULT_START = pd.Timestamp("2025-01-01")
 ARRIVALS_PER_DAY_SHARE = 0.003  # new customers per day, as a share of the initial customers: balances churn
+REGULAR_SHARE = 0.35
+SEASON_AMPLITUDE = 0.2
+SEASON_PEAK_DAY_OF_YEAR = 330  # late November
 
 
 @dataclass(frozen=True)
@@ -54,9 +66,68 @@ def _categorical(u: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.minimum(np.searchsorted(cdf, u, side="right"), len(weights) - 1)
 
 
-def _base_rates(rng: np.random.Generator, countries: np.ndarray, channels: np.ndarray) -> np.ndarray:
-    effect = np.array([COUNTRY_RATE[c] for c in countries]) + np.array([CHANNEL_RATE[c] for c in channels])
-    return np.exp(np.log(0.012) + effect + rng.normal(0.0, 0.7, len(countries)))
+@dataclass
+class _Customers:
+    """The latent traits of every customer so far, one array each."""
+
+    country: np.ndarray
+    channel: np.ndarray
+    signup_day: np.ndarray
+    rate: np.ndarray  # irregular buyers' daily purchase rate before decay
+    regular: np.ndarray  # comes back on a cycle
+    period: np.ndarray  # regular buyers' cycle, days
+    jitter: np.ndarray  # how loosely they keep it, days
+    decay_days: np.ndarray  # how fast the customer's interest fades
+    breadth: np.ndarray  # mean extra items per order
+    churn: np.ndarray  # daily probability of leaving for good
+    last_purchase: np.ndarray  # days since the last purchase (inf: never bought)
+    active: np.ndarray
+
+    def extend(self, other: _Customers) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, np.concatenate([getattr(self, name), getattr(other, name)]))
+
+
+def _draw_customers(
+    rng: np.random.Generator, n: int, drift: float, signup_day: np.ndarray, rate_boost: float
+) -> _Customers:
+    """`n` customers' traits: the same number of draws for any drift."""
+    country, channel = _draw_segments(rng, n, drift)
+    effect = np.array([COUNTRY_RATE[c] for c in country]) + np.array([CHANNEL_RATE[c] for c in channel])
+    breadth = np.exp(rng.normal(np.log(1.5), 0.4, n))
+    rate = np.exp(np.log(0.013) + effect + rng.normal(0.0, 0.7, n)) * np.sqrt(breadth / 1.5) * rate_boost
+    period = np.clip(np.exp(rng.normal(np.log(30.0), 0.6, n) - effect), 5.0, 120.0)
+    jitter = period * rng.uniform(0.05, 0.35, n)
+    base_churn = np.where(channel == "social", 0.006, 0.003)
+    return _Customers(
+        country=country,
+        channel=channel,
+        signup_day=signup_day.astype(float),
+        rate=rate,
+        regular=rng.random(n) < REGULAR_SHARE,
+        period=period,
+        jitter=jitter,
+        decay_days=np.exp(rng.normal(np.log(400.0), 0.7, n)),
+        breadth=breadth,
+        churn=base_churn * np.exp(rng.normal(0, 0.3, n)),
+        last_purchase=np.full(n, np.inf),
+        active=np.ones(n, dtype=bool),
+    )
+
+
+def _season(date: pd.Timestamp) -> float:
+    return 1.0 + SEASON_AMPLITUDE * np.cos(2 * np.pi * (date.dayofyear - SEASON_PEAK_DAY_OF_YEAR) / 365.25)
+
+
+def _purchase_probability(c: _Customers, day: int, season: float) -> np.ndarray:
+    """Today's purchase probability of every customer."""
+    fading = 1 / 3 + 2 / 3 * np.exp(-np.maximum(day - c.signup_day, 0.0) / c.decay_days)
+    # Irregular: a memoryless rate, higher for a few weeks after a purchase.
+    irregular = c.rate * (1.0 + 2.0 * np.exp(-c.last_purchase / 10.0))
+    # Regular: likely around one cycle after the last purchase, seldom otherwise.
+    due = np.exp(-0.5 * ((c.last_purchase - c.period) / c.jitter) ** 2)
+    regular = np.where(np.isfinite(c.last_purchase), 0.45 * due, 0.0) + 0.2 * c.rate
+    return np.where(c.regular, regular, irregular) * fading * season
 
 
 def generate(
@@ -73,13 +144,13 @@ def generate(
     if not 0.0 <= drift <= 1.0:
         raise ValueError(f"drift must be between 0 and 1, got {drift}")
     init_rng = np.random.default_rng([seed, 0])
-    country, channel = _draw_segments(init_rng, customers, 0.0)
-    signup_day = -init_rng.integers(1, 730, customers).astype(float)  # joined up to two years before start
-    rate = _base_rates(init_rng, country, channel)
-    churn = np.where(channel == "social", 0.006, 0.003) * np.exp(init_rng.normal(0, 0.3, customers))
-    # Days since the last purchase before the period starts (inf: never bought).
-    last_purchase = np.where(init_rng.random(customers) < 0.8, init_rng.integers(1, 120, customers), np.inf)
-    active = init_rng.random(customers) < 0.85
+    signup = -init_rng.integers(1, 730, customers)  # joined up to two years before start
+    people = _draw_customers(init_rng, customers, 0.0, signup, rate_boost=1.0)
+    # Where each one stands when the period starts: most bought recently, regular buyers within a cycle.
+    bought_before = init_rng.random(customers) < 0.8
+    since = np.where(people.regular, init_rng.random(customers) * people.period, init_rng.integers(1, 120, customers))
+    people.last_purchase = np.where(bought_before, np.floor(since), np.inf)
+    people.active = init_rng.random(customers) < 0.85
 
     arrivals_per_day = max(1, round(customers * ARRIVALS_PER_DAY_SHARE))
     drift_start = days - drift_days
@@ -87,32 +158,25 @@ def generate(
     for day in range(days):
         rng = np.random.default_rng([seed, day + 1])
         drift_now = drift if day >= drift_start else 0.0
-        # New customers arrive (a fixed number of draws per day).
-        new_country, new_channel = _draw_segments(rng, arrivals_per_day, drift_now)
-        country = np.concatenate([country, new_country])
-        channel = np.concatenate([channel, new_channel])
-        signup_day = np.concatenate([signup_day, np.full(arrivals_per_day, float(day))])
-        rate = np.concatenate([rate, _base_rates(rng, new_country, new_channel) * 1.4])
-        new_churn = np.where(new_channel == "social", 0.006, 0.003)
-        churn = np.concatenate([churn, new_churn * np.exp(rng.normal(0, 0.3, arrivals_per_day))])
-        last_purchase = np.concatenate([last_purchase, np.full(arrivals_per_day, np.inf)])
-        active = np.concatenate([active, np.ones(arrivals_per_day, dtype=bool)])
+        # New customers arrive (a fixed number of draws per day), keener at first.
+        people.extend(_draw_customers(rng, arrivals_per_day, drift_now, np.full(arrivals_per_day, day), 1.4))
 
-        active &= rng.random(len(active)) >= churn
-        boost = 1.0 + 2.0 * np.exp(-last_purchase / 10.0)  # recent buyers buy again soon
-        p = np.clip(rate * boost * (1.0 - 0.4 * drift_now), 0.0, 0.5)
-        buys = active & (rng.random(len(active)) < p)
-        basket_noise = rng.normal(0.0, 0.5, len(active))
-        items_draw = rng.poisson(1.5, len(active))
-        seconds = rng.integers(0, 86_400, len(active))
+        people.active &= rng.random(len(people.active)) >= people.churn
+        date = start + pd.Timedelta(days=day)
+        p = np.clip(_purchase_probability(people, day, _season(date)) * (1.0 - 0.4 * drift_now), 0.0, 0.9)
+        buys = people.active & (rng.random(len(p)) < p)
+        basket_noise = rng.normal(0.0, 0.5, len(p))
+        items_draw = rng.poisson(people.breadth)
+        seconds = rng.integers(0, 86_400, len(p))
         idx = np.flatnonzero(buys)
         if idx.size:
-            log_mean = np.array([COUNTRY_BASKET[c] for c in country[idx]])
+            log_mean = np.array([COUNTRY_BASKET[c] for c in people.country[idx]])
             amount = np.round(np.exp(log_mean + basket_noise[idx]) * (1.0 + 1.5 * drift_now), 2)
-            ts = start + pd.to_timedelta(day, unit="D") + pd.to_timedelta(seconds[idx], unit="s")
+            ts = date + pd.to_timedelta(seconds[idx], unit="s")
             rows.append((idx, ts.to_numpy(), amount, items_draw[idx] + 1))
-        last_purchase = np.where(buys, 0.0, last_purchase + 1.0)
+        people.last_purchase = np.where(buys, 0.0, people.last_purchase + 1.0)
 
+    country, channel, signup_day = people.country, people.channel, people.signup_day
     customer_ids = np.array([f"c-{i:07d}" for i in range(len(country))])
     customers_df = pd.DataFrame(
         {

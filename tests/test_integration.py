@@ -164,7 +164,14 @@ def test_rescoring_a_date_replaces_its_partition(demo: tuple[Settings, dict[str,
 
 
 def test_no_drift_on_undrifted_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Same steps as the pipelines, in-process: undrifted new data must not look like drift."""
+    """Same steps as the pipelines, in-process: undrifted new data must not trigger a retrain.
+
+    The shop is seasonal: between the champion's test snapshots (March) and the new days (May) it
+    sells less, so how often people buy shifts for real and some activity columns drift. That is a
+    true shift, but not one that calls for a new model: it stays below the dataset-level share, and
+    who the customers are and what they buy do not move at all. (With the seasonality switched off
+    no column drifts; measured when the seasonal shop came in.)
+    """
     from components.features import build_training_set, materialize_features
     from components.registry import compare_with_champion, register_models
     from components.training import DEFAULT_CANDIDATES, evaluate_run, train_candidates, train_realtime_model
@@ -190,7 +197,10 @@ def test_no_drift_on_undrifted_data(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     write_and_ingest(settings, drift=0.0, seed=OPTIONS.seed, name="calm", **new_days)
     materialize_features(settings)
     calm, _ = check_drift(settings)
-    assert not calm.drift_detected and calm.drifted_share == 0.0, calm
+    assert not calm.drift_detected and calm.drifted_share < settings.drift_share_threshold, calm
+    threshold = 0.1  # Evidently's default per-column distance threshold (Wasserstein normed; Jensen-Shannon)
+    untouched = ("country", "channel", "avg_order_value", "avg_items")
+    assert all(calm.columns[name] < threshold for name in untouched), calm
 
     # The same days again, drifted: they replace the calm ones.
     write_and_ingest(settings, drift=OPTIONS.drift, seed=OPTIONS.seed, name="drift", **new_days)
