@@ -137,6 +137,21 @@ def calibrate(model: Any, rows: pd.DataFrame, features: list[str]) -> Any:
     return CalibratedClassifierCV(FrozenEstimator(model), method="sigmoid").fit(rows[features], rows[F.LABEL])
 
 
+def fit_calibrated(features: list[str], params: dict[str, Any], split: Split) -> Pipeline:
+    """Fit on the training rows and Platt-scale on the validation rows, like `calibrate`, but with
+    the calibration inside the pipeline's last step on the bare classifier: skl2onnx exports that
+    (it has no converter for FrozenEstimator), so the real-time model keeps its ONNX runtime."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.model_selection import PredefinedSplit
+
+    model = make_model(features, params)
+    rows = pd.concat([split.train, split.valid])
+    calibration_fold = np.r_[np.full(len(split.train), -1), np.zeros(len(split.valid), dtype=int)]
+    classifier = CalibratedClassifierCV(model.steps[-1][1], method="sigmoid", cv=PredefinedSplit(calibration_fold))
+    model.steps[-1] = (model.steps[-1][0], classifier)
+    return model.fit(rows[features], rows[F.LABEL])
+
+
 def predict_scores(model: Any, frame: pd.DataFrame, features: list[str]) -> np.ndarray:
     return np.asarray(model.predict_proba(frame[features])[:, 1])
 
@@ -276,18 +291,17 @@ def select_best(candidates: list[Candidate]) -> Candidate:
 def train_realtime_model(settings: Settings, training_set: Path, pipeline_run_id: str = "local") -> str:
     """Fit the cold-start model on every customer, new ones included; return its MLflow run id."""
     split, info = read_split(training_set, known_only=False)
-    fit_rows = pd.concat([split.train, split.valid])
     features = F.REALTIME_MODEL_FEATURES
-    model = make_model(features, REALTIME_PARAMS).fit(fit_rows[features], fit_rows[F.LABEL])
+    model = fit_calibrated(features, REALTIME_PARAMS, split)
     test_auc = float(roc_auc_score(split.test[F.LABEL], predict_scores(model, split.test, features)))
     experiment_id = configure(settings)
     # The serving runtime is chosen here, on rows the model has not seen (propensity.runtime).
     exported, difference = choose_runtime(model, features, split.test.head(RUNTIME_CHECK_ROWS))
     with mlflow.start_run(experiment_id=experiment_id, run_name="realtime-model") as run:
-        log_lineage(settings, info, Split(fit_rows, split.valid, split.test), "realtime", pipeline_run_id)
+        log_lineage(settings, info, split, "realtime", pipeline_run_id)
         mlflow.log_params(REALTIME_PARAMS)
         mlflow.log_metric("test_auc", test_auc)
-        _log_model(model, fit_rows[features].head(200))
+        _log_model(model, split.train[features].head(200))
         log_runtime(exported, difference)
     return str(run.info.run_id)
 

@@ -337,6 +337,8 @@ def test_every_version_records_its_gate_and_lineage(settings: Settings, tmp_path
     assert run.data.metrics["training_set_rows"] == len(frame)
     assert run.data.metrics["training_set_label_rate"] == pytest.approx(frame[F.LABEL].mean())
     assert "+" in client.get_run(realtime).data.tags["code_version"]  # the checkout's commit outside an image
+    # Calibrated and still exported to ONNX for serving.
+    assert client.get_run(realtime).data.tags["serving_runtime"] == "onnx"
     batch = client.get_model_version(settings.model_name, registered.batch.version)
     assert (batch.tags["decision"], batch.tags["gate"], batch.tags["gate_test_rows"]) == (REJECT, PROMOTE, "900")
     rt = client.get_model_version(settings.realtime_model_name, registered.realtime.version)
@@ -361,6 +363,20 @@ def test_calibration_keeps_the_ranking_and_makes_probabilities_honest() -> None:
     after = quality(labels, predict_scores(calibrated, split.test, F.BATCH_MODEL_FEATURES))
     assert after.auc == pytest.approx(before.auc, abs=1e-9)
     assert after.calibration_error < before.calibration_error / 2 and after.brier < before.brier
+
+
+def test_the_real_time_model_is_calibrated_on_the_validation_rows_only() -> None:
+    from components.training import REALTIME_PARAMS, Split, fit_calibrated, predict_scores
+
+    frame = _frame(n_dates=20, per_date=300)
+    split = split_by_time(frame, HORIZON)
+    # Customers became keener after the training period: only a calibration on the validation rows sees it.
+    keen = split.valid.assign(**{F.LABEL: (np.random.default_rng(2).random(len(split.valid)) < 0.6).astype(int)})
+    features = F.REALTIME_MODEL_FEATURES
+    model = fit_calibrated(features, REALTIME_PARAMS, Split(split.train, keen, split.test))
+    assert predict_scores(model, keen, features).mean() == pytest.approx(keen[F.LABEL].mean(), abs=0.03)
+    uncalibrated = make_model(features, REALTIME_PARAMS).fit(split.train[features], split.train[F.LABEL])
+    assert predict_scores(uncalibrated, keen, features).mean() < keen[F.LABEL].mean() - 0.1
 
 
 def test_both_champion_aliases_move_together_or_not_at_all(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
