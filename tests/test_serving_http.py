@@ -72,11 +72,10 @@ def write_online(settings: Settings) -> None:
     at = pd.Timestamp(NOW)
     known = [FRESH, STALE, AHEAD]
     activity = pd.DataFrame({F.ENTITY: known, F.EVENT_TIMESTAMP: at})
-    for column in F.ACTIVITY_FEATURES:
-        activity[column] = 3.0
-    store.write_to_online_store(
-        ACTIVITY_VIEW, activity.astype({c: "int64" for c in ("orders_total", "orders_30d", "orders_90d")})
-    )
+    for column in F.SNAPSHOT_FEATURES:
+        activity[column] = 3.0 if column in F.ACTIVITY_FEATURES else 0.5
+    integers = ("orders_total", "orders_30d", "orders_90d", "orders_prev_90d")
+    store.write_to_online_store(ACTIVITY_VIEW, activity.astype({c: "int64" for c in integers}))
     profiles = pd.DataFrame({F.ENTITY: [*known, PROFILE_ONLY], "signup_date": at, "country": "DE", "channel": "web"})
     store.write_to_online_store(PROFILE_VIEW, profiles)
     stamps = {FRESH: NOW - timedelta(hours=2), STALE: NOW - timedelta(days=5), AHEAD: NOW + timedelta(minutes=10)}
