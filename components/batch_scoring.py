@@ -32,6 +32,7 @@ from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.storage import Storage
 from propensity.tables import (
+    SCORE_DATE,
     current_version,
     new_version,
     parquet_batches,
@@ -43,7 +44,6 @@ from propensity.tables import (
 )
 from propensity.tracking import CHAMPION, ModelRef, alias_version
 
-SCORE_DATE = "score_date"
 SCORE_COLUMNS = [F.ENTITY, "score", "model_version", "scored_at", SCORE_DATE]
 LATEST_COLUMNS = [*SCORE_COLUMNS, F.EVENT_TIMESTAMP]
 

@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 
 import propensity
 from components.report import QUALITY_HEADER, Quality, baseline_scores, quality
+from monitoring.drift import reference_profile
 from propensity import features as F
 from propensity.runtime import choose_runtime
 from propensity.settings import Settings
@@ -383,8 +384,12 @@ def evaluate_run(settings: Settings, training_set: Path, run_id: str) -> tuple[E
         )
         mlflow.log_metrics({f"test_auc_{SEGMENT}_{k}": v for k, v in evaluation.segment_auc.items()})
         mlflow.log_metrics({f"baseline_{metric_name(name)}_auc": q.auc for name, q in evaluation.baselines.items()})
-        # Kept with the model: the reference distribution for drift monitoring.
+        # Kept with the model for drift monitoring: the reference profile (quantiles and category
+        # counts of every test row) and a bounded sample of the rows for the HTML report.
         reference = test[[*F.BATCH_MODEL_FEATURES]].assign(score=scores)
+        mlflow.log_dict(reference_profile(reference).to_json(), "monitoring/profile.json")
+        if len(reference) > settings.drift_sample_rows:
+            reference = reference.sample(settings.drift_sample_rows, random_state=0)
         path = settings.scratch_dir / run_id / "reference.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         reference.to_parquet(path, index=False)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -190,9 +190,41 @@ class Settings(BaseSettings):
         600.0, gt=0, description="How long a new version may take to become ready before it is rolled back."
     )
 
-    # Monitoring.
-    # Share of monitored columns that must drift; undrifted synthetic data stays at 0.0.
-    drift_share_threshold: float = Field(0.3, gt=0.0, le=1.0)
+    # Monitoring: drift (Evidently's default methods and thresholds), realised accuracy, trigger policy.
+    drift_share_threshold: float = Field(
+        0.3, gt=0.0, le=1.0, description="A check finds drift when at least this share of its columns drifted."
+    )
+    drift_numeric_method: Literal["wasserstein", "psi"] = Field(
+        "wasserstein", description="Numeric columns: normed Wasserstein distance, or population stability index."
+    )
+    drift_categorical_method: Literal["jensenshannon", "psi"] = Field(
+        "jensenshannon", description="Categorical columns (and numeric ones with at most 5 values)."
+    )
+    drift_numeric_threshold: float = Field(0.1, gt=0.0, description="A numeric column drifts at this distance.")
+    drift_categorical_threshold: float = Field(0.1, gt=0.0, description="A categorical column drifts at this distance.")
+    drift_column_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-column thresholds over the two above, e.g. {"orders_30d": 0.2} for a seasonal column.',
+    )
+    drift_sample_rows: int = Field(
+        100_000,
+        ge=1_000,
+        description="Bounded uniform sample of a check's current rows: the inference log is profiled from it, "
+        "and the Evidently HTML report renders it.",
+    )
+    drift_min_rows: int = Field(
+        500, ge=1, description="Fewer current rows than this are too few to judge drift: the check says so."
+    )
+    inference_window_days: int = Field(1, ge=1, le=90, description="Days of inference log one check looks at.")
+    prediction_drift_previous_dates: int = Field(
+        7, ge=1, description="Earlier scoring dates the newest batch scores are compared with."
+    )
+    accuracy_auc_floor: float = Field(0.6, ge=0.0, le=1.0, description="Realised AUC below this is a trigger.")
+    accuracy_auc_tolerance: float = Field(
+        0.05, ge=0.0, le=1.0, description="Realised AUC this far below the model's own test AUC is a trigger."
+    )
+    trigger_required_checks: int = Field(2, ge=1, description="N: a condition must hold in N of the last M checks.")
+    trigger_window_checks: int = Field(3, ge=1, description="M: how many recent checks the N-of-M rule looks at.")
     retrain_cooldown_hours: float = Field(24.0, ge=0.0)
     retrain_running_expiry_hours: float = Field(
         12.0, gt=0.0, description="A local 'running' retraining record older than this was left by a killed process."
@@ -207,6 +239,23 @@ class Settings(BaseSettings):
     )
     kfp_host: str | None = None
     image: str = "propensity:0.1.0"
+
+    @field_validator("drift_column_thresholds")
+    @classmethod
+    def _positive_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, v in value.items() if not v > 0)
+        if bad:
+            raise ValueError(f"thresholds must be positive numbers: {', '.join(bad)}")
+        return value
+
+    @model_validator(mode="after")
+    def _n_of_m(self) -> Settings:
+        if self.trigger_required_checks > self.trigger_window_checks:
+            raise ValueError(
+                f"trigger_required_checks ({self.trigger_required_checks}) cannot exceed "
+                f"trigger_window_checks ({self.trigger_window_checks})"
+            )
+        return self
 
     @field_validator("feast_registry")
     @classmethod

@@ -28,6 +28,8 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 CURRENT_POINTER = "_CURRENT"
+# The historic scores table's partition column (one partition per scoring date).
+SCORE_DATE = "score_date"
 VERSION_PREFIX = "v-"
 
 
