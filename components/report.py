@@ -6,9 +6,7 @@ model-quality benchmark compute exactly the same figures.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,6 +15,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from propensity import features as F
+from propensity.charts import png_img
 
 RFM_FEATURES = ["days_since_last_order", "orders_90d", "revenue_90d"]
 
@@ -115,15 +114,6 @@ def quality_table(labels: np.ndarray, scores: Mapping[str, np.ndarray]) -> str:
     return f"{QUALITY_HEADER}\n{rows}\n"
 
 
-def _png(figure: object) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")  # type: ignore[attr-defined]
-    plt.close(figure)  # type: ignore[arg-type]
-    return f'<img alt="chart" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
-
-
 def charts(labels: np.ndarray, scores: Mapping[str, np.ndarray]) -> str:
     """A reliability diagram and a cumulative-gains (lift) chart for each model, as inline PNGs."""
     import matplotlib
@@ -146,7 +136,7 @@ def charts(labels: np.ndarray, scores: Mapping[str, np.ndarray]) -> str:
     for axes in (calibration, gains):
         axes.legend(fontsize=8)
         axes.grid(alpha=0.3)
-    return _png(figure)
+    return png_img(figure)
 
 
 def segment_table(labels: np.ndarray, segments: np.ndarray, scores: Mapping[str, np.ndarray], segment: str) -> str:
