@@ -209,27 +209,65 @@ def publish_latest_scores() -> int:
 
 
 @component
-def check_drift(as_of_date: str, report: Output[HTML], metrics: Output[Metrics]) -> bool:
-    """Evidently data drift of the current scoring inputs and scores against the champion's reference."""
-    from monitoring.drift import check_drift as step
+def check_inference_drift(as_of_date: str, report: Output[HTML], metrics: Output[Metrics]) -> bool:
+    """Drift of what the predictor saw and answered (the inference log's recent window) vs the reference."""
+    from monitoring.checks import check_inference_drift as step
+    from monitoring.report import write_check_artifacts
     from propensity.settings import get_settings
 
-    result, html = step(get_settings(), as_of_date or None)
-    with open(report.path, "w") as handle:
-        handle.write(html)
-    metrics.log_metric("drifted_share", result.drifted_share)
-    metrics.log_metric("drifted_columns", result.drifted_columns)
-    return result.drift_detected
+    outcome, result, html = step(get_settings(), as_of_date or None)
+    write_check_artifacts(outcome, [result] if result else [], html, report.path, metrics)
+    return outcome.holds
 
 
 @component
-def trigger_retraining(as_of_date: str, drift_metrics: Input[Metrics]) -> str:
-    """Start the training pipeline, debounced by the active-run and cooldown rules."""
-    from monitoring.trigger import trigger_retraining as step
+def check_scoring_drift(as_of_date: str, report: Output[HTML], metrics: Output[Metrics]) -> bool:
+    """Drift of the nightly scoring population's features vs the reference (aggregated by Spark)."""
+    from monitoring.checks import check_scoring_drift as step
+    from monitoring.report import write_check_artifacts
+    from propensity.settings import get_settings
+
+    outcome, result, html = step(get_settings(), as_of_date or None)
+    write_check_artifacts(outcome, [result] if result else [], html, report.path, metrics)
+    return outcome.holds
+
+
+@component
+def check_prediction_drift(as_of_date: str, report: Output[HTML], metrics: Output[Metrics]) -> bool:
+    """Drift of the newest batch scores vs the previous scoring dates' and the reference scores."""
+    from monitoring.checks import check_prediction_drift as step
+    from monitoring.report import write_check_artifacts
+    from propensity.settings import get_settings
+
+    outcome, results = step(get_settings(), as_of_date or None)
+    write_check_artifacts(outcome, list(results.values()), "", report.path, metrics)
+    return outcome.holds
+
+
+@component
+def check_realised_accuracy(as_of_date: str, report: Output[HTML], metrics: Output[Metrics]) -> bool:
+    """Realised AUC, Brier and calibration of past scores whose labels are complete; the series plot."""
+    from monitoring.checks import check_realised_accuracy as step
+    from monitoring.report import write_check_artifacts
+    from propensity.settings import get_settings
+
+    outcome, html = step(get_settings(), as_of_date or None)
+    write_check_artifacts(outcome, [], html, report.path, metrics)
+    return outcome.holds
+
+
+@component
+def decide_retraining(as_of_date: str, decision: Output[Markdown]) -> bool:
+    """N-of-M over the checks' recorded outcomes, then the active-run and cooldown rules; starts the
+    training pipeline when all agree. The decision and its reasons are recorded either way."""
+    from monitoring.report import decision_markdown
+    from monitoring.trigger import RUNNING, SUBMITTED, SUCCEEDED
+    from monitoring.trigger import decide_retraining as step
     from propensity.lake import resolve_date
     from propensity.settings import get_settings
 
     settings = get_settings()
-    as_of = str(resolve_date(settings, as_of_date or None).date())
-    share = float(drift_metrics.metadata.get("drifted_share", 0.0))
-    return step(settings, as_of, f"drift: {share:.0%} of monitored columns drifted").status
+    record = step(settings, str(resolve_date(settings, as_of_date or None).date()))
+    with open(decision.path, "w") as handle:
+        handle.write(decision_markdown(record))
+    return record.status in (RUNNING, SUBMITTED, SUCCEEDED)

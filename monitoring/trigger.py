@@ -1,4 +1,5 @@
-"""Retraining trigger with debounce: no second run while one is active or within the cooldown.
+"""Retraining trigger policy: a condition held in N of the last M checks, then debounced (no second
+run while one is active or within the cooldown).
 
 Every decision is recorded in `state/retraining.json` on the configured storage (the work dir, or
 the object store), updated under a lock so that two monitoring runs on one machine cannot both start
@@ -25,12 +26,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from monitoring.checks import CHECKS, CheckOutcome, read_outcomes
 from propensity.settings import Settings
 from propensity.storage import Storage
 
 STATE_KEY = "state/retraining.json"
 
 RUNNING, SUCCEEDED, FAILED, SUBMITTED, SKIPPED = "running", "succeeded", "failed", "submitted", "skipped"
+NOT_NEEDED = "not_needed"  # no condition held often enough: the decision is recorded all the same
 
 
 @dataclass(frozen=True)
@@ -41,19 +44,20 @@ class TriggerRecord:
     status: str
     run_id: str = ""
     outputs: dict[str, Any] = field(default_factory=dict)
+    conditions: dict[str, Any] = field(default_factory=dict)  # per check: held, looked_at, latest reason
 
 
 def may_trigger(
     history: list[TriggerRecord], now: datetime, cooldown: timedelta, running_expiry: timedelta | None = None
 ) -> tuple[bool, str]:
-    """Pure debounce rule over earlier triggers, oldest first (skipped and failed ones do not count:
-    retry those; with `running_expiry`, neither does a running one older than that)."""
+    """Pure debounce rule over earlier decisions, oldest first (skipped, failed and not-needed ones do
+    not count: retry those; with `running_expiry`, neither does a running one older than that)."""
 
     def expired(record: TriggerRecord) -> bool:
         started = datetime.fromisoformat(record.triggered_at)
         return running_expiry is not None and record.status == RUNNING and now - started >= running_expiry
 
-    started = [r for r in history if r.status not in (SKIPPED, FAILED) and not expired(r)]
+    started = [r for r in history if r.status not in (SKIPPED, FAILED, NOT_NEEDED) and not expired(r)]
     active = [r for r in started if r.status == RUNNING]
     if active:
         return False, f"a training run is still active ({active[-1].run_id or 'started ' + active[-1].triggered_at})"
@@ -142,12 +146,54 @@ def default_launcher(settings: Settings) -> Callable[[str], tuple[str, str, dict
     return launch
 
 
+def held_conditions(outcomes: dict[str, list[CheckOutcome]], as_of_date: str, window: int) -> dict[str, Any]:
+    """Per check: in how many of its last `window` outcomes (dates up to `as_of_date`) the condition held."""
+    counted: dict[str, Any] = {}
+    for check, series in outcomes.items():
+        recent = [o for o in series if o.as_of_date <= as_of_date][-window:]
+        counted[check] = {
+            "held": sum(o.holds for o in recent),
+            "looked_at": len(recent),
+            "latest": recent[-1].reason if recent else "not run yet",
+        }
+    return counted
+
+
+def decide_retraining(
+    settings: Settings,
+    as_of_date: str,
+    launch: Callable[[str], tuple[str, str, dict[str, Any]]] | None = None,
+    now: datetime | None = None,
+) -> TriggerRecord:
+    """Retrain when some check's condition held in N of its last M outcomes (then debounced); the
+    decision is recorded either way, with the counts and each check's latest reason."""
+    n, m = settings.trigger_required_checks, settings.trigger_window_checks
+    conditions = held_conditions({c: read_outcomes(settings, c) for c in CHECKS}, as_of_date, m)
+    met = [check for check, c in conditions.items() if c["held"] >= n]
+    counts = "; ".join(f"{check} {c['held']}/{c['looked_at']}" for check, c in conditions.items())
+    if met:
+        reason = f"{', '.join(met)} held in at least {n} of the last {m} checks ({counts})"
+        return trigger_retraining(settings, as_of_date, reason, launch, now, conditions)
+    now = now or datetime.now(UTC)
+    record = TriggerRecord(
+        now.isoformat(),
+        as_of_date,
+        f"no condition held in {n} of the last {m} checks ({counts})",
+        NOT_NEEDED,
+        conditions=conditions,
+    )
+    with _locked(settings):
+        _write_history(settings, [*read_history(settings), record])
+    return record
+
+
 def trigger_retraining(
     settings: Settings,
     as_of_date: str,
     reason: str,
     launch: Callable[[str], tuple[str, str, dict[str, Any]]] | None = None,
     now: datetime | None = None,
+    conditions: dict[str, Any] | None = None,
 ) -> TriggerRecord:
     """Start a training run unless debounced; every decision is recorded in the history."""
     Storage(settings).check()
@@ -160,7 +206,13 @@ def trigger_retraining(
         else:
             expiry = timedelta(hours=settings.retrain_running_expiry_hours)
             allowed, why = may_trigger(history, now, cooldown, expiry)
-        record = TriggerRecord(now.isoformat(), as_of_date, reason if allowed else why, RUNNING if allowed else SKIPPED)
+        record = TriggerRecord(
+            now.isoformat(),
+            as_of_date,
+            reason if allowed else f"{reason}, but {why}",
+            RUNNING if allowed else SKIPPED,
+            conditions=conditions or {},
+        )
         _write_history(settings, [*history, record])
     if not allowed:
         return record

@@ -1,14 +1,16 @@
-"""Daily monitoring: Evidently drift against the champion's reference; drift triggers retraining."""
+"""Daily monitoring (after the nightly scoring): four checks, each its own step and artifact, then
+one retraining decision over their recorded outcomes (N of the last M, debounced)."""
 
 from kfp import dsl
 
 from components import kfp_components as c
-from pipelines.platform import REGISTRY, SPARK_DRIVER, on_cluster
+from pipelines.platform import REGISTRY, SPARK_DRIVER, TRAINING, on_cluster
 
 
 @dsl.pipeline(
     name="propensity-monitoring",
-    description="Check data and score drift with Evidently; significant drift starts a (debounced) training run.",
+    description="Drift of the inference log, the scoring population and the scores; realised accuracy; "
+    "a condition that held in N of the last M checks starts a (debounced) training run.",
 )
 def monitoring_pipeline(
     as_of_date: str = "",
@@ -17,12 +19,14 @@ def monitoring_pipeline(
     features = on_cluster(c.materialize_features(as_of_date=as_of_date), SPARK_DRIVER).set_display_name(
         "Materialize features in Feast"
     )
-    drift = on_cluster(c.check_drift(as_of_date=features.outputs["as_of_date"]), SPARK_DRIVER).set_display_name(
-        "Check drift (Evidently)"
-    )
-    with dsl.If(drift.outputs["Output"] == True, name="drift-detected"):  # noqa: E712 - KFP condition
-        on_cluster(
-            c.trigger_retraining(as_of_date=features.outputs["as_of_date"], drift_metrics=drift.outputs["metrics"]),
-            REGISTRY,
-        ).set_display_name("Trigger retraining")
-    return drift.outputs["Output"]
+    as_of = features.outputs["as_of_date"]
+    checks = [
+        on_cluster(c.check_inference_drift(as_of_date=as_of), TRAINING).set_display_name("Inference-log drift"),
+        on_cluster(c.check_scoring_drift(as_of_date=as_of), SPARK_DRIVER).set_display_name("Scoring-population drift"),
+        on_cluster(c.check_prediction_drift(as_of_date=as_of), SPARK_DRIVER).set_display_name("Prediction drift"),
+        on_cluster(c.check_realised_accuracy(as_of_date=as_of), SPARK_DRIVER).set_display_name("Realised accuracy"),
+    ]
+    decision = on_cluster(c.decide_retraining(as_of_date=as_of), REGISTRY).set_display_name("Decide on retraining")
+    for check in checks:
+        decision.after(check)
+    return decision.outputs["Output"]

@@ -78,7 +78,9 @@ def test_every_step_gets_the_settings_credentials_and_a_work_dir(
                 "validate-data",
                 "score-customers",
                 "publish-latest",
-                "check-drift",
+                "check-scoring-drift",
+                "check-prediction-drift",
+                "check-realised-accuracy",
             )
             spark_step = any(s in executor_name for s in spark_steps)
             driver_host = [{"name": "PROPENSITY_SPARK_DRIVER_HOST", "fieldPath": "status.podIP"}]
@@ -108,7 +110,7 @@ def test_a_rerun_really_reruns_and_only_safe_steps_retry(compiled: dict[str, dic
         "training/register-models",
         "training/promote-to-champion",
         "training/deploy-release",
-        "monitoring/trigger-retraining",
+        "monitoring/decide-retraining",
     ):
         assert step in tasks and step not in retried
 
@@ -176,10 +178,19 @@ def test_training_pipeline_shape(compiled: dict[str, dict[str, Any]]) -> None:
     assert reports["compare-with-champion"]["quality_report"]["artifactType"]["schemaTitle"] == "system.HTML"
 
 
-def test_monitoring_retrains_only_on_drift(compiled: dict[str, dict[str, Any]]) -> None:
-    tasks = compiled["monitoring"]["root"]["dag"]["tasks"]
-    condition = next(t for name, t in tasks.items() if name.startswith("condition"))
-    assert condition["triggerPolicy"]["condition"].endswith("== true")
+def test_monitoring_has_one_step_per_check_then_one_decision(compiled: dict[str, dict[str, Any]]) -> None:
+    spec = compiled["monitoring"]
+    tasks = spec["root"]["dag"]["tasks"]
+    checks = ["check-inference-drift", "check-scoring-drift", "check-prediction-drift", "check-realised-accuracy"]
+    assert set(tasks) == {"materialize-features", *checks, "decide-retraining"}
+    # The decision waits for every check and reads their recorded outcomes.
+    assert set(checks) <= set(tasks["decide-retraining"]["dependentTasks"])
+    for check in checks:
+        artifacts = spec["components"][f"comp-{check}"]["outputDefinitions"]["artifacts"]
+        assert artifacts["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+        assert artifacts["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    decision = spec["components"]["comp-decide-retraining"]["outputDefinitions"]["artifacts"]
+    assert decision["decision"]["artifactType"]["schemaTitle"] == "system.Markdown"
 
 
 def test_parse_params() -> None:
