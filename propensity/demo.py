@@ -1,8 +1,10 @@
 """`propensity demo`: the whole loop on one machine, with the real libraries.
 
-generate -> training -> batch scoring -> serve and query -> drifted new data -> monitoring
-(drift triggers retraining, challenger vs champion; a winner is deployed to the running server, which
-swaps it in) -> batch scoring again -> stop the server.
+generate -> training -> batch scoring -> serve and query -> drifted new data -> two nights of batch
+scoring and monitoring (four checks; the first night records drift, the second finds it held in 2 of
+the last 3 checks and retrains: challenger vs champion; a winner is deployed to the running server,
+which swaps it in) -> batch scoring again -> stop the server. The realised-accuracy plot is written
+for the scores whose labels completed.
 Every figure in the summary is measured by the run.
 """
 
@@ -27,7 +29,7 @@ import pandas as pd
 from rich.console import Console
 
 from propensity.errors import PropensityError
-from propensity.lake import ingest
+from propensity.lake import ingest, resolve_date
 from propensity.progress import StepProgress
 from propensity.settings import Settings
 from propensity.spark import release_executors
@@ -59,6 +61,7 @@ class DemoOptions:
     seed: int = 7
     known_requests: int = 120
     new_requests: int = 60
+    traffic_instances: int = 800  # enough logged requests for the inference-log drift check
     rescore: bool = True  # score again with the champion after retraining
 
 
@@ -168,6 +171,20 @@ def query_server(url: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def website_traffic(url: str, customers: list[str], per_request: int = 10) -> int:
+    """Page views of known customers, several per request as a listing page sends them: the
+    inference log then holds enough records for monitoring to judge their drift. Returns how many
+    instances were answered."""
+    answered = 0
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for start in range(0, len(customers), per_request):
+            batch = [{"customer_id": c} for c in customers[start : start + per_request]]
+            response = client.post("/v1/models/propensity:predict", json={"instances": batch})
+            if response.status_code == 200:
+                answered += len(response.json()["predictions"])
+    return answered
+
+
 def demo_instances(settings: Settings, options: DemoOptions) -> list[dict[str, Any]]:
     from components.batch_scoring import sample_latest_customers
 
@@ -189,7 +206,10 @@ def run_demo(
     options: DemoOptions | None = None,
     progress: StepProgress | None = None,
 ) -> dict[str, Any]:
+    from components.batch_scoring import sample_latest_customers
     from components.deploy import read_deployments
+    from monitoring.accuracy import read_accuracy_series, write_accuracy_plot
+    from monitoring.checks import CHECKS, INFERENCE_DRIFT, PREDICTION_DRIFT, SCORING_DRIFT, read_outcomes
     from monitoring.trigger import read_history
     from pipelines.runner import run_local
     from propensity.tracking import CHAMPION, alias_version
@@ -209,8 +229,10 @@ def run_demo(
         timings[name] = round(time.monotonic() - t0, 1)
         return result
 
-    def pipeline(name: str, with_settings: Settings = settings) -> Callable[[], dict[str, Any]]:
-        return lambda: run_local(name, {}, with_settings, log_file, on_task=progress.detail)
+    def pipeline(
+        name: str, with_settings: Settings = settings, params: dict[str, Any] | None = None
+    ) -> Callable[[], dict[str, Any]]:
+        return lambda: run_local(name, params or {}, with_settings, log_file, on_task=progress.detail)
 
     tx = step(
         "generate",
@@ -227,9 +249,13 @@ def run_demo(
         "Batch-scoring pipeline: Spark scores every known customer",
         pipeline("batch-scoring"),
     )
+    first_score_date = str(resolve_date(settings, None).date())
     # The server follows the champion (checking every few seconds here); a retraining run's deploy
     # step finds it on this port, waits for it to swap the new champion in and smoke-tests it.
-    served = settings.model_copy(update={"serving_port": free_port(), "serving_model_poll_seconds": 5.0})
+    # The inference log is published every few seconds here, so monitoring sees the demo's requests.
+    served = settings.model_copy(
+        update={"serving_port": free_port(), "serving_model_poll_seconds": 5.0, "inference_log_rotate_seconds": 5.0}
+    )
     with ExitStack() as server:
         url = step(
             "server_start",
@@ -240,6 +266,11 @@ def run_demo(
             "serving",
             "Querying known and new customers",
             lambda: query_server(url, demo_instances(settings, options)),
+        )
+        serving["traffic_instances"] = step(
+            "traffic",
+            f"Website traffic: {options.traffic_instances} page views of known customers",
+            lambda: website_traffic(url, sample_latest_customers(settings, options.traffic_instances, options.seed)),
         )
         new_tx = step(
             "new_data",
@@ -256,11 +287,22 @@ def run_demo(
         )
         history_before = len(read_history(settings))
         deployments_before = len(read_deployments(settings))
-        monitoring = step(
-            "monitoring",
-            "Monitoring pipeline: Evidently drift check (may retrain and deploy)",
-            pipeline("monitoring", served),
-        )
+        # Two nights of the new period, each scored then monitored: a condition must hold in N of
+        # the last M checks, so the first night only records it and the second may retrain.
+        end = resolve_date(settings, None)
+        nights = [str((end - pd.Timedelta(days=options.new_days // 2)).date()), str(end.date())]
+        monitoring: dict[str, Any] = {}
+        for i, night in enumerate(nights, start=1):
+            step(
+                f"batch_scoring_night_{i}",
+                f"Night {i} ({night}): batch-scoring pipeline",
+                pipeline("batch-scoring", params={"score_date": night}),
+            )
+            monitoring = step(
+                f"monitoring_night_{i}",
+                f"Night {i} ({night}): monitoring pipeline (four checks, then the retraining decision)",
+                pipeline("monitoring", served, params={"as_of_date": night}),
+            )
         triggers = read_history(settings)[history_before:]
         deployments = read_deployments(settings)[deployments_before:]
         rescoring = (
@@ -268,7 +310,8 @@ def run_demo(
             if options.rescore
             else None
         )
-    retrain = next((t for t in triggers if t.status != "skipped"), None)
+    retrain = next((t for t in triggers if t.status not in ("skipped", "not_needed")), None)
+    accuracy = read_accuracy_series(settings)
     champion = alias_version(settings, settings.model_name, CHAMPION)
     summary = {
         "training": {
@@ -280,12 +323,28 @@ def run_demo(
             "rows_scored": scoring["rows_scored"],
             "latest_rows": scoring["latest_rows"],
             "model_version": scoring["model_version"],
+            "score_date": first_score_date,
         },
         "serving": serving,
         "monitoring": {
-            "drift_detected": bool(monitoring["Output"]),
+            "drift_detected": any(
+                o.holds for c in (INFERENCE_DRIFT, SCORING_DRIFT, PREDICTION_DRIFT) for o in read_outcomes(settings, c)
+            ),
             "retrain_triggered": retrain is not None,
-            "trigger_status": retrain.status if retrain else (triggers[0].status if triggers else "none"),
+            "trigger_status": retrain.status if retrain else (triggers[-1].status if triggers else "none"),
+            "decisions": [{"as_of_date": t.as_of_date, "status": t.status, "reason": t.reason} for t in triggers],
+            "checks": {
+                c: {o.as_of_date: {"holds": o.holds, "reason": o.reason} for o in read_outcomes(settings, c)}
+                for c in CHECKS
+            },
+            "pipeline_output": monitoring.get("Output"),
+        },
+        "realised_accuracy": {
+            "points": len(accuracy),
+            "auc_by_score_date": {
+                p.score_date: round(p.auc, 4) for p in accuracy if p.segment == "all" and p.auc is not None
+            },
+            "plot": write_accuracy_plot(settings, accuracy) if accuracy else None,
         },
         "retraining": {
             "model_version": retrain.outputs.get("model_version") if retrain else None,
@@ -318,6 +377,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"{s['errors']} errors; malformed request -> HTTP {s['malformed_request_status']}",
         f"Monitoring      drift detected: {m['drift_detected']}, retraining triggered: {m['retrain_triggered']}",
     ]
+    for decision in m.get("decisions", []):
+        lines.append(f"  {decision['as_of_date']}  {decision['status'].replace('_', ' ')}: {decision['reason']}")
+    if a := summary.get("realised_accuracy"):
+        aucs = ", ".join(f"{day} AUC {auc}" for day, auc in a["auc_by_score_date"].items()) or "no labels complete yet"
+        lines.append(f"Realised        {aucs}" + (f"; plot: {a['plot']}" if a["plot"] else ""))
     if m["retrain_triggered"]:
         lines.append(f"Retraining      model v{r['model_version']}  AUC {r['auc']}  decision: {r['decision']}")
     if d := summary.get("deployment"):

@@ -16,6 +16,7 @@ import pytest
 
 from components.batch_scoring import latest_scores_dir
 from components.deploy import DEPLOYED, read_deployments
+from monitoring.checks import CHECKS
 from monitoring.trigger import read_history
 from propensity.demo import SUMMARY_KEY, DemoOptions, free_port, run_demo, running_server
 from propensity.settings import Settings, get_settings
@@ -76,7 +77,7 @@ def test_first_training_promotes_a_useful_model(demo: tuple[Settings, dict[str, 
 def test_every_known_customer_scored_exactly_once(demo: tuple[Settings, dict[str, Any]]) -> None:
     settings, summary = demo
     historic = pd.read_parquet(settings.historic_scores_path).astype({"score_date": str})
-    assert historic["score_date"].nunique() == 2  # the first date and the date after new data
+    assert historic["score_date"].nunique() == 3  # the first date and the two nights after new data
     for score_date, rows in historic.groupby("score_date"):
         assert rows["customer_id"].is_unique, score_date
         customers, transactions = lake_customers(settings), lake_transactions(settings)
@@ -103,7 +104,8 @@ def test_both_serving_paths_were_used_without_errors(demo: tuple[Settings, dict[
     assert serving["realtime_hits"] == OPTIONS.new_requests
     assert serving["malformed_request_status"] == 400
     records = read_records(Storage(settings))
-    assert len(records) == serving["requests"]
+    assert serving["traffic_instances"] == min(OPTIONS.traffic_instances, summary["batch_scoring"]["latest_rows"])
+    assert len(records) == serving["requests"] + serving["traffic_instances"]
     assert {r["source"] for r in records} == {"batch", "realtime"}
 
 
@@ -124,7 +126,29 @@ def test_drift_triggers_retraining_and_the_challenger_is_judged(
     )
     assert summary["champion_version"] == expected
     assert summary["batch_scoring_after_retraining"]["model_version"] == expected
-    assert [r.status for r in read_history(settings)] == ["succeeded"]
+    # Night one records its checks but cannot retrain alone (2 of the last 3); night two does.
+    decisions = summary["monitoring"]["decisions"]
+    assert [d["status"] for d in decisions] == ["not_needed", "succeeded"], decisions
+    assert "of the last 3 checks" in decisions[0]["reason"] and "held in at least 2" in decisions[1]["reason"]
+    assert [r.status for r in read_history(settings)] == ["not_needed", "succeeded"]
+    checks = summary["monitoring"]["checks"]
+    assert set(checks) == set(CHECKS) and all(len(by_date) == 2 for by_date in checks.values())
+    assert all(by_date[max(by_date)]["reason"] for by_date in checks.values())
+    # The website traffic is enough to judge what the predictor saw (not "too few").
+    assert all("columns drifted" in o["reason"] for o in checks["inference_drift"].values()), checks
+
+
+def test_realised_accuracy_of_the_first_scores_once_their_labels_completed(
+    demo: tuple[Settings, dict[str, Any]],
+) -> None:
+    """The first scoring date's 30-day labels are complete by the second night: its realised AUC is
+    measured per version and segment, is a useful model's, and is plotted."""
+    settings, summary = demo
+    accuracy = summary["realised_accuracy"]
+    assert list(accuracy["auc_by_score_date"]) == [summary["batch_scoring"]["score_date"]]
+    assert 0.6 < next(iter(accuracy["auc_by_score_date"].values())) <= 1.0
+    assert accuracy["points"] > 1  # "all" and the countries
+    assert Storage(settings).read_bytes("monitoring/realised_accuracy.png")
 
 
 def test_each_promoted_champion_was_deployed(demo: tuple[Settings, dict[str, Any]]) -> None:
@@ -175,7 +199,7 @@ def test_no_drift_on_undrifted_data(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     from components.features import build_training_set, materialize_features
     from components.registry import compare_with_champion, register_models
     from components.training import DEFAULT_CANDIDATES, evaluate_run, train_candidates, train_realtime_model
-    from monitoring.drift import check_drift
+    from monitoring.checks import check_scoring_drift
     from propensity.demo import write_and_ingest
     from propensity.tracking import promote
 
@@ -196,17 +220,19 @@ def test_no_drift_on_undrifted_data(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     new_days = {"customers": OPTIONS.customers, "days": OPTIONS.days + OPTIONS.new_days, "since_day": OPTIONS.days}
     write_and_ingest(settings, drift=0.0, seed=OPTIONS.seed, name="calm", **new_days)
     materialize_features(settings)
-    calm, _ = check_drift(settings)
-    assert not calm.drift_detected and calm.drifted_share < settings.drift_share_threshold, calm
+    calm, calm_result, _ = check_scoring_drift(settings)
+    assert calm_result is not None and calm_result.current_rows >= settings.drift_min_rows
+    assert not calm.holds and calm_result.drifted_share < settings.drift_share_threshold, calm
     threshold = 0.1  # Evidently's default per-column distance threshold (Wasserstein normed; Jensen-Shannon)
     untouched = ("country", "channel", "avg_order_value", "avg_items")
-    assert all(calm.columns[name] < threshold for name in untouched), calm
+    assert all(calm_result.columns[name].distance < threshold for name in untouched), calm
 
     # The same days again, drifted: they replace the calm ones.
     write_and_ingest(settings, drift=OPTIONS.drift, seed=OPTIONS.seed, name="drift", **new_days)
     materialize_features(settings)
-    drifted, html = check_drift(settings)
-    assert drifted.drift_detected and drifted.drifted_share > calm.drifted_share
+    drifted, drifted_result, html = check_scoring_drift(settings)
+    assert drifted.holds and drifted_result is not None
+    assert drifted_result.drifted_share > calm_result.drifted_share
     assert "<html" in html.lower()
 
 
