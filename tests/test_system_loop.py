@@ -29,8 +29,10 @@ import pytest
 from tests.services import MlflowServer, ObjectStore, SparkCluster, postgres_database
 from tests.test_feature_store import redis_or_skip
 
-pytestmark = [pytest.mark.system, pytest.mark.timeout(1800)]
-CUSTOMERS, DAYS = 1000, 480  # small, and no rescoring after retraining: the test has 25 minutes
+pytestmark = [pytest.mark.system, pytest.mark.timeout(2700)]
+# Small, and no rescoring after retraining; two nights of scoring and monitoring, then retraining and
+# a deploy, take about 30 minutes on 2 cores.
+CUSTOMERS, DAYS = 1000, 480
 KNOWN_REQUESTS, NEW_REQUESTS = 120, 60  # the demo's defaults
 
 
@@ -97,7 +99,7 @@ def loop(
             start_new_session=True,
         )
         try:
-            stdout, stderr = process.communicate(timeout=1700)
+            stdout, stderr = process.communicate(timeout=2600)
         finally:  # whatever is left of the group (nothing, after a clean run)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
