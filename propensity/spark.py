@@ -16,6 +16,11 @@ from propensity.settings import POD_ACCOUNT, SECRET_SETTINGS, Settings, pod_name
 LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 
 
+# Security lint (B104): the driver in a pod must accept its executors on the pod's IP; the
+# NetworkPolicies (manifests/base) limit who may connect.
+ALL_INTERFACES = "0.0.0.0"  # nosec B104
+
+
 def spark_conf(settings: Settings) -> dict[str, str]:
     """The session's configuration: the same tables and types however Spark runs."""
     conf = {
@@ -68,10 +73,18 @@ def kubernetes_conf(settings: Settings) -> dict[str, str]:
         "spark.kubernetes.container.image": settings.spark_executor_image or settings.image,
         "spark.kubernetes.namespace": namespace,
         "spark.executor.instances": str(settings.spark_executor_instances),
-        "spark.driver.bindAddress": "0.0.0.0",
+        "spark.driver.bindAddress": ALL_INTERFACES,
         "spark.driver.port": "7078",
         "spark.blockManager.port": "7079",
         "spark.kubernetes.executor.deleteOnTermination": "true",
+        # Least privilege (manifests/base/rbac.yaml lists what the driver may call): client mode has no
+        # driver Service and the executors use no claims Spark creates, so Spark must not clean those up.
+        "spark.kubernetes.driver.service.deleteOnTermination": "false",
+        "spark.kubernetes.driver.ownPersistentVolumeClaim": "false",
+        "spark.kubernetes.driver.reusePersistentVolumeClaim": "false",
+        # Executor pods meet Pod Security "restricted" (with the template's security context).
+        "spark.kubernetes.executor.securityContext.allowPrivilegeEscalation": "false",
+        "spark.kubernetes.authenticate.executor.serviceAccountName": EXECUTOR_SERVICE_ACCOUNT,
     }
     template = settings.scratch_dir / "spark-executor-pod.yaml"
     template.parent.mkdir(parents=True, exist_ok=True)
@@ -86,14 +99,16 @@ def kubernetes_conf(settings: Settings) -> dict[str, str]:
     return conf
 
 
-CONFIG_MAP, SECRET = "propensity-config", "propensity-secrets"  # as in manifests/base
+CONFIG_MAP, SECRET = "propensity-config", "propensity-secrets"  # as in manifests/base  # pragma: allowlist secret
+EXECUTOR_SERVICE_ACCOUNT = "propensity-spark-executor"  # manifests/base/serviceaccounts.yaml: no token, no Role
 TABLES_VOLUME = "tables"
 
 
 def executor_pod_template(settings: Settings) -> dict[str, Any]:
-    """What Spark adds to every executor pod it creates: the project's non-root security context,
-    the credentials from the Secret (optional keys, as the pipeline steps get them) and the shared
-    tables volume at the path the driver uses."""
+    """What Spark adds to every executor pod it creates: the project's non-root security context
+    (Pod Security "restricted"), its own ServiceAccount without a token, the credentials from the
+    Secret (optional keys, as the pipeline steps get them) and the shared tables volume at the path
+    the driver uses."""
     container: dict[str, Any] = {
         "name": "spark-executor",
         "envFrom": [{"secretRef": {"name": SECRET, "optional": True}}],
@@ -103,9 +118,11 @@ def executor_pod_template(settings: Settings) -> dict[str, Any]:
             "runAsNonRoot": True,
             "runAsUser": 1000,
             "runAsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
     pod: dict[str, Any] = {
+        "serviceAccountName": EXECUTOR_SERVICE_ACCOUNT,
         "automountServiceAccountToken": False,  # executors never call the Kubernetes API
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
