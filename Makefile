@@ -7,7 +7,7 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test system-test lint check-prereqs lock compile benchmark crds clean image
+.PHONY: setup demo test system-test lint security check-prereqs lock compile benchmark crds clean image
 
 setup: $(STAMP)
 
@@ -45,6 +45,14 @@ lint: setup
 IMAGE ?= propensity:0.1.0
 image:
 	docker build --build-arg CODE_VERSION=$$(git describe --always --dirty 2>/dev/null || echo unknown) -t $(IMAGE) .
+
+# Supply chain: no secrets in the repository, security lint of the product code, and known
+# vulnerabilities in the lock file (fails on any with a fixed release; see docs/reliability.md).
+PRODUCT := propensity components pipelines serving monitoring feature_repo
+security: setup
+	$(BIN)/detect-secrets-hook $$(git ls-files)
+	$(BIN)/bandit -q -c pyproject.toml -r $(PRODUCT)
+	$(BIN)/python .ci/audit.py $(AUDIT_FLAGS)
 
 compile: setup
 	$(BIN)/propensity compile --out compiled

@@ -64,12 +64,13 @@ _WORKER_MODELS: dict[str, Any] = {}
 def _worker_model(tracking_uri: str, model_uri: str) -> Any:
     if model_uri not in _WORKER_MODELS:
         import mlflow
-        import mlflow.sklearn
+
+        from propensity.tracking import load_sklearn_uri
 
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         _WORKER_MODELS.clear()
-        _WORKER_MODELS[model_uri] = mlflow.sklearn.load_model(model_uri)
+        _WORKER_MODELS[model_uri] = load_sklearn_uri(model_uri)
     return _WORKER_MODELS[model_uri]
 
 

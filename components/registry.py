@@ -34,6 +34,7 @@ from propensity.tracking import (
     alias_version,
     configure,
     load_sklearn,
+    load_sklearn_uri,
 )
 from propensity.training_set import read_training_set
 
@@ -235,7 +236,7 @@ def decide_realtime(
 
 def _scores(settings: Settings, run_id: str, rows: Any, features: list[str]) -> np.ndarray:
     configure(settings)
-    return predict_scores(mlflow.sklearn.load_model(f"runs:/{run_id}/model"), rows, features)
+    return predict_scores(load_sklearn_uri(f"runs:/{run_id}/model"), rows, features)
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray | None) -> float | None:

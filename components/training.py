@@ -33,7 +33,7 @@ from monitoring.drift import reference_profile
 from propensity import features as F
 from propensity.runtime import choose_runtime
 from propensity.settings import Settings
-from propensity.tracking import configure, log_runtime
+from propensity.tracking import configure, is_trusted_model_type, load_sklearn_uri, log_runtime
 from propensity.training_set import TrainingSetInfo, read_training_set
 
 # Each candidate names its learner (`model`, default HistGradientBoosting) and that learner's parameters.
@@ -162,14 +162,10 @@ def code_version(settings: Settings) -> str:
     if settings.code_version:
         return settings.code_version
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-            timeout=5,
-        ).stdout.strip()
+        # Security lint (B603): a fixed argv; git from PATH names a dev checkout's commit.
+        argv, here = ["git", "rev-parse", "--short", "HEAD"], Path(__file__).parent
+        done = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=here, timeout=5)  # nosec B603
+        sha = done.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = "unknown"
     return f"{propensity.__version__}+{sha}"
@@ -179,12 +175,8 @@ def _log_model(model: Pipeline, sample: pd.DataFrame) -> None:
     import skops.io as sio  # costs seconds to import: only the steps that save a model pay for it
 
     # skops (MLflow's default format) refuses unknown types on load; trust exactly the sklearn
-    # internals this model holds rather than falling back to pickle.
-    trusted = [
-        t
-        for t in sio.get_untrusted_types(data=sio.dumps(model))
-        if t.startswith(("sklearn.", "lightgbm.")) or t == "collections.OrderedDict"  # LightGBM's parameters
-    ]
+    # internals this model holds rather than falling back to pickle (checked again on load).
+    trusted = [t for t in sio.get_untrusted_types(data=sio.dumps(model)) if is_trusted_model_type(t)]
     signature = infer_signature(sample, model.predict_proba(sample)[:, 1])
     mlflow.sklearn.log_model(
         model,
@@ -368,7 +360,7 @@ def evaluate_run(settings: Settings, training_set: Path, run_id: str) -> tuple[E
     configure(settings)
     split, _ = read_split(training_set)
     test = split.test
-    model = mlflow.sklearn.load_model(f"runs:/{run_id}/model")
+    model = load_sklearn_uri(f"runs:/{run_id}/model")
     scores = predict_scores(model, test, F.BATCH_MODEL_FEATURES)
     evaluation = evaluate_scores(test[F.LABEL], scores, test[SEGMENT], baseline_scores(split.train, test))
     with mlflow.start_run(run_id=run_id):

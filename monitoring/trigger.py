@@ -119,7 +119,8 @@ def _propensity_cli(args: list[str]) -> dict[str, Any]:
     or submitting a pipeline needs all of it, so it happens in a child process without that flag.
     """
     env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
-    process = subprocess.run(
+    # Security lint (B603): this interpreter and this package's CLI, argv list, no shell.
+    process = subprocess.run(  # nosec B603
         [sys.executable, "-m", "propensity.cli", *args, "--json"],
         capture_output=True,
         text=True,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from propensity.errors import PropensityError
 from propensity.progress import StepProgress
@@ -203,7 +204,8 @@ def cmd_executor(args: argparse.Namespace) -> None:
 
     command = executor_command(dict(os.environ))
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the executor's Python workers
-    os.execvp(command[0], command)
+    # Security lint (B606): Spark's executor command, built from settings, argv list.
+    os.execvp(command[0], command)  # nosec B606
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -317,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (PropensityError, ValueError, FileNotFoundError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # The message may quote the user's data (`[/]` in a value): never read it as Rich markup.
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     return 0
 

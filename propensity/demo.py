@@ -126,7 +126,8 @@ def running_server(settings: Settings, port: int, timeout: float = 180.0) -> Ite
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.as_env()}
     with open(log_path, "a") as log:
-        process = subprocess.Popen(
+        # Security lint (B603): this interpreter and this package's CLI, argv list, no shell.
+        process = subprocess.Popen(  # nosec B603
             [sys.executable, "-m", "propensity.cli", "serve", "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,

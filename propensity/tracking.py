@@ -137,10 +137,52 @@ def rolled_back_versions(settings: Settings) -> frozenset[str]:
     return frozenset(str(v.version) for v in versions if v.tags.get(ROLLED_BACK_TAG) == "true")
 
 
-def load_sklearn(ref: ModelRef) -> Any:
+# The only code a model file may make us run: scikit-learn's and LightGBM's own classes (and the
+# OrderedDict LightGBM keeps its parameters in). Training saves with exactly these trusted (skops).
+TRUSTED_MODEL_MODULES = ("sklearn.", "lightgbm.")
+TRUSTED_MODEL_TYPES = frozenset({"collections.OrderedDict"})
+
+
+def is_trusted_model_type(name: str) -> bool:
+    return name.startswith(TRUSTED_MODEL_MODULES) or name in TRUSTED_MODEL_TYPES
+
+
+def load_sklearn_uri(model_uri: str) -> Any:
+    """A logged sklearn model, refusing anything but skops with our trusted types.
+
+    MLflow takes skops' allow-list from the model's own MLmodel file (and unpickles other formats),
+    so a model written by anyone with access to the artifact store could run code here. Its flavor
+    configuration is checked against our own list before a byte of the model is deserialised.
+    """
+    import mlflow.sklearn
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        try:
+            flavor = Model.load(local).flavors.get("sklearn") or {}
+        except (OSError, MlflowException) as exc:
+            raise PropensityError(f"model {model_uri} has no readable MLmodel file: {exc}") from exc
+        _check_trusted(model_uri, flavor)
+        return mlflow.sklearn.load_model(local)
+
+
+def _check_trusted(model_uri: str, flavor: dict[str, Any]) -> None:
     import mlflow.sklearn
 
-    return mlflow.sklearn.load_model(ref.uri)
+    serialization = flavor.get("serialization_format")
+    if serialization != mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS:
+        raise PropensityError(
+            f"model {model_uri} is serialised as {serialization or 'unknown'}, not skops; refusing to "
+            "unpickle it (retrain it with this version)"
+        )
+    untrusted = sorted(t for t in flavor.get("skops_trusted_types") or [] if not is_trusted_model_type(t))
+    if untrusted:
+        raise PropensityError(f"model {model_uri} asks to trust {', '.join(untrusted)}; refusing to load it")
+
+
+def load_sklearn(ref: ModelRef) -> Any:
+    return load_sklearn_uri(ref.uri)
 
 
 RUNTIME_TAG = "serving_runtime"
