@@ -6,6 +6,9 @@ to a local spool segment and fsyncs each batch. A segment is closed after `rotat
 `inference/date=YYYY-MM-DD/<segment>.parquet`; only then is the spool file removed. A segment that
 cannot be published (storage down) stays in the spool and is retried at the next rotation and at
 the next start. If the queue is full a record is dropped and counted, rather than slowing serving.
+A batch that cannot be written (the spool's disk is full) is counted as failed and cut off the
+segment again, so no torn line is left behind; the writer goes on with the next batch. A line torn
+by a process killed mid-write is skipped (and counted) when its segment is published.
 
 Each writer (one per serving process: KServe workers are processes) spools into a folder of its own,
 `<spool>/<pid>-<random>/`, and holds an exclusive lock on it while it runs. Writers never touch
@@ -32,6 +35,7 @@ from typing import IO, Any
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+from prometheus_client import Counter
 
 from propensity.storage import Storage
 
@@ -39,6 +43,10 @@ PREFIX = "inference"
 LOCK = ".lock"
 _STOP = object()
 logger = logging.getLogger(__name__)
+# Every record handed to the log ends as exactly one of: written (to the spool), dropped (queue
+# full), failed (the spool could not be written). Published segments count the torn lines skipped.
+RECORDS = Counter("propensity_inference_records", "Inference records by what became of them", ["outcome"])
+TORN_LINES = Counter("propensity_inference_torn_lines", "Spooled lines skipped on publishing: cut by a crash")
 
 
 class InferenceLogger:
@@ -62,6 +70,7 @@ class InferenceLogger:
         self._opened = 0.0
         self.dropped = 0
         self.written = 0
+        self.failed = 0
         self.published_segments = 0
         self.publish_failures = 0
 
@@ -80,6 +89,7 @@ class InferenceLogger:
             self._queue.put_nowait(records)
         except queue.Full:
             self.dropped += len(records)
+            RECORDS.labels("dropped").inc(len(records))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Flush what is queued, publish the open segment and stop the writer."""
@@ -114,19 +124,35 @@ class InferenceLogger:
         if self._segment is None:
             return False
         age = time.monotonic() - self._opened
-        return age >= self.rotate_seconds or self._segment.stat().st_size >= self.rotate_bytes
+        try:
+            size = self._segment.stat().st_size
+        except OSError:  # not created: the spool's disk was full
+            size = 0
+        return age >= self.rotate_seconds or size >= self.rotate_bytes
 
     def _write(self, records: list[dict[str, Any]]) -> None:
         if self._segment is None:
             assert self._own is not None
             self._segment = self._own / f"{datetime.now(UTC):%Y-%m-%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl"
             self._opened = time.monotonic()
-        with open(self._segment, "ab") as handle:
-            # orjson: the writer shares the serving process's interpreter, so it should cost little.
-            handle.writelines(orjson.dumps(r, default=str) + b"\n" for r in records)
-            handle.flush()
-            os.fsync(handle.fileno())
+        start = None
+        try:
+            with open(self._segment, "ab") as handle:
+                start = handle.tell()
+                # orjson: the writer shares the serving process's interpreter, so it should cost little.
+                handle.writelines(orjson.dumps(r, default=str) + b"\n" for r in records)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:  # e.g. the disk is full: lose this batch, keep the segment whole
+            self.failed += len(records)
+            RECORDS.labels("failed").inc(len(records))
+            logger.error("could not spool %d inference records (%s); counted as failed", len(records), error)
+            if start is not None:
+                with contextlib.suppress(OSError):
+                    os.truncate(self._segment, start)  # truncating needs no space
+            return
         self.written += len(records)
+        RECORDS.labels("written").inc(len(records))
 
     def _publish_closed(self) -> None:
         assert self._own is not None
@@ -166,14 +192,22 @@ class InferenceLogger:
 
 def publish_segment(storage: Storage, segment: Path) -> str:
     """One spool segment as one Parquet object under `inference/date=<day it was opened>/`."""
-    records = [orjson.loads(line) for line in segment.read_bytes().splitlines() if line.strip()]
+    records = []
+    for line in segment.read_bytes().splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(orjson.loads(line))
+        except orjson.JSONDecodeError:  # the last line of a process killed while writing it
+            TORN_LINES.inc()
+            logger.warning("skipping a torn line in inference log segment %s", segment)
     key = f"{PREFIX}/date={segment.name[:10]}/{segment.stem}"
     if not records:
         return key
     try:
         table = pa.Table.from_pylist(records)
     except pa.ArrowException:  # values of mixed types in one field: keep them as written
-        storage.write_bytes(f"{key}.jsonl", segment.read_bytes())
+        storage.write_bytes(f"{key}.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in records))
         return f"{key}.jsonl"
     buffer = io.BytesIO()
     pq.write_table(table, buffer)

@@ -6,7 +6,11 @@ Options of KServe's own model-server parser (`kserve.model_server.parser`: --max
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import kserve
+from fastapi import HTTPException
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.multiprocess.server import RESTServerProcess
 
 from propensity.settings import Settings
@@ -30,6 +34,18 @@ def patient_supervisor(start_seconds: float) -> None:
     RESTServerProcess.is_alive = is_alive
 
 
+class ReadOnlyRepository(ModelRepositoryExtension):
+    """KServe serves `POST /v2/repository/models/{name}/load|unload` to anyone who can reach the port:
+    one request would unload the model and fail every prediction after it. Models here change only
+    through the registry (the deploy step), so those calls are refused with 403; listing still works."""
+
+    async def load(self, model_name: str) -> None:
+        raise HTTPException(HTTPStatus.FORBIDDEN, "models are loaded from the MLflow registry, not over HTTP")
+
+    async def unload(self, model_name: str) -> None:
+        raise HTTPException(HTTPStatus.FORBIDDEN, "models are switched by the deploy step, not unloaded over HTTP")
+
+
 def serve(settings: Settings, port: int | None = None, workers: int | None = None) -> None:
     workers = workers or settings.serving_workers
     if workers > 1:
@@ -37,4 +53,6 @@ def serve(settings: Settings, port: int | None = None, workers: int | None = Non
     model = PropensityModel(settings)
     model.load()
     freeze_long_lived()
-    kserve.ModelServer(http_port=port or settings.serving_port, enable_grpc=False, workers=workers).start([model])
+    server = kserve.ModelServer(http_port=port or settings.serving_port, enable_grpc=False, workers=workers)
+    server.model_repository_extension = ReadOnlyRepository(model_registry=server.registered_models)
+    server.start([model])

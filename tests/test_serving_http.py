@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -16,19 +21,23 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import requests
+import schemathesis
 from feast import FeatureStore
 from mlflow import MlflowClient
+from schemathesis import GenerationMode
 
 from components.deploy import DEPLOYED, SMOKE_PREFIX, LocalServer, deploy
 from components.training import train_realtime_model
 from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, SCORE_VIEW
 from feature_repo.store import feature_repo, repo_config
 from propensity import features as F
-from propensity.demo import free_port, running_server
+from propensity.demo import free_port, running_server, wait_until_ready
 from propensity.errors import PropensityError
 from propensity.lake import ingest
 from propensity.settings import Settings, get_settings
@@ -36,7 +45,7 @@ from propensity.storage import Storage
 from propensity.synthetic import generate
 from propensity.tracking import CHAMPION, REALTIME_VERSION_TAG, ROLLED_BACK_TAG, alias_version, configure
 from serving.inference_log import read_records
-from serving.schema import INSTANCE_FIELDS, MAX_INSTANCES
+from serving.schema import INSTANCE_FIELDS, MAX_INSTANCES, PredictRequest
 from tests.test_training_logic import written
 
 PREDICT = "/v1/models/propensity:predict"
@@ -402,3 +411,184 @@ def test_scores_of_a_rolled_back_batch_version_are_not_served(server: httpx.Clie
     while predict(server, {"customer_id": FRESH})[0]["source"] != "batch":
         assert time.monotonic() < deadline, "scores of v7 are not served again"
         time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fuzzing: every operation of the OpenAPI document the server itself serves, with the V1 contract
+# (which KServe leaves untyped) filled in from serving.schema, in schemathesis' positive and negative
+# modes. Expected of each answer: no 5xx (but 501 for :explain, which the model does not implement),
+# a 4xx carries one line of JSON error, and nothing takes longer than a few seconds.
+
+FUZZ_EXAMPLES = 60  # per operation, model name and mode: over 1,000 requests in all
+SLOW_ANSWER_SECONDS = 10.0
+
+
+def served_openapi(client: httpx.Client) -> dict[str, Any]:
+    doc: dict[str, Any] = client.get("/openapi.json").json()
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    contract = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(contract.pop("$defs", {}))
+    schemas["PredictRequest"] = contract
+    operation = doc["paths"]["/v1/models/{model_name}:predict"]["post"]
+    operation["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+    }
+    return doc
+
+
+def answer_problems(method: str, path: str, response: Any, seconds: float) -> list[str]:
+    """What is wrong with one answer: a 5xx (501 Not Implemented aside: explanations and model
+    versions, which KServe does not implement for this model), no one-line JSON error with a 4xx or
+    501, a traceback, or a slow answer."""
+    problems = []
+    status = response.status_code
+    if seconds > SLOW_ANSWER_SECONDS:
+        problems.append(f"took {seconds:.1f} s")
+    if status >= 500 and status != 501:
+        problems.append(f"HTTP {status}")
+    text = response.text
+    if "Traceback" in text or 'File "' in text:
+        problems.append("a traceback in the answer")
+    if (400 <= status < 500 and status not in (404, 405)) or status == 501:
+        try:
+            message = response.json()
+        except ValueError:
+            message = None
+        error = (message.get("error") or message.get("detail")) if isinstance(message, dict) else None
+        if not error or (isinstance(error, str) and "\n" in error):
+            problems.append(f"HTTP {status} without a one-line JSON error: {text[:200]}")
+    return [f"{method} {path} -> {p}" for p in problems]
+
+
+def fuzz(
+    operation: Any, mode: GenerationMode, base_url: str, tried: Counter[tuple[str, int]], **fixed: Any
+) -> list[str]:
+    """Send `FUZZ_EXAMPLES` generated requests to one operation; the problems found in the answers.
+    `fixed` pins parts of the request (e.g. the model's name, so that bodies reach the model)."""
+    problems: list[str] = []
+    session = requests.Session()
+
+    @hypothesis.settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+        phases=[hypothesis.Phase.generate],
+    )
+    @hypothesis.given(case=operation.as_strategy(generation_mode=mode, **fixed))
+    def send(case: schemathesis.Case) -> None:
+        started = time.monotonic()
+        response = case.call(base_url=base_url, session=session, timeout=SLOW_ANSWER_SECONDS * 3)
+        tried[(mode.value, response.status_code)] += 1
+        problems.extend(answer_problems(case.method, case.formatted_path, response, time.monotonic() - started))
+
+    try:
+        send()
+    except hypothesis.errors.Unsatisfiable:  # e.g. no negative request exists for an operation without inputs
+        assert mode == GenerationMode.NEGATIVE, operation.label
+    return problems
+
+
+def test_fuzzed_requests_get_4xx_or_an_answer_never_a_5xx(server: httpx.Client) -> None:
+    schema = schemathesis.openapi.from_dict(served_openapi(server))
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 12, [o.label for o in operations]
+    tried: Counter[tuple[str, int]] = Counter()
+    problems = []
+    for operation in operations:
+        # Random model names (mostly 404), then this model's name so that bodies reach the predictor.
+        names = [{}, {"path_parameters": {"model_name": "propensity"}}] if "{model_name}" in operation.path else [{}]
+        for fixed in names:
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                problems += fuzz(operation, mode, str(server.base_url), tried, **fixed)
+    total = sum(tried.values())
+    print(f"fuzzed {total} requests over {len(operations)} operations: {sorted(tried.items())}")
+    assert total >= 1000, tried
+    assert not problems, f"{len(problems)} bad answers, e.g. {sorted(set(problems))[:10]}"
+    # The server still serves, and still has its model (load/unload over HTTP are refused).
+    assert predict(server, {"customer_id": FRESH})[0]["source"] == "batch"
+
+
+@pytest.mark.parametrize("action", ["load", "unload"])
+def test_models_cannot_be_loaded_or_unloaded_over_http(server: httpx.Client, action: str) -> None:
+    response = server.post(f"/v2/repository/models/propensity/{action}")
+    assert response.status_code == 403, response.text
+    assert predict(server, {"customer_id": FRESH})[0]["source"] == "batch"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Faults: a server killed (SIGKILL) under load while it swaps in a new model.
+
+
+def start_server(settings: Settings, port: int) -> subprocess.Popen[bytes]:
+    log = settings.logs_dir / f"server-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "propensity.cli", "serve", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **settings.as_env()},
+        )
+    wait_until_ready(process, f"http://127.0.0.1:{port}/v2/health/ready", log, 300)
+    return process
+
+
+def test_a_server_killed_mid_request_and_mid_swap_restarts_clean(deployment: Settings) -> None:
+    """Killed with requests in flight while it loads a new champion: the next server comes up on the
+    registry's champion, publishes what the dead one spooled (whole records, none twice), and serves."""
+    port = free_port()
+    first = start_server(deployment, port)
+    answered: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def send(worker: int) -> None:
+        n = 0
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            while not stop.is_set():
+                customer = f"c-kill-{worker}-{n}"
+                n += 1
+                try:
+                    response = client.post(PREDICT, json={"instances": [{"customer_id": customer}]})
+                except httpx.HTTPError as error:
+                    errors.append(type(error).__name__)
+                    continue
+                if response.status_code == 200:
+                    answered.append(customer)
+
+    threads = [threading.Thread(target=send, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(2)
+        # A new real-time champion: the server starts loading it within its poll interval (0.5 s).
+        configure(deployment)
+        batch = register_release(deployment)
+        realtime = MlflowClient().get_model_version(deployment.model_name, batch).tags[REALTIME_VERSION_TAG]
+        MlflowClient().set_registered_model_alias(deployment.realtime_model_name, CHAMPION, realtime)
+        # Polled every 0.5 s; loading and checking a model takes longer than that: killed while loading.
+        time.sleep(0.8)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert first.returncode == -signal.SIGKILL and answered and errors  # requests were cut off
+    second = start_server(deployment, port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            assert realtime_version(client) == realtime
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=60)
+    logged = [r["customer_id"] for r in read_records(Storage(deployment)) if r["customer_id"].startswith("c-kill-")]
+    assert len(logged) == len(set(logged)), "a record was published twice"
+    assert set(logged) <= set(answered)
+    # What the dead process had queued but not yet written is lost: at most its last moments.
+    lost = len(set(answered) - set(logged))
+    assert lost <= max(20, len(answered) // 10), (lost, len(answered))
