@@ -9,6 +9,10 @@ own files):
   `propensity.tables`); ingest upserts by customer id and switches the version atomically.
 
 Customer ids are identifiers: they are read as strings exactly as written (`00042` stays `00042`).
+What a row must be: ids of UTF-8 text without control characters, a timestamp from 1678 to 2261
+(what pandas and Feast hold), a finite non-negative amount, and items (optional, empty for one) a
+whole non-negative number. A CSV is UTF-8 RFC 4180 (commas; a quote in a quoted value doubled) and
+every row has as many fields as its header.
 Ingest validates a whole file with Spark before writing anything, so a large file is never held in
 one process's memory, and a bad file leaves the lake as it was. The days each ingest touched are
 recorded (`_changes.json`) so that feature snapshots computed before can be recomputed.
@@ -16,7 +20,10 @@ recorded (`_changes.json`) so that feature snapshots computed before can be reco
 
 from __future__ import annotations
 
+import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,9 +31,11 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as sf
+from pyspark.sql.types import ArrayType, MapType, StructType
 
 from propensity.errors import PropensityError
 from propensity.features import UNKNOWN
@@ -48,6 +57,12 @@ CUSTOMER_SCHEMA = "customer_id string, signup_date timestamp_ntz, country string
 TRANSACTION_COLUMNS = ["transaction_id", "customer_id", "timestamp", "amount", "items"]
 DATE_PARTITION = "date"
 CHANGES_FILE = "_changes.json"
+# Timestamps pandas and Feast can hold (nanoseconds since 1970 in 64 bits), with a margin for the
+# day after the last transaction that pipelines default to.
+FIRST_TIMESTAMP, END_TIMESTAMP = "1678-01-01", "2262-01-01"
+# Identifiers with control characters or U+FFFD (what undecodable bytes are read as) come from a
+# file that is not UTF-8 text (Latin-1, UTF-16, binary) or from a broken export.
+UNREADABLE_TEXT = r"[\x00-\x1F\x7F\uFFFD]"
 
 
 @dataclass(frozen=True)
@@ -65,19 +80,83 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def read_file(spark: SparkSession, path: Path) -> DataFrame:
-    """A CSV (every column as text, exactly as written) or Parquet file, chosen by its suffix."""
+def _shown(value: object, limit: int = 60) -> str:
+    """A value from the user's data as a one-line message shows it: quoted, escaped and short."""
+    if value is None:
+        return "empty"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
+
+
+def _spark_failure(exc: BaseException) -> str:
+    """The innermost cause of a failed Spark job as one line, without Java class names or stack frames."""
+    causes = re.findall(r"(?m)^(?:Caused by: |: )?[\w.$]+(?:Exception|Error): (.+)$", str(exc))
+    message = causes[-1] if causes else _first_line(exc)
+    message = re.sub(r"\s*SQLSTATE: \w+", "", message)
+    record = re.match(r"\[MALFORMED_CSV_RECORD\] Malformed CSV record: (.*)", message)
+    if record:
+        return (
+            f"a row has more or fewer fields than the header (first: {_shown(record.group(1))}); "
+            "quote values that contain the delimiter or line breaks"
+        )
+    message = re.sub(r"^\[[A-Z_.]+\] ", "", message)
+    message = re.sub(r"\b(?:[a-z]\w*\.)+[A-Z][\w$]*(?:: )?", "", message).strip()
+    return (message if len(message) <= 300 else f"{message[:300]}...") or type(exc).__name__
+
+
+def _sniff_csv(path: Path) -> None:
+    """Reject what Spark would read as garbage columns rather than as text: UTF-16/32 or binary files."""
+    with path.open("rb") as file:
+        head = file.read(4096)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise PropensityError(f"{path} is UTF-16 (or UTF-32) text; save it as UTF-8 CSV")
+    if b"\x00" in head:
+        raise PropensityError(f"{path} contains NUL bytes: it is not UTF-8 CSV text; save it as UTF-8 CSV")
+
+
+def check_file(path: Path) -> None:
+    """What can be told about an input file without Spark (so before a JVM starts)."""
     if not path.is_file():
         raise PropensityError(f"{path} does not exist; pass the path of a CSV or Parquet file")
-    suffix = path.suffix.lower()
+    if path.suffix.lower() in {".csv", ".txt"}:
+        _sniff_csv(path)
+    elif path.suffix.lower() not in {".parquet", ".pq"}:
+        raise PropensityError(f"{path} has suffix '{path.suffix}'; use a .csv or .parquet file")
+
+
+def read_file(spark: SparkSession, path: Path) -> DataFrame:
+    """A CSV (every column as text, exactly as written) or Parquet file, chosen by its suffix."""
+    check_file(path)
     try:
-        if suffix in {".parquet", ".pq"}:
+        if path.suffix.lower() in {".parquet", ".pq"}:
             return _read_parquet(spark, path)
-        if suffix in {".csv", ".txt"}:
-            return spark.read.option("header", True).option("inferSchema", False).csv(str(path))
-    except PySparkException as exc:
-        raise PropensityError(f"{path} could not be read: {_first_line(exc)}") from exc
-    raise PropensityError(f"{path} has suffix '{path.suffix}'; use a .csv or .parquet file")
+        return _read_csv(spark, path)
+    except (PySparkException, Py4JJavaError) as exc:
+        raise PropensityError(f"{path} could not be read: {_spark_failure(exc)}") from exc
+
+
+def _read_csv(spark: SparkSession, path: Path) -> DataFrame:
+    """RFC 4180 CSV, as spreadsheets and pandas write it: a quote inside a quoted value is doubled
+    (Spark's default escape is a backslash, which would keep `""` in the value). Every row must have
+    as many fields as the header (FAILFAST): a row with more is what an unquoted delimiter in a value
+    (`1,5` for 1.5) or a quoted line break leaves, and is never guessed at. Spark checks that only
+    over the columns a query reads unless CSV column pruning is off."""
+    spark.conf.set("spark.sql.csv.parser.columnPruning.enabled", "false")
+    frame = (
+        spark.read.option("header", True)
+        .option("inferSchema", False)
+        .option("escape", '"')
+        .option("mode", "FAILFAST")
+        .csv(str(path))
+    )
+    if len(frame.columns) == 1:
+        delimiter = next((d for d in (";", "\t", "|") if d in frame.columns[0]), None)
+        if delimiter is not None:
+            raise PropensityError(
+                f"{path} has a single column {_shown(frame.columns[0])}: its values are separated by "
+                f"{delimiter!r}; save it with commas as the delimiter"
+            )
+    return frame
 
 
 def _read_parquet(spark: SparkSession, path: Path) -> DataFrame:
@@ -96,10 +175,21 @@ def _read_parquet(spark: SparkSession, path: Path) -> DataFrame:
 def _require_columns(frame: DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
+        found = ", ".join(_shown(c, 40) for c in frame.columns[:20]) + (", ..." if len(frame.columns) > 20 else "")
         raise PropensityError(
-            f"{what} is missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns)}); "
+            f"{what} is missing column(s) {', '.join(missing)} (found: {found or 'none'}); "
             "rename them or set the PROPENSITY_*_COLUMN settings"
         )
+
+
+def _require_flat(frame: DataFrame, columns: list[str], what: str) -> None:
+    """Values are text, numbers or timestamps: a nested column would pass as its text (`{1, 2}`)."""
+    for field in frame.schema.fields:
+        if field.name in columns and isinstance(field.dataType, (ArrayType, MapType, StructType)):
+            raise PropensityError(
+                f"{what} has column {field.name} of type {field.dataType.simpleString()[:60]}; "
+                "use text, numbers or timestamps"
+            )
 
 
 def _as_id(column: Column) -> Column:
@@ -109,8 +199,22 @@ def _as_id(column: Column) -> Column:
 
 
 def _as_timestamp(column: Column) -> Column:
-    """ISO 8601 text or a timestamp, as UTC wall-clock time without a zone (null when unparsable)."""
-    return column.cast("string").try_cast("timestamp").cast("timestamp_ntz")
+    """ISO 8601 text or a timestamp, as UTC wall-clock time without a zone (null when unparsable).
+    Parsed as an instant (the session's zone is UTC): text with an offset (`...T23:30:00-02:00`) is
+    moved to UTC, where a zone-less parse would drop the offset."""
+    return column.cast("string").try_cast("timestamp_ltz").cast("timestamp_ntz")
+
+
+def _out_of_range(timestamp: Column) -> Column:
+    return (timestamp < sf.lit(FIRST_TIMESTAMP).cast("timestamp_ntz")) | (
+        timestamp >= sf.lit(END_TIMESTAMP).cast("timestamp_ntz")
+    )
+
+
+def _as_count(text: Column) -> Column:
+    """A whole number (`3`, `3.0`) as a bigint; null when it is not one."""
+    number = text.try_cast("double")
+    return sf.when(number % 1 == 0, number.try_cast("bigint"))
 
 
 def normalize_transactions(raw: DataFrame, settings: Settings) -> DataFrame:
@@ -118,9 +222,15 @@ def normalize_transactions(raw: DataFrame, settings: Settings) -> DataFrame:
     _require_columns(
         raw, [settings.customer_id_column, settings.timestamp_column, settings.amount_column], "the transactions file"
     )
+    _require_flat(
+        raw,
+        ["transaction_id", settings.customer_id_column, settings.timestamp_column, settings.amount_column, "items"],
+        "the transactions file",
+    )
     ts_raw = sf.col(settings.timestamp_column).cast("string")
     amount_raw = sf.col(settings.amount_column).cast("string")
-    items = sf.col("items").try_cast("bigint") if "items" in raw.columns else sf.lit(None).cast("bigint")
+    items_raw = _as_id(sf.col("items")) if "items" in raw.columns else sf.lit(None).cast("string")
+    items = _as_count(items_raw)
     tx = raw.select(
         _as_id(sf.col("transaction_id")).alias("transaction_id")
         if "transaction_id" in raw.columns
@@ -131,6 +241,7 @@ def normalize_transactions(raw: DataFrame, settings: Settings) -> DataFrame:
         sf.coalesce(items, sf.lit(1)).alias("items"),
         ts_raw.alias("_timestamp_raw"),
         amount_raw.alias("_amount_raw"),
+        items_raw.alias("_items_raw"),
     )
     if "transaction_id" not in raw.columns:
         # Deterministic ids from the content, so re-ingesting the same file gives the same ids;
@@ -144,21 +255,36 @@ def normalize_transactions(raw: DataFrame, settings: Settings) -> DataFrame:
     return tx
 
 
+def transaction_row_rules() -> dict[str, tuple[Column, Column]]:
+    """The rules one row of `normalize_transactions` can break: name -> (broken, the value to show).
+    A null `broken` counts as kept (the rule before it is the one broken)."""
+    unreadable_id = sf.when(sf.col("customer_id").rlike(UNREADABLE_TEXT), sf.col("customer_id")).when(
+        sf.col("transaction_id").rlike(UNREADABLE_TEXT), sf.col("transaction_id")
+    )
+    bad_amount = sf.col("amount").isNull() | sf.isnan("amount") | (sf.abs("amount") == float("inf"))
+    bad_items = sf.col("_items_raw").isNotNull() & (_as_count(sf.col("_items_raw")).isNull() | (sf.col("items") < 0))
+    return {
+        "empty_ids": (sf.col("customer_id").isNull(), sf.lit(None)),
+        "unreadable": (unreadable_id.isNotNull(), unreadable_id),
+        "bad_ts": (sf.col("timestamp").isNull(), sf.col("_timestamp_raw")),
+        "early_or_late": (_out_of_range(sf.col("timestamp")), sf.col("_timestamp_raw")),
+        "bad_amount": (bad_amount, sf.col("_amount_raw")),
+        "negative": (sf.col("amount") < 0, sf.col("amount")),
+        "bad_items": (bad_items, sf.col("_items_raw")),
+        "empty_tx_ids": (sf.col("transaction_id").isNull(), sf.lit(None)),
+    }
+
+
 def _validate_transactions(tx: DataFrame, settings: Settings) -> None:
     """Every rule over the whole file in one Spark pass; the first broken rule is the error."""
-    bad_ts = sf.col("timestamp").isNull()
-    bad_amount = sf.col("amount").isNull()
-    negative = sf.col("amount") < 0
+    rules = transaction_row_rules()
     stats = tx.agg(
         sf.count(sf.lit(1)).alias("rows"),
-        sf.count_if(sf.col("customer_id").isNull()).alias("empty_ids"),
-        sf.count_if(bad_ts).alias("bad_ts"),
-        sf.first(sf.when(bad_ts, sf.col("_timestamp_raw")), ignorenulls=True).alias("bad_ts_example"),
-        sf.count_if(bad_amount).alias("bad_amount"),
-        sf.first(sf.when(bad_amount, sf.col("_amount_raw")), ignorenulls=True).alias("bad_amount_example"),
-        sf.count_if(negative).alias("negative"),
-        sf.first(sf.when(negative, sf.col("amount")), ignorenulls=True).alias("negative_example"),
-        sf.count_if(sf.col("transaction_id").isNull()).alias("empty_tx_ids"),
+        *[sf.count_if(broken).alias(name) for name, (broken, _) in rules.items()],
+        *[
+            sf.first(sf.when(broken, shown), ignorenulls=True).alias(f"{name}_example")
+            for name, (broken, shown) in rules.items()
+        ],
     ).first()
     assert stats is not None
     id_col, ts_col, amount_col = settings.customer_id_column, settings.timestamp_column, settings.amount_column
@@ -166,33 +292,69 @@ def _validate_transactions(tx: DataFrame, settings: Settings) -> None:
         raise PropensityError("the transactions file has no rows; nothing to ingest")
     if stats["empty_ids"]:
         raise PropensityError(f"the transactions file has {stats['empty_ids']} empty {id_col} value(s)")
+    if stats["unreadable"]:
+        raise PropensityError(
+            f"the transactions file has {stats['unreadable']} {id_col} or transaction_id value(s) with control "
+            f"characters or undecodable bytes (first: {_shown(stats['unreadable_example'])}); save it as UTF-8"
+        )
     if stats["bad_ts"]:
         raise PropensityError(
             f"column {ts_col}: {stats['bad_ts']} value(s) are not parsable timestamps "
-            f"(first: {stats['bad_ts_example']!r}); use ISO 8601 such as 2025-03-01T12:00:00"
+            f"(first: {_shown(stats['bad_ts_example'])}); use ISO 8601 such as 2025-03-01T12:00:00"
+        )
+    if stats["early_or_late"]:
+        raise PropensityError(
+            f"column {ts_col}: {stats['early_or_late']} value(s) are before {FIRST_TIMESTAMP} or from "
+            f"{END_TIMESTAMP} on (first: {_shown(stats['early_or_late_example'])}); check the dates"
         )
     if stats["bad_amount"]:
         raise PropensityError(
-            f"column {amount_col} has non-numeric or empty values (first: {stats['bad_amount_example']!r})"
+            f"column {amount_col} has non-numeric, infinite or empty values "
+            f"(first: {_shown(stats['bad_amount_example'])})"
         )
     if stats["negative"]:
         raise PropensityError(
             f"column {amount_col} has {stats['negative']} negative amount(s) (first: {stats['negative_example']}); "
             "remove refunds or net them out before ingesting"
         )
+    if stats["bad_items"]:
+        raise PropensityError(
+            f"column items has {stats['bad_items']} value(s) that are not non-negative whole numbers "
+            f"(first: {_shown(stats['bad_items_example'])}); leave it empty for one item"
+        )
     if stats["empty_tx_ids"]:
         raise PropensityError(f"the transactions file has {stats['empty_tx_ids']} empty transaction_id value(s)")
     duplicate = tx.groupBy("transaction_id").count().where(sf.col("count") > 1).first()
     if duplicate is not None:
         raise PropensityError(
-            f"transaction_id {duplicate['transaction_id']!r} appears {duplicate['count']} times in the "
+            f"transaction_id {_shown(duplicate['transaction_id'])} appears {duplicate['count']} times in the "
             "transactions file; ids must be unique"
+        )
+
+
+def _validate_against_lake(spark: SparkSession, settings: Settings, tx: DataFrame) -> None:
+    """Transaction ids stay unique in the lake: an id already there may come again only on a day
+    this file replaces."""
+    if not transaction_days(settings):
+        return
+    file_days = tx.select(sf.to_date("timestamp").cast("string").alias("day")).distinct()
+    kept = (
+        read_transactions(spark, settings)
+        .select("transaction_id", sf.col(DATE_PARTITION).cast("string").alias("day"))
+        .join(file_days, "day", "left_anti")
+    )
+    clash = kept.join(tx.select("transaction_id"), "transaction_id", "left_semi").first()
+    if clash is not None:
+        raise PropensityError(
+            f"transaction_id {_shown(clash['transaction_id'])} is already in the lake on {clash['day']}, a day "
+            "this file does not replace; ids must be unique"
         )
 
 
 def normalize_customers(raw: DataFrame, settings: Settings) -> DataFrame:
     """The canonical customer columns from a user's file (signup_date may be null: filled later)."""
     _require_columns(raw, [settings.customer_id_column], "the customers file")
+    _require_flat(raw, [settings.customer_id_column, "signup_date", "country", "channel"], "the customers file")
 
     def text(column: str) -> Column:
         if column not in raw.columns:
@@ -210,9 +372,18 @@ def normalize_customers(raw: DataFrame, settings: Settings) -> DataFrame:
 
 
 def _validate_customers(customers: DataFrame, settings: Settings) -> None:
+    unreadable = sf.col("customer_id").rlike(UNREADABLE_TEXT) | sf.col("country").rlike(UNREADABLE_TEXT)
+    unreadable |= sf.col("channel").rlike(UNREADABLE_TEXT)
+    early_or_late = _out_of_range(sf.col("signup_date"))
     stats = customers.agg(
         sf.count(sf.lit(1)).alias("rows"),
         sf.count_if(sf.col("customer_id").isNull()).alias("empty_ids"),
+        sf.count_if(unreadable).alias("unreadable"),
+        sf.first(sf.when(unreadable, sf.concat_ws(" / ", "customer_id", "country", "channel")), ignorenulls=True).alias(
+            "unreadable_example"
+        ),
+        sf.count_if(early_or_late).alias("early_or_late"),
+        sf.first(sf.when(early_or_late, sf.col("_signup_raw")), ignorenulls=True).alias("early_or_late_example"),
         sf.count_if(sf.col("signup_date").isNull() & sf.col("_signup_raw").isNotNull()).alias("bad_signup"),
         sf.first(
             sf.when(sf.col("signup_date").isNull() & sf.col("_signup_raw").isNotNull(), sf.col("_signup_raw")),
@@ -226,14 +397,24 @@ def _validate_customers(customers: DataFrame, settings: Settings) -> None:
         raise PropensityError(
             f"the customers file has {stats['empty_ids']} empty {settings.customer_id_column} value(s)"
         )
+    if stats["unreadable"]:
+        raise PropensityError(
+            f"the customers file has {stats['unreadable']} value(s) with control characters or undecodable "
+            f"bytes (first: {_shown(stats['unreadable_example'])}); save it as UTF-8"
+        )
     if stats["bad_signup"]:
         raise PropensityError(
             f"column signup_date: {stats['bad_signup']} value(s) are not parsable timestamps "
-            f"(first: {stats['bad_signup_example']!r}); use ISO 8601 such as 2025-03-01"
+            f"(first: {_shown(stats['bad_signup_example'])}); use ISO 8601 such as 2025-03-01"
+        )
+    if stats["early_or_late"]:
+        raise PropensityError(
+            f"column signup_date: {stats['early_or_late']} value(s) are before {FIRST_TIMESTAMP} or from "
+            f"{END_TIMESTAMP} on (first: {_shown(stats['early_or_late_example'])}); check the dates"
         )
     duplicate = customers.groupBy("customer_id").count().where(sf.col("count") > 1).first()
     if duplicate is not None:
-        raise PropensityError(f"the customers file lists customer {duplicate['customer_id']!r} more than once")
+        raise PropensityError(f"the customers file lists customer {_shown(duplicate['customer_id'])} more than once")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,7 +501,7 @@ def _merge_customers(
         unknown = tx.select("customer_id").distinct().join(known_ids.distinct(), "customer_id", "left_anti").first()
         if unknown is not None:
             raise PropensityError(
-                f"customer {unknown['customer_id']!r} appears in the transactions but neither in the customers "
+                f"customer {_shown(unknown['customer_id'])} appears in the transactions but neither in the customers "
                 "file nor in the lake; add it to the customers file"
             )
     # Customers only the transactions know: signed up at their first purchase, segment unknown.
@@ -352,21 +533,44 @@ def _merge_customers(
     return merged, changed
 
 
+@contextmanager
+def _quiet_task_failures(spark: SparkSession) -> Iterator[None]:
+    """A malformed file fails Spark tasks, which Spark logs (Java stack traces on stderr); while the
+    files are validated, that failure is reported as the one-line error instead."""
+    spark.sparkContext.setLogLevel("OFF")
+    try:
+        yield
+    finally:
+        spark.sparkContext.setLogLevel("ERROR")  # as spark_session sets it
+
+
 def ingest(settings: Settings, transactions_file: Path, customers_file: Path | None = None) -> IngestResult:
     """Validate the user's files completely, then write the lake: the days in the file replace those
     days, customers are upserted. On any error nothing is written."""
+    for path in (transactions_file, customers_file):
+        if path is not None:
+            check_file(path)  # a wrong path or encoding is told before Spark starts
     spark = spark_session(settings, "propensity-ingest")
-    tx = normalize_transactions(read_file(spark, transactions_file), settings).persist()
+    tx = None
     file_customers = None
     try:
-        _validate_transactions(tx, settings)
-        if customers_file is not None:
-            file_customers = normalize_customers(read_file(spark, customers_file), settings).persist()
-            _validate_customers(file_customers, settings)
+        # Spark reads lazily: a file's content (a malformed row, a corrupt Parquet page) fails the first
+        # job that reads it, which is then reported as the file's problem, in one line.
+        with _quiet_task_failures(spark):
+            tx = normalize_transactions(read_file(spark, transactions_file), settings).persist()
+            _validate_transactions(tx, settings)
+            _validate_against_lake(spark, settings, tx)
+            if customers_file is not None:
+                file_customers = normalize_customers(read_file(spark, customers_file), settings).persist()
+                _validate_customers(file_customers, settings)
         customers, changed = _merge_customers(spark, settings, tx, file_customers)
         return _write_lake(settings, tx.select(*TRANSACTION_COLUMNS), customers, changed)
+    except (PySparkException, Py4JJavaError) as exc:
+        inputs = " or ".join(str(f) for f in (transactions_file, customers_file) if f is not None)
+        raise PropensityError(f"{inputs} could not be ingested: {_spark_failure(exc)}") from exc
     finally:
-        tx.unpersist()
+        if tx is not None:
+            tx.unpersist()
         if file_customers is not None:
             file_customers.unpersist()
 
