@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+import pandas as pd
 import yaml
 
 from propensity.errors import PropensityError
@@ -42,16 +43,21 @@ def pipeline_function(name: str) -> Callable[..., Any]:
     return known[name]
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:60]}... ({len(text)} characters)"
+
+
 def parse_params(pairs: list[str]) -> dict[str, Any]:
     """`k=v` pairs from the command line; values are parsed as YAML (numbers, lists) when they can be."""
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise PropensityError(f"parameter '{pair}' is not of the form key=value")
+            raise PropensityError(f"parameter {_shown(pair)} is not of the form key=value")
         try:
             params[key] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: a date YAML reads but Python cannot hold (year 0)
             params[key] = value
         if isinstance(params[key], (bool, int, float, list, dict)) or params[key] is None:
             continue
@@ -59,11 +65,39 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+# What a value of each KFP parameter type may be (bool is an int in Python: excluded by hand).
+_PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "String": (str,),
+    "Integer": (int,),
+    "Float": (int, float),
+    "Boolean": (bool,),
+    "List": (list,),
+    "Struct": (dict,),
+}
+
+
 def _check_params(func: Callable[..., Any], params: dict[str, Any]) -> None:
-    accepted = set(func.component_spec.inputs or {})  # type: ignore[attr-defined]
-    unknown = sorted(set(params) - accepted)
+    """Each parameter is one the pipeline takes, of its declared type and range, before anything runs
+    or is submitted: a bad value would otherwise fail a step minutes later (or on the cluster)."""
+    inputs = func.component_spec.inputs or {}  # type: ignore[attr-defined]
+    unknown = sorted(set(params) - set(inputs))
     if unknown:
-        raise PropensityError(f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}")
+        named = ", ".join(_shown(name) for name in unknown[:5])
+        raise PropensityError(f"unknown parameter(s) {named}; accepted: {', '.join(sorted(inputs))}")
+    for name, value in params.items():
+        kind = inputs[name].type
+        allowed = _PARAMETER_TYPES.get(kind, (object,))
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise PropensityError(f"parameter {name} must be of type {kind}, got {_shown(value)}")
+        if name.endswith("_date") and value:
+            try:
+                pd.Timestamp(value)
+            except (ValueError, OverflowError):
+                raise PropensityError(f"parameter {name}: {_shown(value)} is not a date; use YYYY-MM-DD") from None
+        if kind == "Integer" and isinstance(value, int) and value < 0:
+            raise PropensityError(f"parameter {name} must be 0 (the setting's value) or more, got {value}")
+        if name == "candidates" and not (isinstance(value, list) and value and all(isinstance(c, dict) for c in value)):
+            raise PropensityError(f"parameter candidates must be a non-empty list of mappings, got {_shown(value)}")
 
 
 class _TaskWatcher(io.TextIOBase):

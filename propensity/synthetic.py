@@ -130,6 +130,10 @@ def _purchase_probability(c: _Customers, day: int, season: float) -> np.ndarray:
     return np.where(c.regular, regular, irregular) * fading * season
 
 
+# The generator holds the whole data set in one pandas process: bounds that fit in memory here.
+MAX_CUSTOMERS, MAX_DAYS = 5_000_000, 3_650
+
+
 def generate(
     customers: int = 5000,
     days: int = 180,
@@ -139,8 +143,11 @@ def generate(
     start: pd.Timestamp = DEFAULT_START,
 ) -> SyntheticData:
     """Simulate `days` days of purchases for `customers` initial customers plus new arrivals."""
-    if customers < 1 or days < 1:
-        raise ValueError("customers and days must be positive")
+    if not (1 <= customers <= MAX_CUSTOMERS and 1 <= days <= MAX_DAYS):
+        raise ValueError(
+            f"customers must be 1 to {MAX_CUSTOMERS:,} and days 1 to {MAX_DAYS:,} (one process holds the data), "
+            f"got {customers} and {days}"
+        )
     if not 0.0 <= drift <= 1.0:
         raise ValueError(f"drift must be between 0 and 1, got {drift}")
     init_rng = np.random.default_rng([seed, 0])
