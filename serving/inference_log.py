@@ -94,7 +94,8 @@ class InferenceLogger:
     def stop(self, timeout: float = 30.0) -> None:
         """Flush what is queued, publish the open segment and stop the writer."""
         if self._thread is not None:
-            self._queue.put(_STOP)
+            with contextlib.suppress(queue.Full):  # a writer that cannot keep up still gets `timeout`
+                self._queue.put(_STOP, timeout=timeout)
             self._thread.join(timeout)
             self._thread = None
         if self._lock is not None:
@@ -113,7 +114,12 @@ class InferenceLogger:
             stop = any(item is _STOP for item in batch)
             records = [r for item in batch if item is not _STOP for r in item]
             if records:
-                self._write(records)
+                try:
+                    self._write(records)
+                except Exception:  # never let one bad batch stop the log (write errors are handled inside)
+                    self.failed += len(records)
+                    RECORDS.labels("failed").inc(len(records))
+                    logger.exception("could not spool %d inference records; counted as failed", len(records))
             if stop or self._due():
                 self._segment = None
                 self._publish_closed()
