@@ -279,6 +279,29 @@ PARTS: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+def prepared_deployment(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """The deployment in `args.home` (a demo run into a fresh one when None), its settings exported
+    for the servers, and up to 500 of its scored customers."""
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+
+    from components.batch_scoring import sample_latest_customers
+    from propensity.settings import get_settings
+
+    if args.home is None:
+        from propensity.demo import DemoOptions, run_demo
+
+        args.home = Path(tempfile.mkdtemp()) / "home"
+        run_demo(get_settings(home=args.home), DemoOptions(customers=args.customers, rescore=False))
+    os.environ["PROPENSITY_HOME"] = str(args.home)
+    settings = get_settings()
+    os.environ.update(settings.as_env())  # the servers read the same settings
+    known = sample_latest_customers(settings, 500)
+    if not known:
+        raise SystemExit(f"no scored customers in {args.home}: run `propensity demo` or the pipelines first")
+    return settings, known
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
@@ -295,21 +318,7 @@ def main() -> None:
     if args.command == "server":
         run_server(args.kind, args.port)
         return
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is not installed: apt-get install wrk")
-
-    from components.batch_scoring import sample_latest_customers
-    from propensity.settings import get_settings
-
-    if args.home is None:
-        from propensity.demo import DemoOptions, run_demo
-
-        args.home = Path(tempfile.mkdtemp()) / "home"
-        run_demo(get_settings(home=args.home), DemoOptions(customers=args.customers, rescore=False))
-    os.environ["PROPENSITY_HOME"] = str(args.home)
-    settings = get_settings()
-    os.environ.update(settings.as_env())  # the servers read the same settings
-    known = sample_latest_customers(settings, 500)
+    _, known = prepared_deployment(args)
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     scripts = {
         "constant": write_script(work, "constant", [{"instances": [{"customer_id": c}]} for c in known]),

@@ -42,7 +42,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -54,7 +53,15 @@ from pathlib import Path
 from typing import Any
 
 # Run as a script: this folder is first on sys.path (benchmarks/ is not a package).
-from serving_load import CLIENT_CORE, CONNECTIONS, SERVER_CORE, free_port, pinned_server, write_script
+from serving_load import (
+    CLIENT_CORE,
+    CONNECTIONS,
+    SERVER_CORE,
+    free_port,
+    pinned_server,
+    prepared_deployment,
+    write_script,
+)
 from serving_load import wrk as wrk_run
 
 TIMEOUT_SECONDS = 10.0  # per request, as serving_load.py gives wrk
@@ -267,23 +274,7 @@ def main() -> None:
     if args.command == "load":
         load_main(args)
         return
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is not installed: apt-get install wrk")
-
-    from components.batch_scoring import sample_latest_customers
-    from propensity.settings import get_settings
-
-    if args.home is None:
-        from propensity.demo import DemoOptions, run_demo
-
-        args.home = Path(tempfile.mkdtemp()) / "home"
-        run_demo(get_settings(home=args.home), DemoOptions(customers=args.customers, rescore=False))
-    os.environ["PROPENSITY_HOME"] = str(args.home)
-    settings = get_settings()
-    os.environ.update(settings.as_env())  # the server reads the same settings
-    known = sample_latest_customers(settings, 500)
-    if not known:
-        raise SystemExit(f"no scored customers in {args.home}: run `propensity demo` or the pipelines first")
+    settings, known = prepared_deployment(args)
     work = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     log = work / "servers.log"
     started_at = datetime.now(UTC)
