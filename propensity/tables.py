@@ -14,6 +14,7 @@ Small JSON manifests (what changed when) are replaced atomically too.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -62,14 +63,18 @@ def current_version(table: Path) -> Path | None:
 
 
 def switch_version(table: Path, version: str, keep: int = 2) -> None:
-    """Point readers at `version` in one atomic step, then drop versions no reader can still see."""
+    """Point readers at `version` in one atomic step, then drop versions no reader can still see.
+
+    The version readers saw until now is always kept: a version written by a run killed before its
+    switch (never seen by anyone) must not take its place among the `keep` newest."""
     if not (table / version).is_dir():
         raise FileNotFoundError(f"version {version} of {table} was not written")
+    previous = current_version(table)
     with atomic_path(table / CURRENT_POINTER) as tmp:
         tmp.write_text(version)
     versions = sorted(p.name for p in table.glob(f"{VERSION_PREFIX}*") if p.is_dir())
     for old in versions[:-keep]:
-        if old != version:
+        if old != version and (previous is None or old != previous.name):
             shutil.rmtree(table / old, ignore_errors=True)
 
 
@@ -106,20 +111,67 @@ def partition_values(table: Path, column: str) -> list[str]:
 
 def replace_partitions(staged: Path, table: Path, column: str) -> list[str]:
     """Move every `column=value` partition written under `staged` into `table`, each replacing the
-    partition of the same value whole; returns the values moved. `staged` is removed afterwards."""
+    partition of the same value whole; returns the values moved. `staged` is removed afterwards.
+
+    Each partition is replaced in one atomic exchange where the file system can (Linux): a reader
+    sees it old or new, never missing. Elsewhere it takes two renames, and a run killed between them
+    leaves the old partition only in its hidden trash folder; the next replace of the table puts it
+    back. Partitions are replaced one by one: a killed run can leave some new and some old, each
+    whole, until its rerun replaces the rest."""
     table.mkdir(parents=True, exist_ok=True)
+    _restore_trashed_partitions(table, column)
     moved = []
     for value in partition_values(staged, column):
         name = partition_name(column, value)
         target = table / name
-        trash = table / f".{name}.{uuid.uuid4().hex}.old"
-        if target.exists():
-            os.replace(target, trash)
-        os.replace(staged / name, target)
-        shutil.rmtree(trash, ignore_errors=True)
+        # After an exchange the old partition is under `staged`, removed with it below.
+        if not (target.exists() and exchange_paths(staged / name, target)):
+            trash = table / f".{name}.{uuid.uuid4().hex}{TRASH_SUFFIX}"
+            if target.exists():
+                os.replace(target, trash)
+            os.replace(staged / name, target)
+            shutil.rmtree(trash, ignore_errors=True)
         moved.append(value)
     shutil.rmtree(staged, ignore_errors=True)
     return moved
+
+
+TRASH_SUFFIX = ".old"
+_RENAME_EXCHANGE = 2  # renameat2(2) flag
+_AT_FDCWD = -100
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux `renameat2` with RENAME_EXCHANGE); False,
+    with nothing changed, where the system or the file system cannot (macOS, NFS, old kernels)."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _restore_trashed_partitions(table: Path, column: str) -> None:
+    """Undo what a replace killed between its two renames left: a partition only in its trash folder
+    goes back in place; a trash folder whose partition is in place is removed."""
+    for trash in table.glob(f".{column}=*{TRASH_SUFFIX}"):
+        target = table / trash.name[1:].rsplit(".", 2)[0]
+        try:
+            if target.exists():
+                shutil.rmtree(trash)
+            else:
+                os.replace(trash, target)
+        except FileNotFoundError:  # handled by a concurrent writer meanwhile
+            continue
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -1,0 +1,539 @@
+"""Injected faults in the pipeline's commits: a step is killed (SIGKILL, a real process death, in a
+child process) between writing and committing, and in the middle of its commit. Each time the
+previous state keeps serving, nothing is duplicated or half-visible, and a rerun completes with the
+result of an uninterrupted run.
+
+* batch scoring: killed when it commits the historic partition, and when it switches the latest table;
+* the offline feature table: killed when it commits its snapshots, and after its first snapshot moved;
+* `replace_partitions` itself: killed at every one of its file-system steps in turn;
+* model registration: killed between the two registrations, before the pairing tag, and between the
+  two `challenger` aliases.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import SparkSession
+
+from components.batch_scoring import latest_scores_dir, score_customers
+from components.registry import Decision, Registered, register_models
+from propensity import features as F
+from propensity.errors import PropensityError
+from propensity.feature_table import SNAPSHOT_PARTITION, build_feature_table, computed_snapshots
+from propensity.lake import ingest, last_data_date
+from propensity.settings import Settings, get_settings
+from propensity.spark import spark_session
+from propensity.synthetic import generate
+from propensity.tables import SCORE_DATE, current_version, partition_values, replace_partitions, switch_version
+from propensity.tracking import (
+    CHALLENGER,
+    CHAMPION,
+    ModelRef,
+    alias_version,
+    configure,
+    promote,
+    release,
+    rolled_back_versions,
+    served_realtime_model,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Run in the child before the step: ways to die at a chosen moment, as a killed pod does.
+CHILD_PRELUDE = '''
+import os, shutil, signal, sys
+
+def die(*args, **kwargs):
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_on_call(owner, name, call):
+    """`owner.name` kills the process on its `call`-th call (before doing anything)."""
+    real = getattr(owner, name)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            die()
+        return real(*args, **kwargs)
+
+    setattr(owner, name, wrapper)
+
+
+def die_in_commit(step=None, touching=None, importers=()):
+    """`replace_partitions` (also as imported by `importers`) kills the process at its `step`-th
+    file-system change (a rename, an exchange, a removal), or at the first one whose paths contain
+    `touching`: after the changes before it took effect."""
+    import propensity.tables as tables
+
+    state = {"inside": False, "steps": 0}
+
+    def counted(real):
+        def change(*args, **kwargs):
+            if state["inside"]:
+                state["steps"] += 1
+                if state["steps"] == step or (touching and any(touching in str(a) for a in args)):
+                    die()
+            return real(*args, **kwargs)
+
+        return change
+
+    os.replace = counted(os.replace)
+    shutil.rmtree = counted(shutil.rmtree)
+    if hasattr(tables, "exchange_paths"):
+        tables.exchange_paths = counted(tables.exchange_paths)
+    real_replace = tables.replace_partitions
+
+    def replace_partitions(*args, **kwargs):
+        state["inside"] = True
+        try:
+            return real_replace(*args, **kwargs)
+        finally:
+            state["inside"] = False
+
+    for module in (tables, *importers):
+        module.replace_partitions = replace_partitions
+'''
+
+
+def run_forked(body: str, **names: object) -> int:
+    """Run `body` after the prelude (with `names` defined) in a fork of this process, and return its
+    exit code: -9 when it was killed. The fork shares this process's Spark JVM (which it uses only
+    while this process waits), and opens its own connections to the MLflow store."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            import gc
+
+            from sqlalchemy.engine import Engine
+
+            for engine in [o for o in gc.get_objects() if isinstance(o, Engine)]:
+                engine.dispose(close=False)  # the parent's pooled connections stay the parent's
+            exec(CHILD_PRELUDE + textwrap.dedent(body), dict(names))
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def run_killed(body: str, **names: object) -> None:
+    code = run_forked(body, **names)
+    assert code == -signal.SIGKILL, f"the step was not killed (exit {code}; its error is above)"
+
+
+def hidden_leftovers(table: Path) -> list[Path]:
+    """What a killed run can leave: staging folders beside the table, dot-entries inside it."""
+    beside = list(table.parent.glob(f".staging-{table.name}-*"))
+    inside = [p for p in table.iterdir() if p.name.startswith(".")] if table.is_dir() else []
+    return beside + inside
+
+
+# ---------------------------------------------------------------------------------------------------
+# The world: a small lake, three feature snapshots, a champion, one scoring run.
+
+FEATURE_SNAPSHOTS = 3
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    import mlflow.sklearn
+    import skops.io as sio
+    from sklearn.utils import shuffle
+
+    from components.training import make_model
+    from propensity.feature_table import scoring_features
+    from propensity.tracking import is_trusted_model_type
+
+    root = tmp_path_factory.mktemp("faults")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROPENSITY_HOME", str(root / "home"))
+        mp.setenv("PROPENSITY_SPARK_SHUFFLE_PARTITIONS", "2")
+        mp.setenv("PROPENSITY_SCORING_PARTITIONS", "1")  # one Python worker loads the model, once
+        settings = get_settings()
+        data = generate(customers=150, days=90, seed=5)
+        data.transactions.to_parquet(root / "tx.parquet", index=False)
+        data.customers.to_parquet(root / "customers.parquet", index=False)
+        ingest(settings, root / "tx.parquet", root / "customers.parquet")
+        spark = spark_session(settings, "propensity-faults")
+        as_of = last_data_date(settings)
+        dates = [as_of - pd.Timedelta(days=7 * k) for k in range(FEATURE_SNAPSHOTS)]
+        assert build_feature_table(spark, settings, dates)
+
+        # A champion: any model of the batch features that scores every row (its quality is not the point).
+        rows = scoring_features(spark, settings, as_of).toPandas()
+        labels = shuffle(np.arange(len(rows)) % 2, random_state=0)
+        model = make_model(F.BATCH_MODEL_FEATURES, {"max_iter": 5}).fit(rows[F.BATCH_MODEL_FEATURES], labels)
+        with mlflow.start_run(experiment_id=configure(settings)) as run:
+            # Saved as training saves it (skops, trusted types only), without its slow extras: no
+            # input example to validate, no pip requirements to infer.
+            trusted = [t for t in sio.get_untrusted_types(data=sio.dumps(model)) if is_trusted_model_type(t)]
+            mlflow.sklearn.log_model(model, name="model", skops_trusted_types=trusted, pip_requirements=[])
+        registered = register_models(settings, run.info.run_id, run.info.run_id, Decision.unchecked("promote", "t"))
+        promote(settings, registered.batch.version, registered.realtime.version)
+        score_customers(settings)
+        yield settings
+
+
+def historic(settings: Settings) -> pd.DataFrame:
+    """The historic table as its readers see it (pyarrow's hive dataset, like pandas and Feast)."""
+    frame = pd.read_parquet(settings.historic_scores_path).astype({SCORE_DATE: str})
+    return frame.sort_values([SCORE_DATE, F.ENTITY]).reset_index(drop=True)
+
+
+def spark_rows(spark: SparkSession, table: Path) -> int:
+    """How many rows Spark's reader of the whole table sees (it lists partitions itself)."""
+    return spark.read.parquet(str(table)).count()
+
+
+def scores_only(frame: pd.DataFrame) -> pd.DataFrame:
+    """A scoring run's result without its timestamp."""
+    return frame.drop(columns=["scored_at"]).reset_index(drop=True)
+
+
+def assert_one_clean_scoring(settings: Settings, expected: pd.DataFrame) -> None:
+    after = historic(settings)
+    assert after[SCORE_DATE].nunique() == 1 and partition_values(settings.historic_scores_path, SCORE_DATE) == [
+        after[SCORE_DATE].iloc[0]
+    ]
+    assert after[F.ENTITY].is_unique
+    pd.testing.assert_frame_equal(scores_only(after), scores_only(expected))
+    latest = pd.read_parquet(latest_scores_dir(settings)).sort_values(F.ENTITY).reset_index(drop=True)
+    assert latest[F.ENTITY].tolist() == after[F.ENTITY].tolist()
+    assert latest["scored_at"].tolist() == after["scored_at"].tolist()  # the same run's rows
+
+
+def test_scoring_killed_before_the_historic_commit_leaves_both_tables_and_a_rerun_completes(
+    world: Settings, spark: SparkSession
+) -> None:
+    settings = world
+    before, latest_before = historic(settings), latest_scores_dir(settings)
+    run_killed(
+        """
+        import components.batch_scoring as step
+        step.replace_partitions = die  # the staged partition is written and reconciled
+        step.score_customers(settings)
+        """,
+        settings=settings,
+    )
+    staged = list(settings.tables_dir.glob(".staging-historic_scores-*"))
+    assert staged and any(staged[0].rglob("*.parquet")), "the child died before staging its partition"
+    pd.testing.assert_frame_equal(historic(settings), before)
+    assert spark_rows(spark, settings.historic_scores_path) == len(before)
+    assert latest_scores_dir(settings) == latest_before
+
+    # The next run ignores a recent leftover (it may be a concurrent writer's) and removes an old one.
+    old = pd.Timestamp.now().timestamp() - 25 * 3600
+    os.utime(staged[0], (old, old))
+    result = score_customers(settings)
+    assert not staged[0].exists()
+    assert result.rows_scored == result.latest_rows == len(before)
+    assert latest_scores_dir(settings) != latest_before
+    assert_one_clean_scoring(settings, before)
+    assert not [p for p in hidden_leftovers(settings.historic_scores_path) if p not in staged]
+
+
+def test_scoring_killed_before_the_latest_switch_keeps_the_latest_version(world: Settings) -> None:
+    settings = world
+    before, latest_before = historic(settings), latest_scores_dir(settings)
+    assert latest_before is not None
+    latest_rows = pd.read_parquet(latest_before)
+    run_killed(
+        """
+        import components.batch_scoring as step
+        step.switch_version = die  # the historic partition is committed, the new latest version written
+        step.score_customers(settings)
+        """,
+        settings=settings,
+    )
+    # Readers of the latest table still see the previous version, whole.
+    assert latest_scores_dir(settings) == latest_before
+    pd.testing.assert_frame_equal(pd.read_parquet(latest_before), latest_rows)
+    # The historic partition of the date was replaced whole by the killed run's (same customers and
+    # scores: the same champion on the same snapshot); the latest table is behind it until the rerun.
+    pd.testing.assert_frame_equal(scores_only(historic(settings)), scores_only(before))
+    orphans = [v for v in settings.latest_scores_path.glob("v-*") if v.name != latest_before.name]
+    assert orphans  # the killed run's unpublished version, which no pointer names
+
+    score_customers(settings)
+    assert_one_clean_scoring(settings, before)
+    # A reader that resolved the pointer before this switch can still read what it resolved.
+    assert latest_before.is_dir(), "the previously served version was dropped at the switch"
+
+
+def test_an_unpublished_version_never_takes_the_place_of_the_served_one(tmp_path: Path) -> None:
+    """`switch_version` keeps the `keep` newest versions: a killed run's version (never switched to)
+    must not count as the previous one readers may still be reading; the next switch drops it."""
+    table = tmp_path / "latest"
+    names = [f"v-2024010{i}" for i in range(1, 5)]
+
+    def write_and_switch(name: str) -> None:
+        (table / name).mkdir(parents=True)
+        switch_version(table, name)
+
+    write_and_switch(names[0])
+    (table / names[1]).mkdir()  # written by a run killed before its switch: never seen
+    write_and_switch(names[2])
+    assert sorted(p.name for p in table.glob("v-*")) == names[:3] and current_version(table) == table / names[2]
+    write_and_switch(names[3])
+    assert sorted(p.name for p in table.glob("v-*")) == names[2:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The offline feature table
+
+
+def feature_rows(settings: Settings) -> pd.DataFrame:
+    frame = pd.read_parquet(settings.offline_features_path).astype({SNAPSHOT_PARTITION: str})
+    return frame.sort_values([SNAPSHOT_PARTITION, F.ENTITY]).reset_index(drop=True)
+
+
+def partition_files(settings: Settings) -> dict[str, set[str]]:
+    """The data files of each committed snapshot partition (a new computation writes new names)."""
+    table = settings.offline_features_path
+    return {
+        value: {p.name for p in (table / f"{SNAPSHOT_PARTITION}={value}").glob("*.parquet")}
+        for value in partition_values(table, SNAPSHOT_PARTITION)
+    }
+
+
+def rebuild_killed(settings: Settings, definition: str, kill: str) -> None:
+    """Recompute every snapshot (a new feature definition) in a child killed by `kill`."""
+    dates = [str(d.date()) for d in feature_dates(settings)]
+    run_killed(
+        f"""
+        import pandas as pd
+        import propensity.feature_table as feature_table
+        from propensity import features as F
+        from propensity.spark import spark_session
+        F.FEATURE_DEFINITION = {definition!r}
+        {kill}
+        spark = spark_session(settings, "killed-features")
+        feature_table.build_feature_table(spark, settings, [pd.Timestamp(d) for d in {dates!r}])
+        """,
+        settings=settings,
+    )
+
+
+def feature_dates(settings: Settings) -> list[pd.Timestamp]:
+    return [pd.Timestamp(key) for key in sorted(computed_snapshots(settings))]
+
+
+def rebuild(
+    spark: SparkSession, settings: Settings, definition: str, monkeypatch: pytest.MonkeyPatch, expected: pd.DataFrame
+) -> None:
+    """The rerun: recomputes every snapshot again and yields the table an uninterrupted run yields."""
+    monkeypatch.setattr(F, "FEATURE_DEFINITION", definition)
+    assert len(build_feature_table(spark, settings, feature_dates(settings))) == FEATURE_SNAPSHOTS
+    after = feature_rows(settings)
+    pd.testing.assert_frame_equal(after, expected)  # same lake, same features: the same rows
+    assert not after.duplicated([SNAPSHOT_PARTITION, F.ENTITY]).any()
+    assert len(partition_values(settings.offline_features_path, SNAPSHOT_PARTITION)) == FEATURE_SNAPSHOTS
+    assert not [p for p in settings.offline_features_path.iterdir() if p.name.startswith(".")]
+    assert not build_feature_table(spark, settings, feature_dates(settings))  # and it is complete
+
+
+def test_feature_table_killed_before_its_commit_is_unchanged_and_a_rerun_completes(
+    world: Settings, spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = world
+    before, files, manifest = feature_rows(settings), partition_files(settings), computed_snapshots(settings)
+    definition = F.FEATURE_DEFINITION + ",fault-1"
+    rebuild_killed(settings, definition, "feature_table.replace_partitions = die")
+    pd.testing.assert_frame_equal(feature_rows(settings), before)
+    assert partition_files(settings) == files and computed_snapshots(settings) == manifest
+    rebuild(spark, settings, definition, monkeypatch, before)
+
+
+def test_feature_table_killed_in_the_middle_of_its_commit_shows_whole_snapshots_and_a_rerun_repairs(
+    world: Settings, spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots are committed one by one: a kill after the first leaves every snapshot whole (old or
+    new, never missing, never mixed within), the manifest unchanged, so the rerun recomputes them all."""
+    settings = world
+    before, files, manifest = feature_rows(settings), partition_files(settings), computed_snapshots(settings)
+    definition = F.FEATURE_DEFINITION + ",fault-2"
+    second = f"{SNAPSHOT_PARTITION}={sorted(files)[1]}"
+    rebuild_killed(settings, definition, f"die_in_commit(touching={second!r}, importers=[feature_table])")
+    now = partition_files(settings)
+    assert sorted(now) == sorted(files), "a snapshot partition is missing after a kill in the commit"
+    replaced = [value for value in now if now[value] != files[value]]
+    assert replaced == sorted(files)[:1]  # the first snapshot is new, the others are the old ones
+    pd.testing.assert_frame_equal(feature_rows(settings), before)  # and each is whole
+    assert computed_snapshots(settings) == manifest
+    rebuild(spark, settings, definition, monkeypatch, before)
+
+
+# ---------------------------------------------------------------------------------------------------
+# replace_partitions, killed at each of its steps
+
+
+def write_partitions(folder: Path, run: str, values: list[str], rows: int = 4) -> None:
+    for value in values:
+        part = folder / f"d={value}"
+        part.mkdir(parents=True)
+        for i in range(2):  # two files a partition: a half-moved partition would show one
+            pq.write_table(pa.table({"run": [run] * rows, "i": list(range(rows))}), part / f"part-{i}.parquet")
+
+
+def read_runs(table: Path) -> dict[str, list[str]]:
+    """Per partition, the run of each row, as a reader of the table sees it."""
+    frame = ds.dataset(str(table), format="parquet", partitioning="hive").to_table().to_pandas()
+    frame["d"] = frame["d"].astype(str)
+    return {str(d): sorted(group["run"]) for d, group in frame.groupby("d")}
+
+
+@pytest.mark.parametrize("exchange", ["atomic exchange", "two renames"])
+def test_replace_partitions_killed_at_every_step_shows_whole_partitions_and_a_rerun_repairs(
+    tmp_path: Path, exchange: str
+) -> None:
+    """With an atomic exchange (Linux) a reader sees every partition old or new, never missing. With
+    two renames (other file systems) a kill between them hides that partition until the next write
+    of the table puts its old copy back; either way a rerun leaves every partition new, once."""
+    values = ["1", "2", "3"]
+    whole = {"old": ["old"] * 8, "new": ["new"] * 8}
+    step, finished = 0, False
+    while not finished:
+        step += 1
+        assert step < 30
+        root = tmp_path / str(step)
+        table, staged = root / "table", root / ".staging-table-x"
+        write_partitions(table, "old", values)
+        write_partitions(staged, "new", values)
+        no_exchange = "tables.exchange_paths = lambda a, b: False" if exchange == "two renames" else ""
+        body = f"""
+        from pathlib import Path
+        import propensity.tables as tables
+        {no_exchange}
+        die_in_commit({step})
+        tables.replace_partitions(Path({str(staged)!r}), Path({str(table)!r}), "d")
+        """
+        code = run_forked(body)
+        finished = code == 0
+        assert finished or code == -signal.SIGKILL, f"step {step}: exit {code}"
+        seen = read_runs(table)
+        assert all(runs in whole.values() for runs in seen.values()), f"killed at step {step}: {seen}"
+        hidden = sorted(set(values) - set(seen))
+        if exchange == "atomic exchange":
+            assert not hidden, f"killed at step {step}: partitions {hidden} are not visible"
+        elif hidden:  # killed between the two renames of the partition being replaced
+            assert len(hidden) == 1 and list(table.glob(f".d={hidden[0]}.*.old")), (step, hidden)
+            # The next write of the table, even of another partition, puts the old one back.
+            write_partitions(root / ".staging-table-z", "new", ["9"])
+            replace_partitions(root / ".staging-table-z", table, "d")
+            assert read_runs(table)[hidden[0]] == whole["old"]
+        if finished:
+            assert seen == dict.fromkeys(values, whole["new"])
+            assert not hidden_leftovers(table), hidden_leftovers(table)
+            continue
+        # The rerun of the same write: every partition new, once; nothing left inside the table.
+        write_partitions(root / ".staging-table-y", "new", values)
+        assert replace_partitions(root / ".staging-table-y", table, "d") == values
+        assert {k: v for k, v in read_runs(table).items() if k in values} == dict.fromkeys(values, whole["new"])
+        assert not [p for p in table.iterdir() if p.name.startswith(".")]
+    assert step > len(values)  # a step per partition at least
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model registration
+
+
+@pytest.fixture
+def registry(world: Settings) -> tuple[Settings, list[str]]:
+    """The world's registry (a promoted release), and the champion's run to register again and again
+    (as both models of a release: what matters here is the registry, not the models)."""
+    champion = alias_version(world, world.model_name, CHAMPION)
+    assert champion is not None
+    return world, [champion.run_id, champion.run_id]
+
+
+def batch_versions(settings: Settings) -> set[str]:
+    from mlflow import MlflowClient
+
+    return {str(v.version) for v in MlflowClient().search_model_versions(f"name = '{settings.model_name}'")}
+
+
+def aliases(settings: Settings, alias: str) -> tuple[ModelRef | None, ModelRef | None]:
+    return alias_version(settings, settings.model_name, alias), alias_version(
+        settings, settings.realtime_model_name, alias
+    )
+
+
+def assert_whole_release(settings: Settings, alias: str) -> None:
+    """Both models' `alias` name the two versions of one release."""
+    batch, realtime = aliases(settings, alias)
+    assert batch is not None and realtime is not None
+    assert release(settings, batch.version).realtime == realtime
+
+
+KILL_POINTS = {
+    "between the two registrations": "die_on_call(mlflow, 'register_model', 2)",
+    "before the pairing tag": "die_on_call(MlflowClient, 'set_model_version_tag', 1)",
+    "between the two challenger aliases": "die_on_call(MlflowClient, 'set_registered_model_alias', 2)",
+}
+
+
+@pytest.mark.parametrize("where", list(KILL_POINTS))
+def test_registration_killed_keeps_the_release_and_a_rerun_registers_cleanly(
+    registry: tuple[Settings, list[str]], where: str
+) -> None:
+    settings, runs = registry
+    champion, challenger = aliases(settings, CHAMPION), aliases(settings, CHALLENGER)
+    served = served_realtime_model(settings)
+    versions_before = batch_versions(settings)
+    run_killed(
+        f"""
+        import mlflow
+        from mlflow import MlflowClient
+        from components.registry import Decision, register_models
+        {KILL_POINTS[where]}
+        register_models(settings, {runs[0]!r}, {runs[1]!r}, Decision.unchecked("promote", "killed"))
+        """,
+        settings=settings,
+    )
+    # What serves and what monitoring and scoring resolve: the previous release, whole.
+    assert aliases(settings, CHAMPION) == champion
+    assert_whole_release(settings, CHAMPION)
+    assert served_realtime_model(settings) == served
+    assert rolled_back_versions(settings) == frozenset()
+    new = batch_versions(settings) - versions_before
+    assert len(new) == 1
+    orphan = new.pop()
+    if where == "between the two challenger aliases":
+        # MLflow moves one alias per call: the batch model's challenger moved, the real-time one did
+        # not. The release the batch alias names (through its pairing tag) is whole.
+        batch, realtime = aliases(settings, CHALLENGER)
+        assert batch is not None and batch.version == orphan and realtime == challenger[1]
+        assert release(settings, orphan).realtime.version != (realtime.version if realtime else None)
+    else:
+        assert aliases(settings, CHALLENGER) == challenger
+        # The half-registered version names no partner: resolving it as a release says so.
+        with pytest.raises(PropensityError, match=f"version {orphan} of .* names no real-time model"):
+            release(settings, orphan)
+
+    rerun = register_models(settings, *runs, Decision.unchecked("promote", "rerun"))
+    assert isinstance(rerun, Registered) and rerun.batch.version != orphan
+    assert_whole_release(settings, CHALLENGER)
+    assert aliases(settings, CHALLENGER) == (rerun.batch, rerun.realtime)
+    promote(settings, rerun.batch.version, rerun.realtime.version)
+    assert_whole_release(settings, CHAMPION)
+    assert served_realtime_model(settings) == rerun.realtime
+    assert rolled_back_versions(settings) == frozenset()
