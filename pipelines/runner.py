@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import pandas as pd
 import yaml
 
-from propensity.errors import PropensityError
+from propensity.errors import PropensityError, shown
 from propensity.settings import Settings
 
 
@@ -43,18 +43,13 @@ def pipeline_function(name: str) -> Callable[..., Any]:
     return known[name]
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:60]}... ({len(text)} characters)"
-
-
 def parse_params(pairs: list[str]) -> dict[str, Any]:
     """`k=v` pairs from the command line; values are parsed as YAML (numbers, lists) when they can be."""
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise PropensityError(f"parameter {_shown(pair)} is not of the form key=value")
+            raise PropensityError(f"parameter {shown(pair)} is not of the form key=value")
         try:
             params[key] = yaml.safe_load(value) if value else ""
         except (yaml.YAMLError, ValueError):  # ValueError: a date YAML reads but Python cannot hold (year 0)
@@ -82,22 +77,22 @@ def _check_params(func: Callable[..., Any], params: dict[str, Any]) -> None:
     inputs = func.component_spec.inputs or {}  # type: ignore[attr-defined]
     unknown = sorted(set(params) - set(inputs))
     if unknown:
-        named = ", ".join(_shown(name) for name in unknown[:5])
+        named = ", ".join(shown(name) for name in unknown[:5])
         raise PropensityError(f"unknown parameter(s) {named}; accepted: {', '.join(sorted(inputs))}")
     for name, value in params.items():
         kind = inputs[name].type
         allowed = _PARAMETER_TYPES.get(kind, (object,))
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            raise PropensityError(f"parameter {name} must be of type {kind}, got {_shown(value)}")
+            raise PropensityError(f"parameter {name} must be of type {kind}, got {shown(value)}")
         if name.endswith("_date") and value:
             try:
                 pd.Timestamp(value)
             except (ValueError, OverflowError):
-                raise PropensityError(f"parameter {name}: {_shown(value)} is not a date; use YYYY-MM-DD") from None
+                raise PropensityError(f"parameter {name}: {shown(value)} is not a date; use YYYY-MM-DD") from None
         if kind == "Integer" and isinstance(value, int) and value < 0:
             raise PropensityError(f"parameter {name} must be 0 (the setting's value) or more, got {value}")
         if name == "candidates" and not (isinstance(value, list) and value and all(isinstance(c, dict) for c in value)):
-            raise PropensityError(f"parameter candidates must be a non-empty list of mappings, got {_shown(value)}")
+            raise PropensityError(f"parameter candidates must be a non-empty list of mappings, got {shown(value)}")
 
 
 class _TaskWatcher(io.TextIOBase):

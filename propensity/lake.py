@@ -37,7 +37,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as sf
 from pyspark.sql.types import ArrayType, MapType, StructType
 
-from propensity.errors import PropensityError
+from propensity.errors import PropensityError, shown
 from propensity.features import UNKNOWN
 from propensity.settings import Settings
 from propensity.spark import spark_session
@@ -80,14 +80,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _shown(value: object, limit: int = 60) -> str:
-    """A value from the user's data as a one-line message shows it: quoted, escaped and short."""
-    if value is None:
-        return "empty"
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
-
-
 def _spark_failure(exc: BaseException) -> str:
     """The innermost cause of a failed Spark job as one line, without Java class names or stack frames."""
     causes = re.findall(r"(?m)^(?:Caused by: |: )?[\w.$]+(?:Exception|Error): (.+)$", str(exc))
@@ -96,7 +88,7 @@ def _spark_failure(exc: BaseException) -> str:
     record = re.match(r"\[MALFORMED_CSV_RECORD\] Malformed CSV record: (.*)", message)
     if record:
         return (
-            f"a row has more or fewer fields than the header (first: {_shown(record.group(1))}); "
+            f"a row has more or fewer fields than the header (first: {shown(record.group(1))}); "
             "quote values that contain the delimiter or line breaks"
         )
     message = re.sub(r"^\[[A-Z_.]+\] ", "", message)
@@ -153,7 +145,7 @@ def _read_csv(spark: SparkSession, path: Path) -> DataFrame:
         delimiter = next((d for d in (";", "\t", "|") if d in frame.columns[0]), None)
         if delimiter is not None:
             raise PropensityError(
-                f"{path} has a single column {_shown(frame.columns[0])}: its values are separated by "
+                f"{path} has a single column {shown(frame.columns[0])}: its values are separated by "
                 f"{delimiter!r}; save it with commas as the delimiter"
             )
     return frame
@@ -175,7 +167,7 @@ def _read_parquet(spark: SparkSession, path: Path) -> DataFrame:
 def _require_columns(frame: DataFrame, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        found = ", ".join(_shown(c, 40) for c in frame.columns[:20]) + (", ..." if len(frame.columns) > 20 else "")
+        found = ", ".join(shown(c, 40) for c in frame.columns[:20]) + (", ..." if len(frame.columns) > 20 else "")
         raise PropensityError(
             f"{what} is missing column(s) {', '.join(missing)} (found: {found or 'none'}); "
             "rename them or set the PROPENSITY_*_COLUMN settings"
@@ -295,22 +287,22 @@ def _validate_transactions(tx: DataFrame, settings: Settings) -> None:
     if stats["unreadable"]:
         raise PropensityError(
             f"the transactions file has {stats['unreadable']} {id_col} or transaction_id value(s) with control "
-            f"characters or undecodable bytes (first: {_shown(stats['unreadable_example'])}); save it as UTF-8"
+            f"characters or undecodable bytes (first: {shown(stats['unreadable_example'])}); save it as UTF-8"
         )
     if stats["bad_ts"]:
         raise PropensityError(
             f"column {ts_col}: {stats['bad_ts']} value(s) are not parsable timestamps "
-            f"(first: {_shown(stats['bad_ts_example'])}); use ISO 8601 such as 2025-03-01T12:00:00"
+            f"(first: {shown(stats['bad_ts_example'])}); use ISO 8601 such as 2025-03-01T12:00:00"
         )
     if stats["early_or_late"]:
         raise PropensityError(
             f"column {ts_col}: {stats['early_or_late']} value(s) are before {FIRST_TIMESTAMP} or from "
-            f"{END_TIMESTAMP} on (first: {_shown(stats['early_or_late_example'])}); check the dates"
+            f"{END_TIMESTAMP} on (first: {shown(stats['early_or_late_example'])}); check the dates"
         )
     if stats["bad_amount"]:
         raise PropensityError(
             f"column {amount_col} has non-numeric, infinite or empty values "
-            f"(first: {_shown(stats['bad_amount_example'])})"
+            f"(first: {shown(stats['bad_amount_example'])})"
         )
     if stats["negative"]:
         raise PropensityError(
@@ -320,14 +312,14 @@ def _validate_transactions(tx: DataFrame, settings: Settings) -> None:
     if stats["bad_items"]:
         raise PropensityError(
             f"column items has {stats['bad_items']} value(s) that are not non-negative whole numbers "
-            f"(first: {_shown(stats['bad_items_example'])}); leave it empty for one item"
+            f"(first: {shown(stats['bad_items_example'])}); leave it empty for one item"
         )
     if stats["empty_tx_ids"]:
         raise PropensityError(f"the transactions file has {stats['empty_tx_ids']} empty transaction_id value(s)")
     duplicate = tx.groupBy("transaction_id").count().where(sf.col("count") > 1).first()
     if duplicate is not None:
         raise PropensityError(
-            f"transaction_id {_shown(duplicate['transaction_id'])} appears {duplicate['count']} times in the "
+            f"transaction_id {shown(duplicate['transaction_id'])} appears {duplicate['count']} times in the "
             "transactions file; ids must be unique"
         )
 
@@ -346,7 +338,7 @@ def _validate_against_lake(spark: SparkSession, settings: Settings, tx: DataFram
     clash = kept.join(tx.select("transaction_id"), "transaction_id", "left_semi").first()
     if clash is not None:
         raise PropensityError(
-            f"transaction_id {_shown(clash['transaction_id'])} is already in the lake on {clash['day']}, a day "
+            f"transaction_id {shown(clash['transaction_id'])} is already in the lake on {clash['day']}, a day "
             "this file does not replace; ids must be unique"
         )
 
@@ -400,21 +392,21 @@ def _validate_customers(customers: DataFrame, settings: Settings) -> None:
     if stats["unreadable"]:
         raise PropensityError(
             f"the customers file has {stats['unreadable']} value(s) with control characters or undecodable "
-            f"bytes (first: {_shown(stats['unreadable_example'])}); save it as UTF-8"
+            f"bytes (first: {shown(stats['unreadable_example'])}); save it as UTF-8"
         )
     if stats["bad_signup"]:
         raise PropensityError(
             f"column signup_date: {stats['bad_signup']} value(s) are not parsable timestamps "
-            f"(first: {_shown(stats['bad_signup_example'])}); use ISO 8601 such as 2025-03-01"
+            f"(first: {shown(stats['bad_signup_example'])}); use ISO 8601 such as 2025-03-01"
         )
     if stats["early_or_late"]:
         raise PropensityError(
             f"column signup_date: {stats['early_or_late']} value(s) are before {FIRST_TIMESTAMP} or from "
-            f"{END_TIMESTAMP} on (first: {_shown(stats['early_or_late_example'])}); check the dates"
+            f"{END_TIMESTAMP} on (first: {shown(stats['early_or_late_example'])}); check the dates"
         )
     duplicate = customers.groupBy("customer_id").count().where(sf.col("count") > 1).first()
     if duplicate is not None:
-        raise PropensityError(f"the customers file lists customer {_shown(duplicate['customer_id'])} more than once")
+        raise PropensityError(f"the customers file lists customer {shown(duplicate['customer_id'])} more than once")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -501,7 +493,7 @@ def _merge_customers(
         unknown = tx.select("customer_id").distinct().join(known_ids.distinct(), "customer_id", "left_anti").first()
         if unknown is not None:
             raise PropensityError(
-                f"customer {_shown(unknown['customer_id'])} appears in the transactions but neither in the customers "
+                f"customer {shown(unknown['customer_id'])} appears in the transactions but neither in the customers "
                 "file nor in the lake; add it to the customers file"
             )
     # Customers only the transactions know: signed up at their first purchase, segment unknown.

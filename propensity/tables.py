@@ -15,6 +15,7 @@ Small JSON manifests (what changed when) are replaced atomically too.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -141,17 +142,28 @@ _RENAME_EXCHANGE = 2  # renameat2(2) flag
 _AT_FDCWD = -100
 
 
+@functools.cache
+def _renameat2() -> Any:
+    """The C library's renameat2, looked up once; None where there is none."""
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
 def exchange_paths(a: Path, b: Path) -> bool:
     """Swap two existing paths in one atomic step (Linux `renameat2` with RENAME_EXCHANGE); False,
     with nothing changed, where the system or the file system cannot (macOS, NFS, old kernels)."""
     import ctypes
 
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
     if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     code = ctypes.get_errno()
