@@ -22,12 +22,11 @@ from pathlib import Path
 import mlflow.sklearn
 import numpy as np
 
+from components.candidates import DEFAULT_CANDIDATES, HIST_GRADIENT_BOOSTING
 from components.features import build_training_set, materialize_features
 from components.registry import auc_difference
 from components.report import baseline_scores, quality_table
 from components.training import (
-    DEFAULT_CANDIDATES,
-    HIST_GRADIENT_BOOSTING,
     calibrate,
     make_model,
     predict_scores,

@@ -28,6 +28,7 @@ from sklearn.preprocessing import OneHotEncoder
 from threadpoolctl import threadpool_limits
 
 import propensity
+from components.candidates import HIST_GRADIENT_BOOSTING, LIGHTGBM, MODELS
 from components.report import QUALITY_HEADER, Quality, baseline_scores, quality
 from monitoring.drift import reference_profile
 from propensity import features as F
@@ -36,16 +37,6 @@ from propensity.settings import Settings
 from propensity.tracking import configure, is_trusted_model_type, load_sklearn_uri, log_runtime
 from propensity.training_set import TrainingSetInfo, read_training_set
 
-# Each candidate names its learner (`model`, default HistGradientBoosting) and that learner's parameters.
-HIST_GRADIENT_BOOSTING = "hist_gradient_boosting"
-LIGHTGBM = "lightgbm"
-MODELS = (HIST_GRADIENT_BOOSTING, LIGHTGBM)
-DEFAULT_CANDIDATES: list[dict[str, Any]] = [
-    {"learning_rate": 0.05, "max_leaf_nodes": 15, "max_iter": 150},
-    {"learning_rate": 0.1, "max_leaf_nodes": 31, "max_iter": 100},
-    {"learning_rate": 0.1, "max_depth": 3, "max_iter": 200, "l2_regularization": 1.0},
-    {"model": LIGHTGBM, "learning_rate": 0.05, "num_leaves": 15, "n_estimators": 200, "min_child_samples": 50},
-]
 REALTIME_PARAMS: dict[str, Any] = {"learning_rate": 0.1, "max_depth": 3, "max_iter": 100}
 SEGMENT = "country"
 RUNTIME_CHECK_ROWS = 5000

@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from components import kfp_components as c
-from components.training import DEFAULT_CANDIDATES
+from components.candidates import DEFAULT_CANDIDATES
 from pipelines.platform import REGISTRY, SPARK_DRIVER, TRAINING, on_cluster
 
 
