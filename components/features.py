@@ -30,7 +30,14 @@ from pyspark.sql import functions as sf
 from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, TRAINING_SERVICE, FeatureRepo
 from feature_repo.store import check_redis, feature_repo, feature_store
 from propensity import features as F
-from propensity.feature_table import build_feature_table, computed_snapshots, snapshot_key, snapshot_partition
+from propensity.errors import PropensityError
+from propensity.feature_table import (
+    build_feature_table,
+    computed_snapshots,
+    snapshot_key,
+    snapshot_partition,
+    stale_snapshots,
+)
 from propensity.lake import first_data_date, read_customers, read_transactions, resolve_date
 from propensity.settings import Settings
 from propensity.spark import spark_session
@@ -215,6 +222,14 @@ def build_training_set(settings: Settings, out_path: Path, as_of_date: str | Non
         raise ValueError(
             f"the data starts {first_data_date(settings).date()}: not enough history before {as_of.date()} for "
             f"{settings.label_horizon_days}-day labels; pass a later as_of_date"
+        )
+    # Never a training set from a table a materialisation left half done (killed between two
+    # snapshots, or with a new feature definition) or that the lake has changed under since.
+    stale = stale_snapshots(settings, dates)
+    if stale:
+        raise PropensityError(
+            f"the offline feature table is not up to date for {len(stale)} snapshot dates (first "
+            f"{snapshot_key(stale[0])}): run the materialize step for {snapshot_key(as_of)} first"
         )
     spark = spark_session(settings, "propensity-training-set")
     entities, rows_before_cap = cap_rows(labelled_entities(spark, settings, dates), settings.training_max_rows)

@@ -79,7 +79,7 @@ def test_training_set_features_and_labels_never_see_the_future(lake: Settings, t
 
 def test_changing_the_future_does_not_change_the_past(lake: Settings, tmp_path: Path) -> None:
     materialize_features(lake)
-    build_training_set(lake, tmp_path / "before.parquet")
+    as_of = build_training_set(lake, tmp_path / "before.parquet").as_of_date
     before = pd.read_parquet(tmp_path / "before.parquet")
     first = before[F.EVENT_TIMESTAMP].min()
     computed_before = computed_snapshots(lake)
@@ -88,6 +88,12 @@ def test_changing_the_future_does_not_change_the_past(lake: Settings, tmp_path: 
     transactions = lake_transactions(lake).drop(columns="date")
     future = transactions[transactions["timestamp"] >= first].assign(amount=lambda f: f["amount"] * 10)
     _ingest(lake, tmp_path / "rewrite", future, lake_customers(lake))
+    # The training snapshots after the first rewritten day are stale now: no training set until they
+    # are redone.
+    stale = sum(1 for key in computed_before if str(first.date()) < key < as_of)
+    with pytest.raises(PropensityError, match=f"not up to date for {stale} snapshot dates"):
+        build_training_set(lake, tmp_path / "stale.parquet")
+    assert not (tmp_path / "stale.parquet").exists()
     result = materialize_features(lake)
     computed_after = computed_snapshots(lake)
     # Incremental: snapshots up to the first rewritten day are reused, the later ones recomputed.
