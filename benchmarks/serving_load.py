@@ -85,7 +85,7 @@ def _two_hop_classes() -> tuple[type, type]:
     from feature_repo.store import feature_store
     from propensity import features as F
     from propensity.settings import get_settings
-    from propensity.tracking import CHAMPION, alias_version, load_scorer
+    from propensity.tracking import load_scorer, served_realtime_model
 
     class Transformer(Model):
         """KServe's Feast transformer sample: preprocess = Feast SDK lookup, predict = forward."""
@@ -111,7 +111,7 @@ def _two_hop_classes() -> tuple[type, type]:
 
         def load(self) -> bool:
             settings = get_settings()
-            ref = alias_version(settings, settings.realtime_model_name, CHAMPION)
+            ref = served_realtime_model(settings)
             assert ref is not None
             self.scorer = load_scorer(ref, F.REALTIME_MODEL_FEATURES)
             self.version = ref.version

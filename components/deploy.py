@@ -40,7 +40,7 @@ from mlflow import MlflowClient
 from propensity.errors import PropensityError
 from propensity.settings import Settings, pod_namespace
 from propensity.storage import Storage
-from propensity.tracking import CHAMPION, ROLLED_BACK_TAG, Release, alias_version, configure, promote, release
+from propensity.tracking import CHAMPION, ROLLED_BACK_TAG, Release, configure, promote, release, release_at
 from serving.schema import SMOKE_HEADER
 
 DEPLOYMENTS_KEY = "state/deployments.json"
@@ -365,9 +365,9 @@ def deploy(settings: Settings, version: str, rollout: Rollout | None = None) -> 
     rel = release(settings, version)  # validates the version before anything moves
     previous = _previous_release(settings, read_deployments(settings), rel)
     if previous is None:  # nothing deployed through this step yet: go back to the champion of now
-        champion = alias_version(settings, settings.model_name, CHAMPION)
-        if champion is not None and champion.version != rel.batch.version:
-            previous = release(settings, champion.version)
+        champion = release_at(settings, CHAMPION)
+        if champion is not None and champion.batch.version != rel.batch.version:
+            previous = champion
     rollout = rollout or rollout_for(settings)
     promote(settings, rel.batch.version, rel.realtime.version)
     try:

@@ -31,10 +31,12 @@ from propensity.tracking import (
     CHAMPION,
     REALTIME_VERSION_TAG,
     ModelRef,
-    alias_version,
+    Release,
     configure,
     load_sklearn,
     load_sklearn_uri,
+    move_release_alias,
+    release_at,
 )
 from propensity.training_set import read_training_set
 
@@ -255,7 +257,8 @@ def compare_with_champion(
     test = split.test
     labels = test[F.LABEL].to_numpy()
     challenger = _scores(settings, challenger_run_id, test, F.BATCH_MODEL_FEATURES)
-    champion_ref = alias_version(settings, settings.model_name, CHAMPION)
+    champion_release = release_at(settings, CHAMPION)
+    champion_ref = None if champion_release is None else champion_release.batch
     champion = (
         None if champion_ref is None else predict_scores(load_sklearn(champion_ref), test, F.BATCH_MODEL_FEATURES)
     )
@@ -266,7 +269,7 @@ def compare_with_champion(
     new_labels = new[F.LABEL].to_numpy()
     features = F.REALTIME_MODEL_FEATURES
     rt_challenger = _scores(settings, realtime_run_id, new, features)
-    rt_champion_ref = alias_version(settings, settings.realtime_model_name, CHAMPION)
+    rt_champion_ref = None if champion_release is None else champion_release.realtime
     rt_champion = None if rt_champion_ref is None else predict_scores(load_sklearn(rt_champion_ref), new, features)
     decision, reason = decide_realtime(new_labels, rt_challenger, rt_champion, rules)
     realtime = Verdict(
@@ -282,13 +285,7 @@ def compare_with_champion(
     return release, release_report(title, release.markdown(), labels, test[SEGMENT].to_numpy(), scores, SEGMENT)
 
 
-@dataclass(frozen=True)
-class Registered:
-    batch: ModelRef
-    realtime: ModelRef
-
-
-def register_models(settings: Settings, batch_run_id: str, realtime_run_id: str, decision: Decision) -> Registered:
+def register_models(settings: Settings, batch_run_id: str, realtime_run_id: str, decision: Decision) -> Release:
     """Register both models with the gate's decision and reason on the versions; only a challenger
     that passed the gate gets the `challenger` alias.
 
@@ -314,9 +311,8 @@ def register_models(settings: Settings, batch_run_id: str, realtime_run_id: str,
     )
     client.set_model_version_tag(settings.model_name, batch.version, REALTIME_VERSION_TAG, str(realtime.version))
     if decision.decision == PROMOTE:  # a rejected version is registered with its reason, but no alias
-        client.set_registered_model_alias(settings.model_name, CHALLENGER, batch.version)
-        client.set_registered_model_alias(settings.realtime_model_name, CHALLENGER, realtime.version)
-    return Registered(
+        move_release_alias(settings, CHALLENGER, str(batch.version), str(realtime.version))
+    return Release(
         ModelRef(settings.model_name, str(batch.version), batch_run_id),
         ModelRef(settings.realtime_model_name, str(realtime.version), realtime_run_id),
     )

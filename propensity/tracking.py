@@ -10,6 +10,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from propensity.errors import PropensityError
@@ -71,21 +72,28 @@ def alias_version(settings: Settings, name: str, alias: str) -> ModelRef | None:
 
 
 def promote(settings: Settings, batch_version: str, realtime_version: str) -> None:
-    """Move `champion` of both models to one release. Rollback is the same call with the previous one.
+    """Move `champion` of both models to one release. Rollback is the same call with the previous one."""
+    move_release_alias(settings, CHAMPION, batch_version, realtime_version)
 
-    MLflow moves one alias per call: if the second move fails, the first is moved back, so the two
-    aliases never name versions of different releases."""
+
+def move_release_alias(settings: Settings, alias: str, batch_version: str, realtime_version: str) -> None:
+    """Point `alias` of both models at one release.
+
+    MLflow moves one alias per call. The batch model's alias is the commit point: readers resolve
+    the real-time model through the version it names (`release_at`), so the real-time alias moves
+    first and a process killed between the two calls leaves the previous release in force, whole.
+    If the commit fails, the first move is undone."""
     configure(settings)
     client = MlflowClient()
-    before = alias_version(settings, settings.model_name, CHAMPION)
-    client.set_registered_model_alias(settings.model_name, CHAMPION, batch_version)
+    before = alias_version(settings, settings.realtime_model_name, alias)
+    client.set_registered_model_alias(settings.realtime_model_name, alias, realtime_version)
     try:
-        client.set_registered_model_alias(settings.realtime_model_name, CHAMPION, realtime_version)
+        client.set_registered_model_alias(settings.model_name, alias, batch_version)
     except Exception:
         if before is None:
-            client.delete_registered_model_alias(settings.model_name, CHAMPION)
+            client.delete_registered_model_alias(settings.realtime_model_name, alias)
         else:
-            client.set_registered_model_alias(settings.model_name, CHAMPION, before.version)
+            client.set_registered_model_alias(settings.realtime_model_name, alias, before.version)
         raise
 
 
@@ -110,10 +118,26 @@ def release(settings: Settings, batch_version: str) -> Release:
         batch = client.get_model_version(settings.model_name, batch_version)
     except MlflowException:
         raise PropensityError(f"model '{settings.model_name}' has no version {batch_version}") from None
+    return _paired(settings, client, batch)
+
+
+def release_at(settings: Settings, alias: str) -> Release | None:
+    """The release `alias` names (None before the first): the batch model's version under that
+    alias and the real-time model paired with it, whatever the real-time model's own alias says."""
+    configure(settings)
+    client = MlflowClient()
+    try:
+        batch = client.get_model_version_by_alias(settings.model_name, alias)
+    except MlflowException:
+        return None
+    return _paired(settings, client, batch)
+
+
+def _paired(settings: Settings, client: MlflowClient, batch: ModelVersion) -> Release:
     realtime_version = batch.tags.get(REALTIME_VERSION_TAG)
     if not realtime_version:
         raise PropensityError(
-            f"version {batch_version} of '{settings.model_name}' names no real-time model "
+            f"version {batch.version} of '{settings.model_name}' names no real-time model "
             f"(tag '{REALTIME_VERSION_TAG}'); it was not registered by the training pipeline"
         )
     realtime = client.get_model_version(settings.realtime_model_name, realtime_version)
@@ -124,10 +148,11 @@ def release(settings: Settings, batch_version: str) -> Release:
 
 
 def served_realtime_model(settings: Settings) -> ModelRef | None:
-    """The real-time model a server should serve: the pinned release's, else the champion."""
+    """The real-time model a server should serve: the pinned release's, else the champion's."""
     if settings.serving_model_version:
         return release(settings, settings.serving_model_version).realtime
-    return alias_version(settings, settings.realtime_model_name, CHAMPION)
+    champion = release_at(settings, CHAMPION)
+    return None if champion is None else champion.realtime
 
 
 def rolled_back_versions(settings: Settings) -> frozenset[str]:

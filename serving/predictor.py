@@ -161,7 +161,7 @@ class PropensityModel(Model):
         ref = served_realtime_model(self.settings)
         if ref is None:
             raise PropensityError(
-                f"model '{self.settings.realtime_model_name}' has no champion; run the training pipeline first"
+                f"model '{self.settings.model_name}' has no champion release; run the training pipeline first"
             )
         self.served = load_checked(ref)
         self.rolled_back = rolled_back_versions(self.settings)

@@ -27,10 +27,10 @@ import pytest
 from pyspark.sql import SparkSession
 
 from components.batch_scoring import latest_scores_dir, score_customers
-from components.registry import Decision, Registered, register_models
+from components.registry import Decision, register_models
 from propensity import features as F
 from propensity.errors import PropensityError
-from propensity.feature_table import SNAPSHOT_PARTITION, build_feature_table, computed_snapshots
+from propensity.feature_table import SNAPSHOT_PARTITION, build_feature_table, computed_snapshots, stale_snapshots
 from propensity.lake import ingest, last_data_date
 from propensity.settings import Settings, get_settings
 from propensity.spark import spark_session
@@ -44,6 +44,7 @@ from propensity.tracking import (
     configure,
     promote,
     release,
+    release_at,
     rolled_back_versions,
     served_realtime_model,
 )
@@ -379,6 +380,11 @@ def test_feature_table_killed_in_the_middle_of_its_commit_shows_whole_snapshots_
     assert replaced == sorted(files)[:1]  # the first snapshot is new, the others are the old ones
     pd.testing.assert_frame_equal(feature_rows(settings), before)  # and each is whole
     assert computed_snapshots(settings) == manifest
+    # The rerun's code (with the new definition) sees every snapshot as stale: building a training
+    # set from the mixed table is refused until the rerun has recomputed them all.
+    with monkeypatch.context() as new_code:
+        new_code.setattr(F, "FEATURE_DEFINITION", definition)
+        assert stale_snapshots(settings, []) == sorted(pd.Timestamp(key) for key in manifest)
     rebuild(spark, settings, definition, monkeypatch, before)
 
 
@@ -496,7 +502,7 @@ def test_registration_killed_keeps_the_release_and_a_rerun_registers_cleanly(
     registry: tuple[Settings, list[str]], where: str
 ) -> None:
     settings, runs = registry
-    champion, challenger = aliases(settings, CHAMPION), aliases(settings, CHALLENGER)
+    champion, challenger = aliases(settings, CHAMPION), release_at(settings, CHALLENGER)
     served = served_realtime_model(settings)
     versions_before = batch_versions(settings)
     run_killed(
@@ -514,26 +520,48 @@ def test_registration_killed_keeps_the_release_and_a_rerun_registers_cleanly(
     assert_whole_release(settings, CHAMPION)
     assert served_realtime_model(settings) == served
     assert rolled_back_versions(settings) == frozenset()
+    # `challenger` still names the previous release (the batch model's alias is the commit point,
+    # whatever the real-time model's alias was moved to before the kill).
+    assert release_at(settings, CHALLENGER) == challenger
     new = batch_versions(settings) - versions_before
     assert len(new) == 1
     orphan = new.pop()
-    if where == "between the two challenger aliases":
-        # MLflow moves one alias per call: the batch model's challenger moved, the real-time one did
-        # not. The release the batch alias names (through its pairing tag) is whole.
-        batch, realtime = aliases(settings, CHALLENGER)
-        assert batch is not None and batch.version == orphan and realtime == challenger[1]
-        assert release(settings, orphan).realtime.version != (realtime.version if realtime else None)
-    else:
-        assert aliases(settings, CHALLENGER) == challenger
+    if where != "between the two challenger aliases":
         # The half-registered version names no partner: resolving it as a release says so.
         with pytest.raises(PropensityError, match=f"version {orphan} of .* names no real-time model"):
             release(settings, orphan)
 
     rerun = register_models(settings, *runs, Decision.unchecked("promote", "rerun"))
-    assert isinstance(rerun, Registered) and rerun.batch.version != orphan
+    assert rerun.batch.version != orphan
     assert_whole_release(settings, CHALLENGER)
     assert aliases(settings, CHALLENGER) == (rerun.batch, rerun.realtime)
     promote(settings, rerun.batch.version, rerun.realtime.version)
     assert_whole_release(settings, CHAMPION)
     assert served_realtime_model(settings) == rerun.realtime
     assert rolled_back_versions(settings) == frozenset()
+
+
+def test_promotion_killed_between_the_two_aliases_keeps_the_champion_release(
+    registry: tuple[Settings, list[str]],
+) -> None:
+    settings, runs = registry
+    champion = release_at(settings, CHAMPION)
+    assert champion is not None
+    new = register_models(settings, *runs, Decision.unchecked("promote", "to promote"))
+    run_killed(
+        f"""
+        from mlflow import MlflowClient
+        from propensity.tracking import promote
+        die_on_call(MlflowClient, 'set_registered_model_alias', 2)
+        promote(settings, {new.batch.version!r}, {new.realtime.version!r})
+        """,
+        settings=settings,
+    )
+    # The real-time model's alias moved, the batch model's (the commit point) did not: every reader
+    # (the predictor, scoring, the gate, a rollback) still resolves the previous release, whole.
+    assert alias_version(settings, settings.realtime_model_name, CHAMPION) == new.realtime
+    assert release_at(settings, CHAMPION) == champion
+    assert served_realtime_model(settings) == champion.realtime
+    promote(settings, new.batch.version, new.realtime.version)  # the rerun
+    assert_whole_release(settings, CHAMPION)
+    assert served_realtime_model(settings) == new.realtime

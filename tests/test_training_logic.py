@@ -1,6 +1,7 @@
 """Pure logic of training and the promotion gate; the real fits run in the integration test."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -383,31 +384,39 @@ def test_both_champion_aliases_move_together_or_not_at_all(settings: Settings, m
     from mlflow import MlflowClient
 
     from components.registry import Decision, register_models
-    from propensity.tracking import CHAMPION, alias_version, promote
+    from propensity.tracking import CHAMPION, alias_version, promote, release_at
 
     runs = logged_pair(settings)
     first = register_models(settings, *runs, Decision.unchecked(PROMOTE, "first"))
     second = register_models(settings, *runs, Decision.unchecked(PROMOTE, "second"))
-
-    # The very first release: if the real-time alias cannot move, the batch alias is removed again.
     real = MlflowClient.set_registered_model_alias
 
-    def fail_for_realtime(self: MlflowClient, name: str, alias: str, version: str) -> None:
-        if name == settings.realtime_model_name:
-            raise RuntimeError("registry unavailable")
-        real(self, name, alias, version)
+    def failing_for(model: str) -> Any:
+        def set_alias(self: MlflowClient, name: str, alias: str, version: str) -> None:
+            if name == model:
+                raise RuntimeError("registry unavailable")
+            real(self, name, alias, version)
 
-    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_for_realtime)
-    with pytest.raises(RuntimeError, match="registry unavailable"):
-        promote(settings, first.batch.version, first.realtime.version)
-    assert alias_version(settings, settings.model_name, CHAMPION) is None
+        return set_alias
+
+    def champions() -> tuple[str | None, str | None]:
+        refs = (alias_version(settings, name, CHAMPION) for name in (settings.model_name, settings.realtime_model_name))
+        return tuple(None if ref is None else ref.version for ref in refs)  # type: ignore[return-value]
+
+    # The very first release, failing at either move: no alias is left behind.
+    for model in (settings.realtime_model_name, settings.model_name):
+        monkeypatch.setattr(MlflowClient, "set_registered_model_alias", failing_for(model))
+        with pytest.raises(RuntimeError, match="registry unavailable"):
+            promote(settings, first.batch.version, first.realtime.version)
+        assert champions() == (None, None), model
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
     promote(settings, first.batch.version, first.realtime.version)
+    assert champions() == (first.batch.version, first.realtime.version)
 
-    # A later release: the batch alias goes back to the previous champion.
-    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fail_for_realtime)
-    with pytest.raises(RuntimeError):
-        promote(settings, second.batch.version, second.realtime.version)
-    for name, ref in ((settings.model_name, first.batch), (settings.realtime_model_name, first.realtime)):
-        champion = alias_version(settings, name, CHAMPION)
-        assert champion is not None and champion.version == ref.version, name
+    # A later release: both aliases stay on the previous champion.
+    for model in (settings.realtime_model_name, settings.model_name):
+        monkeypatch.setattr(MlflowClient, "set_registered_model_alias", failing_for(model))
+        with pytest.raises(RuntimeError):
+            promote(settings, second.batch.version, second.realtime.version)
+        assert champions() == (first.batch.version, first.realtime.version), model
+        assert release_at(settings, CHAMPION) == first
