@@ -11,9 +11,10 @@ segment again, so no torn line is left behind; the writer goes on with the next 
 by a process killed mid-write is skipped (and counted) when its segment is published.
 
 Each writer (one per serving process: KServe workers are processes) spools into a folder of its own,
-`<spool>/<pid>-<random>/`, and holds an exclusive lock on it while it runs. Writers never touch
-another live writer's segments; a folder whose lock is free belongs to a process that has ended, and
-the next writer to rotate publishes its segments and removes it.
+`<spool>/<pid>-<random>/`, and holds an exclusive lock on it while it runs (from before the folder
+appears in the spool). Writers never touch another live writer's segments; a folder whose lock is
+free belongs to a process that has ended, and the next writer to rotate publishes its segments and
+removes it.
 """
 
 from __future__ import annotations
@@ -76,10 +77,16 @@ class InferenceLogger:
 
     def start(self) -> None:
         if self._thread is None:
-            self._own = self.spool / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            self._own.mkdir(parents=True)
-            self._lock = open(self._own / LOCK, "w")  # noqa: SIM115 (held until stop)
+            name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            # The folder appears in the spool only with its lock held: made under a hidden name that
+            # other writers skip, locked, then renamed. Made in place, another writer's adoption
+            # could take the unlocked folder for a dead writer's and remove it under this one.
+            making = self.spool / f".{name}"
+            making.mkdir(parents=True)
+            self._lock = open(making / LOCK, "w")  # noqa: SIM115 (held until stop)
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._own = self.spool / name
+            making.rename(self._own)
             self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
             self._thread.start()
 
@@ -164,7 +171,8 @@ class InferenceLogger:
         assert self._own is not None
         if not self._publish_folder(self._own):
             return
-        for folder in sorted(p for p in self.spool.iterdir() if p.is_dir() and p != self._own):
+        writers = (p for p in self.spool.iterdir() if p.is_dir() and p != self._own and not p.name.startswith("."))
+        for folder in sorted(writers):
             try:
                 lock = open(folder / LOCK, "a")  # noqa: SIM115 (closed by the with below)
             except FileNotFoundError:

@@ -3,8 +3,10 @@ unreachable (before anything is written), and an inference log that survives the
 
 from __future__ import annotations
 
+import fcntl
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +14,7 @@ from components.features import materialize_features
 from propensity.errors import PropensityError
 from propensity.settings import Settings, get_settings
 from propensity.storage import Storage
+from serving import inference_log
 from serving.inference_log import InferenceLogger, read_records
 from tests.services import free_port
 
@@ -117,6 +120,48 @@ def test_writers_in_several_processes_share_a_spool_without_touching_each_others
     ids = [r["customer_id"] for r in read_records(Storage(settings))]
     assert sorted(ids) == sorted(["dead-1"] + [f"fast-{i}" for i in range(50)] + [f"slow-{i}" for i in range(50)])
     assert not list(spool.rglob("*.jsonl"))
+
+
+def test_a_writer_starting_beside_one_that_adopts_keeps_its_folder(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KServe's workers start together: another writer adopting unlocked folders at the worst moment
+    of a start (right after the folder is made, or after its lock file is opened but before it is
+    locked) must not take the new writer's folder for a dead writer's and remove it."""
+    spool = settings.inference_spool_dir
+    adopter = InferenceLogger(spool, Storage(settings), rotate_seconds=3600)
+    adopter._own = spool / "adopter"
+    adopter._own.mkdir(parents=True)
+    adopting = False
+
+    def adopt_now() -> None:
+        nonlocal adopting
+        if not adopting:
+            adopting = True
+            adopter._publish_closed()
+            adopting = False
+
+    real_mkdir, real_flock = Path.mkdir, fcntl.flock
+
+    def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+        real_mkdir(self, *args, **kwargs)
+        adopt_now()
+
+    def flock(fd: Any, operation: int) -> None:
+        adopt_now()
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(inference_log.fcntl, "flock", flock)
+    writer = InferenceLogger(spool, Storage(settings), rotate_seconds=3600)
+    writer.start()
+    monkeypatch.undo()
+    try:
+        writer.log([{"customer_id": "c-1"}])
+    finally:
+        writer.stop()
+    assert writer.written == 1 and writer.failed == 0
+    assert [r["customer_id"] for r in read_records(Storage(settings))] == ["c-1"]
 
 
 def test_a_segment_is_published_when_it_is_old_enough(settings: Settings) -> None:
