@@ -24,11 +24,8 @@ from dataclasses import dataclass
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-from propensity.settings import SECRET_SETTINGS, Settings
+from propensity.settings import CONFIG_MAP, SECRET, SECRET_SETTINGS, Settings
 
-CONFIG_MAP = "propensity-config"
-# Security lint (B105): the name of a Kubernetes Secret, not a secret.
-SECRET = "propensity-secrets"  # nosec B105  # pragma: allowlist secret
 # Credentials a step may need, as named in the Secret and seen by the step's libraries (boto3/s3fs
 # and MLflow read the AWS_* and MLFLOW_TRACKING_* names themselves). Each one is optional.
 SECRET_KEYS = (

@@ -319,10 +319,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (PropensityError, ValueError, FileNotFoundError) as exc:
-        # The message may quote the user's data (`[/]` in a value): never read it as Rich markup.
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return 2
+        return error_line(str(exc))
+    except Exception as exc:
+        # MLflow's errors (its server unreachable, a model missing) say what failed in one line.
+        # Only a command that imported MLflow can raise one: no import here just to catch it.
+        mlflow_errors = sys.modules.get("mlflow.exceptions")
+        if mlflow_errors is None or not isinstance(exc, mlflow_errors.MlflowException):
+            raise
+        return error_line(f"MLflow: {exc.message}")
     return 0
+
+
+def error_line(message: str) -> int:
+    # The message may quote the user's data (`[/]` in a value): never read it as Rich markup.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return 2
 
 
 if __name__ == "__main__":

@@ -419,6 +419,12 @@ class Settings(BaseSettings):
         return (self.home / "mlflow" / "artifacts").as_uri()
 
 
+# On a cluster the settings come from this ConfigMap and the credentials from this Secret (both in
+# manifests/base); the pipeline steps and the Spark executors read them.
+CONFIG_MAP = "propensity-config"
+# Security lint (B105): the name of a Kubernetes Secret, not a secret.
+SECRET = "propensity-secrets"  # nosec B105  # pragma: allowlist secret
+
 # Settings that hold credentials: on a cluster they come from a Secret, never from the ConfigMap.
 SECRET_SETTINGS = ("redis_password", "kfp_token", "kfp_cookies", "feast_registry")
 

@@ -11,7 +11,7 @@ import yaml
 from pyspark.sql import SparkSession
 
 from propensity.errors import PropensityError
-from propensity.settings import POD_ACCOUNT, SECRET_SETTINGS, Settings, pod_namespace
+from propensity.settings import POD_ACCOUNT, SECRET, SECRET_SETTINGS, Settings, pod_namespace
 
 LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 
@@ -99,7 +99,6 @@ def kubernetes_conf(settings: Settings) -> dict[str, str]:
     return conf
 
 
-CONFIG_MAP, SECRET = "propensity-config", "propensity-secrets"  # as in manifests/base  # pragma: allowlist secret
 EXECUTOR_SERVICE_ACCOUNT = "propensity-spark-executor"  # manifests/base/serviceaccounts.yaml: no token, no Role
 TABLES_VOLUME = "tables"
 

@@ -3,8 +3,13 @@ server` on PostgreSQL with its artifacts in an S3-compatible object store (Seawe
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import mlflow
 import pytest
 from mlflow import MlflowClient
@@ -12,9 +17,13 @@ from mlflow import MlflowClient
 from components.registry import Decision, register_models
 from components.training import train_candidates, train_realtime_model
 from propensity import features as F
+from propensity.demo import free_port, running_server
+from propensity.lake import ingest
 from propensity.settings import Settings
+from propensity.synthetic import generate
 from propensity.tracking import CHALLENGER, CHAMPION, alias_version, load_sklearn, promote
 from tests.services import MlflowServer, ObjectStore
+from tests.test_serving_http import PREDICT, write_online
 from tests.test_training_logic import _frame, written
 
 pytestmark = pytest.mark.system
@@ -96,3 +105,60 @@ def test_mlflow_down_during_registration_moves_no_alias(
         for alias in (CHALLENGER, CHAMPION):
             moved = alias_version(on_server, name, alias)
             assert moved is not None and moved.version == version.version, (name, alias)
+
+
+def test_the_predictor_keeps_serving_while_mlflow_is_down(
+    on_server: Settings, services: tuple[ObjectStore, MlflowServer], tmp_path: Path
+) -> None:
+    """MLflow goes away under a running predictor: it keeps answering with the model it has, stays
+    ready, and loads the next champion once MLflow is back. Started while MLflow is down, it exits
+    with one line naming the server."""
+    _, server = services
+    first = register_models(on_server, *_train_pair(on_server, tmp_path), PROMOTE)
+    promote(on_server, first.batch.version, first.realtime.version)
+    settings = on_server.model_copy(update={"serving_model_poll_seconds": 0.5})
+    data = generate(customers=50, days=40, seed=3)  # the online store's tables come from the lake's
+    data.transactions.to_parquet(tmp_path / "tx.parquet", index=False)
+    data.customers.to_parquet(tmp_path / "customers.parquet", index=False)
+    ingest(settings, tmp_path / "tx.parquet", tmp_path / "customers.parquet")
+    write_online(settings)
+    port = free_port()
+    new_customer = {"instances": [{"customer_id": "c-new"}]}
+
+    def served_version(client: httpx.Client) -> str:
+        response = client.post(PREDICT, json=new_customer)
+        assert response.status_code == 200, response.text
+        return str(response.json()["predictions"][0]["model_version"])
+
+    with running_server(settings, port) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert served_version(client) == first.realtime.version
+        server.stop()
+        try:
+            deadline = time.monotonic() + 20  # the registry is polled every 0.5 s, each poll failing
+            while time.monotonic() < deadline:
+                assert served_version(client) == first.realtime.version
+                assert client.get("/v2/health/ready").status_code == 200
+                time.sleep(0.2)
+            log = (settings.logs_dir / "server.log").read_text()
+            assert "could not check the model registry" in log, log[-2000:]
+
+            # A restart while MLflow is down: no model to serve, one clear line, a non-zero exit.
+            started = subprocess.run(
+                [sys.executable, "-m", "propensity.cli", "serve", "--port", str(free_port())],
+                env={**os.environ, **settings.as_env()},
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert started.returncode == 2, started.stderr[-3000:]
+            assert "Traceback" not in started.stdout + started.stderr, started.stderr[-3000:]
+            (line,) = [line for line in started.stderr.splitlines() if line.startswith("error:")]
+            assert line.startswith("error: MLflow:") and server.url in line, line
+        finally:
+            server.start()
+        second = register_models(on_server, *_train_pair(on_server, tmp_path), PROMOTE)
+        promote(on_server, second.batch.version, second.realtime.version)
+        deadline = time.monotonic() + 60
+        while (version := served_version(client)) != second.realtime.version:
+            assert time.monotonic() < deadline, f"still serving v{version} after MLflow came back"
+            time.sleep(0.5)
