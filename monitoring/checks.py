@@ -91,13 +91,26 @@ def champion(settings: Settings) -> ModelRef:
 def champion_reference(settings: Settings, model: ModelRef) -> Reference:
     """The champion's reference profile and sample, logged with it at training."""
     configure(settings)
-    sample = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=model.run_id, artifact_path=REFERENCE_SAMPLE))
+    sample = _reference_sample(model)
+    return Reference(model, _stored_profile(model) or reference_profile(sample), sample)
+
+
+def champion_profile(settings: Settings, model: ModelRef) -> Profile:
+    """The champion's reference profile alone (what a check without an HTML report needs); the
+    reference sample is downloaded only for a model trained before profiles were stored."""
+    configure(settings)
+    return _stored_profile(model) or reference_profile(_reference_sample(model))
+
+
+def _stored_profile(model: ModelRef) -> Profile | None:
     try:
-        content = mlflow.artifacts.load_dict(f"runs:/{model.run_id}/{REFERENCE_PROFILE}")
-        profile = Profile.from_json(content)
+        return Profile.from_json(mlflow.artifacts.load_dict(f"runs:/{model.run_id}/{REFERENCE_PROFILE}"))
     except Exception:  # a model trained before profiles were stored: its logged test rows are the reference
-        profile = reference_profile(sample)
-    return Reference(model, profile, sample)
+        return None
+
+
+def _reference_sample(model: ModelRef) -> pd.DataFrame:
+    return pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=model.run_id, artifact_path=REFERENCE_SAMPLE))
 
 
 # Outcome records ---------------------------------------------------------------------------------
@@ -164,7 +177,7 @@ def check_prediction_drift(
     model = champion(settings)
     as_of = resolve_date(settings, as_of_date)
     key = str(as_of.date())
-    reference = champion_reference(settings, model)
+    reference = champion_profile(settings, model)
     table = settings.historic_scores_path
     dates = [d for d in partition_values(table, SCORE_DATE) if d <= key] if table.is_dir() else []
     if not dates:
@@ -186,7 +199,7 @@ def check_prediction_drift(
         outcome = _outcome(PREDICTION_DRIFT, key, model, False, reason)
         record_outcome(settings, outcome)
         return outcome, {}
-    results = {"vs_reference": detect_drift(_only(reference.profile, "score"), current, config)}
+    results = {"vs_reference": detect_drift(_only(reference, "score"), current, config)}
     if previous:
         results["vs_previous"] = detect_drift(scores(previous), current, config)
     parts = [
