@@ -29,12 +29,18 @@ $(STAMP): requirements.lock pyproject.toml
 demo: setup
 	$(BIN)/propensity demo
 
+# One test module per worker (pytest-xdist), a worker per core up to 4, modules in collection order
+# (xdist would otherwise start the modules with the most tests first): the whole-loop module, which
+# tests/conftest.py puts first, runs on one worker while the rest of the suite runs on the others.
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # The cluster's services (object store, MLflow server on PostgreSQL, ...) really started on 127.0.0.1.
 system-test: setup
-	$(BIN)/python -m pytest -q -m system
+	$(PYTEST) -m system
 
 lint: setup
 	$(BIN)/ruff check .

@@ -18,6 +18,23 @@ from tests.services import MlflowServer, ObjectStore, SparkCluster, mlflow_serve
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
+# A pytest-xdist worker (`make test`) runs as `python -c`, so its __main__ has neither a spec nor a
+# file. pyspark reads that as its own doctest run and exits the process when an import of
+# pyspark.sql.connect (Great Expectations and MLflow try one) finds the Spark Connect extras missing
+# (pyspark/sql/connect/utils.py). Give __main__ the file the worker runs: the import then fails with
+# the ImportError those libraries expect, as it does outside xdist.
+if os.environ.get("PYTEST_XDIST_WORKER") and not hasattr(sys.modules["__main__"], "__file__"):
+    import xdist.remote
+
+    sys.modules["__main__"].__file__ = xdist.remote.__file__
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The whole-loop modules first: under `pytest -n 2` (one module per worker, `make test`) one
+    worker runs the long demo while the other runs everything else, instead of the demo starting
+    last and running alone."""
+    items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+
 
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
