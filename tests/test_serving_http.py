@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ from propensity.lake import ingest
 from propensity.settings import Settings, get_settings
 from propensity.storage import Storage
 from propensity.synthetic import generate
-from propensity.tracking import CHAMPION, REALTIME_VERSION_TAG, ROLLED_BACK_TAG, alias_version, configure
+from propensity.tracking import CHAMPION, REALTIME_VERSION_TAG, ROLLED_BACK_TAG, alias_version, configure, promote
 from serving.inference_log import read_records
 from serving.schema import INSTANCE_FIELDS, MAX_INSTANCES, PredictRequest
 from tests.test_training_logic import written
@@ -111,8 +112,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     ingest(settings, root / "tx.parquet", root / "customers.parquet")
     run_id = train_realtime_model(settings, training_set(root / "training.parquet"))
     configure(settings)
-    version = mlflow.register_model(f"runs:/{run_id}/model", settings.realtime_model_name).version
-    MlflowClient().set_registered_model_alias(settings.realtime_model_name, CHAMPION, str(version))
+    realtime = mlflow.register_model(f"runs:/{run_id}/model", settings.realtime_model_name).version
+    # The release's batch model is a placeholder: this server serves only the real-time model.
+    client = MlflowClient()
+    client.create_registered_model(settings.model_name)
+    batch = client.create_model_version(settings.model_name, "file:///batch-model").version
+    client.set_model_version_tag(settings.model_name, batch, REALTIME_VERSION_TAG, str(realtime))
+    promote(settings, str(batch), str(realtime))
     write_online(settings)
     return settings
 
@@ -251,6 +257,13 @@ def test_prometheus_counts_predictions_by_source_and_version(server: httpx.Clien
         in metrics
     )
     assert 'reason="not_in_online_store",source="realtime"' in metrics
+    # What became of each inference record (the soak benchmark reads the drops from here): both
+    # instances written to the spool by the writer thread, within a second or so.
+    deadline = time.monotonic() + 10
+    while not re.search(r'^propensity_inference_records_total\{outcome="written"\} [1-9]', metrics, re.M):
+        assert time.monotonic() < deadline, "no written inference records on /metrics"
+        time.sleep(0.2)
+        metrics = server.get("/metrics").text
 
 
 def test_inference_records_hold_declared_fields_only(deployment: Settings) -> None:
@@ -542,7 +555,7 @@ def test_a_server_killed_mid_request_and_mid_swap_restarts_clean(deployment: Set
     port = free_port()
     first = start_server(deployment, port)
     answered: list[str] = []
-    errors: list[str] = []
+    cut_off: list[str] = []  # requests that got no answer: sent when the server died, or after
     stop = threading.Event()
 
     def send(worker: int) -> None:
@@ -553,8 +566,8 @@ def test_a_server_killed_mid_request_and_mid_swap_restarts_clean(deployment: Set
                 n += 1
                 try:
                     response = client.post(PREDICT, json={"instances": [{"customer_id": customer}]})
-                except httpx.HTTPError as error:
-                    errors.append(type(error).__name__)
+                except httpx.HTTPError:
+                    cut_off.append(customer)
                     continue
                 if response.status_code == 200:
                     answered.append(customer)
@@ -568,7 +581,7 @@ def test_a_server_killed_mid_request_and_mid_swap_restarts_clean(deployment: Set
         configure(deployment)
         batch = register_release(deployment)
         realtime = MlflowClient().get_model_version(deployment.model_name, batch).tags[REALTIME_VERSION_TAG]
-        MlflowClient().set_registered_model_alias(deployment.realtime_model_name, CHAMPION, realtime)
+        promote(deployment, batch, realtime)
         # Polled every 0.5 s; loading and checking a model takes longer than that: killed while loading.
         time.sleep(0.8)
         first.send_signal(signal.SIGKILL)
@@ -578,7 +591,7 @@ def test_a_server_killed_mid_request_and_mid_swap_restarts_clean(deployment: Set
         stop.set()
         for thread in threads:
             thread.join()
-    assert first.returncode == -signal.SIGKILL and answered and errors  # requests were cut off
+    assert first.returncode == -signal.SIGKILL and answered and cut_off  # requests were cut off
     second = start_server(deployment, port)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
@@ -588,7 +601,10 @@ def test_a_server_killed_mid_request_and_mid_swap_restarts_clean(deployment: Set
         second.wait(timeout=60)
     logged = [r["customer_id"] for r in read_records(Storage(deployment)) if r["customer_id"].startswith("c-kill-")]
     assert len(logged) == len(set(logged)), "a record was published twice"
-    assert set(logged) <= set(answered)
+    # A record is written before its answer is sent: a request in flight at the kill (one per client
+    # thread at most) may be logged and never answered. Anything else logged was answered.
+    unanswered = set(logged) - set(answered)
+    assert unanswered <= set(cut_off) and len(unanswered) <= len(threads), unanswered
     # What the dead process had queued but not yet written is lost: at most its last moments.
     lost = len(set(answered) - set(logged))
     assert lost <= max(20, len(answered) // 10), (lost, len(answered))
