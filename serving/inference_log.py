@@ -14,7 +14,7 @@ Each writer (one per serving process: KServe workers are processes) spools into 
 `<spool>/<pid>-<random>/`, and holds an exclusive lock on it while it runs (from before the folder
 appears in the spool). Writers never touch another live writer's segments; a folder whose lock is
 free belongs to a process that has ended, and the next writer to rotate publishes its segments and
-removes it.
+removes it. It also removes the hidden folder of a writer killed while starting, once a minute old.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from propensity.storage import Storage
 
 PREFIX = "inference"
 LOCK = ".lock"
+STARTING_SECONDS = 60.0  # a writer whose hidden folder is older than this died starting
 _STOP = object()
 logger = logging.getLogger(__name__)
 # Every record handed to the log ends as exactly one of: written (to the spool), dropped (queue
@@ -187,6 +188,22 @@ class InferenceLogger:
                 with contextlib.suppress(OSError):  # a writer that opened the lock meanwhile finds it empty
                     (folder / LOCK).unlink()
                     folder.rmdir()
+        self._remove_abandoned_starts()
+
+    def _remove_abandoned_starts(self) -> None:
+        """Remove the hidden folder of a writer killed while starting (between its mkdir and its
+        rename). Such a folder never holds a record; a live start takes microseconds, so one older
+        than STARTING_SECONDS whose lock is free was abandoned."""
+        for folder in self.spool.glob(".*"):
+            try:
+                if not folder.is_dir() or time.time() - folder.stat().st_mtime < STARTING_SECONDS:
+                    continue
+                with open(folder / LOCK, "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    (folder / LOCK).unlink()
+                folder.rmdir()
+            except OSError:  # a live start holding its lock, or another writer removing it too
+                continue
 
     def _publish_folder(self, folder: Path) -> bool:
         """Publish and remove every closed segment in `folder`; False once storage fails."""

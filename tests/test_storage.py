@@ -4,6 +4,7 @@ unreachable (before anything is written), and an inference log that survives the
 from __future__ import annotations
 
 import fcntl
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,35 @@ def test_a_writer_starting_beside_one_that_adopts_keeps_its_folder(
     finally:
         writer.stop()
     assert writer.written == 1 and writer.failed == 0
+    assert [r["customer_id"] for r in read_records(Storage(settings))] == ["c-1"]
+
+
+def test_a_writer_killed_while_starting_leaves_nothing_behind(settings: Settings) -> None:
+    """A writer killed between making its hidden folder and renaming it: the next writer to rotate
+    removes the folder once it is older than any start takes, and never a start in progress."""
+    spool = settings.inference_spool_dir
+    old = time.time() - inference_log.STARTING_SECONDS - 1
+    abandoned, no_lock, starting, recent = (spool / name for name in (".1-dead", ".2-dead", ".3-live", ".4-new"))
+    for folder in (abandoned, no_lock, starting, recent):
+        folder.mkdir(parents=True)
+    for folder in (abandoned, starting, recent):
+        (folder / inference_log.LOCK).touch()
+    held = open(starting / inference_log.LOCK, "a")  # noqa: SIM115 (closed below)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    for folder in (abandoned, no_lock, starting):
+        os.utime(folder, (old, old))
+    writer = InferenceLogger(spool, Storage(settings), rotate_seconds=0.01)
+    writer.start()
+    try:
+        writer.log([{"customer_id": "c-1"}])
+        deadline = time.monotonic() + 10
+        while abandoned.exists() or no_lock.exists():
+            assert time.monotonic() < deadline, sorted(p.name for p in spool.iterdir())
+            time.sleep(0.05)
+    finally:
+        writer.stop()
+        held.close()
+    assert starting.is_dir() and recent.is_dir()
     assert [r["customer_id"] for r in read_records(Storage(settings))] == ["c-1"]
 
 
