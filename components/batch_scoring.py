@@ -97,20 +97,36 @@ def apply_model(frame: DataFrame, settings: Settings, champion: ModelRef, partit
 
 
 def reconcile(staged: DataFrame, eligible: DataFrame) -> tuple[int, int]:
-    """(rows scored, eligible customers); raises unless every eligible customer is scored exactly once."""
-    counts = staged.agg(sf.count(sf.lit(1)).alias("rows"), sf.count_distinct(F.ENTITY).alias("customers")).first()
+    """(rows scored, eligible customers); raises unless every eligible customer is scored exactly once.
+
+    One Spark action: both sides counted per customer and joined, so the counts and an example of
+    each mismatch come from one pass (a step's Spark actions each cost seconds of scheduling)."""
+    scored = staged.groupBy(F.ENTITY).agg(sf.count(sf.lit(1)).alias("scored"))
+    wanted = eligible.groupBy(F.ENTITY).agg(sf.count(sf.lit(1)).alias("eligible"))
+    customer = sf.col(F.ENTITY)
+    is_scored, is_eligible = sf.col("scored").isNotNull(), sf.col("eligible").isNotNull()
+    counts = (
+        scored.join(wanted, F.ENTITY, "full_outer")
+        .agg(
+            sf.coalesce(sf.sum("scored"), sf.lit(0)).alias("rows"),
+            sf.count(sf.when(is_scored & customer.isNotNull(), 1)).alias("customers"),
+            sf.coalesce(sf.sum("eligible"), sf.lit(0)).alias("eligible"),
+            sf.min(sf.when(~is_scored, customer)).alias("missing"),
+            sf.min(sf.when(~is_eligible & customer.isNotNull(), customer)).alias("extra"),
+        )
+        .first()
+    )
     assert counts is not None
-    eligible_count = eligible.count()
-    missing = eligible.join(staged, F.ENTITY, "left_anti").limit(1).collect()
-    extra = staged.select(F.ENTITY).join(eligible, F.ENTITY, "left_anti").limit(1).collect()
-    if counts["rows"] != counts["customers"] or missing or extra or counts["rows"] != eligible_count:
+    rows, customers, eligible_count = int(counts["rows"]), int(counts["customers"]), int(counts["eligible"])
+    missing, extra = counts["missing"], counts["extra"]
+    if rows != customers or missing is not None or extra is not None or rows != eligible_count:
         detail = (
-            f"{counts['rows']} rows, {counts['customers']} distinct customers, {eligible_count} eligible"
-            + (f"; e.g. {missing[0][F.ENTITY]!r} is not scored" if missing else "")
-            + (f"; e.g. {extra[0][F.ENTITY]!r} is scored but not eligible" if extra else "")
+            f"{rows} rows, {customers} distinct customers, {eligible_count} eligible"
+            + (f"; e.g. {missing!r} is not scored" if missing is not None else "")
+            + (f"; e.g. {extra!r} is scored but not eligible" if extra is not None else "")
         )
         raise PropensityError(f"scores do not reconcile with the lake: {detail}; the tables were left unchanged")
-    return int(counts["rows"]), eligible_count
+    return rows, eligible_count
 
 
 def score_customers(settings: Settings, score_date: str | None = None) -> ScoringResult:

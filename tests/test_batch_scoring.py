@@ -4,6 +4,7 @@ killed run leaves the tables as they were, the latest table switches atomically 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pyspark.sql import SparkSession
 
 from components import batch_scoring
 from components.batch_scoring import latest_scores_dir, publish_latest_scores, score_customers
@@ -80,6 +82,30 @@ def test_rerunning_a_date_replaces_its_partition(scored_world: Settings) -> None
     after = historic(scored_world)
     assert len(after) == len(before) == result.rows_scored == result.latest_rows
     assert (scored_world.latest_scores_path / CURRENT_POINTER).read_text() != pointer_before
+
+
+@pytest.mark.parametrize(
+    ("scored", "expected"),
+    [
+        (["a", "b", "c"], None),
+        (["a", "b"], "2 rows, 2 distinct customers, 3 eligible; e.g. 'c' is not scored"),
+        (["a", "b", "c", "c"], "4 rows, 3 distinct customers, 3 eligible"),
+        (["a", "b", "c", "x"], "4 rows, 4 distinct customers, 3 eligible; e.g. 'x' is scored but not eligible"),
+        (["a", "b", "x"], "3 rows, 3 distinct customers, 3 eligible; e.g. 'c' is not scored; e.g. 'x' is scored"),
+        (["a", "b", "c", None], "4 rows, 3 distinct customers, 3 eligible"),
+    ],
+)
+def test_reconcile_names_what_does_not_match(
+    spark: SparkSession, scored: list[str | None], expected: str | None
+) -> None:
+    """Every eligible customer scored exactly once, or one line saying how the two sides differ."""
+    staged = spark.createDataFrame([(c,) for c in scored], "customer_id string")
+    eligible = spark.createDataFrame([(c,) for c in "abc"], "customer_id string")
+    if expected is None:
+        assert batch_scoring.reconcile(staged, eligible) == (3, 3)
+    else:
+        with pytest.raises(PropensityError, match=f"do not reconcile with the lake: {re.escape(expected)}"):
+            batch_scoring.reconcile(staged, eligible)
 
 
 def test_a_failed_reconciliation_leaves_both_tables_as_they_were(
