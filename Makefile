@@ -7,7 +7,7 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test system-test lint security check-prereqs lock compile benchmark crds clean image
+.PHONY: setup demo test system-test lint security check-prereqs check-system-prereqs lock compile benchmark crds clean image
 
 setup: $(STAMP)
 
@@ -38,9 +38,13 @@ PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist 
 test: setup
 	$(PYTEST)
 
-# The cluster's services (object store, MLflow server on PostgreSQL, ...) really started on 127.0.0.1.
-system-test: setup
+# The cluster's services (object store, MLflow server on PostgreSQL, Redis, Spark) really started on
+# 127.0.0.1 by the tests themselves; the PostgreSQL and Redis programs must be installed.
+system-test: setup check-system-prereqs
 	$(PYTEST) -m system
+
+check-system-prereqs: setup
+	@$(BIN)/python -m tests.services
 
 lint: setup
 	$(BIN)/ruff check .

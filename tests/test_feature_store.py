@@ -167,46 +167,33 @@ def test_training_set_is_capped_evenly_across_snapshot_dates(
     assert (capped_share - full_share).abs().max() < 0.05
 
 
-def redis_or_skip(db: int) -> str:
-    redis = pytest.importorskip("redis")
-    try:
-        redis.Redis(host="127.0.0.1", port=6379, db=db, socket_connect_timeout=1).flushdb()
-    except redis.exceptions.ConnectionError:
-        pytest.skip("Redis is not running on 127.0.0.1:6379; install and start it (apt-get install redis-server)")
-    return f"127.0.0.1:6379,db={db}"
-
-
-def test_a_parallel_push_to_redis_serves_exactly_what_the_sqlite_push_serves(lake: Settings) -> None:
+def test_a_parallel_push_to_redis_serves_exactly_what_the_sqlite_push_serves(lake: Settings, redis_db: str) -> None:
     """Redis is written from Spark partitions, SQLite from the driver: Feast must read the same."""
-    connection = redis_or_skip(db=13)
-    on_redis = get_settings(home=lake.home, online_store="redis", redis_connection=connection)
-    try:
-        local, remote = materialize_features(lake), materialize_features(on_redis)
-        assert remote.online_rows == local.online_rows > 0 and remote.snapshots_computed == 0
-        ids = [*lake_customers(lake)[F.ENTITY].head(150), "never-seen"]
-        assert online_rows(on_redis, ids) == online_rows(lake, ids)
-        assert online_rows(on_redis, ids)["orders_total"][0] is not None
-        # The predictor's one-read-per-request readers return exactly what Feast returns, scores included.
-        scores = pd.DataFrame(
-            {
-                F.ENTITY: ids[:40],
-                F.EVENT_TIMESTAMP: pd.Timestamp("2026-01-01", tz="UTC"),
-                "score": [i / 40 for i in range(40)],
-                "model_version": "7",
-                "scored_at": "2026-01-01T03:00:00+00:00",
-            }
-        )
-        for settings in (lake, on_redis):
-            feature_store(settings).write_to_online_store(SCORE_VIEW, scores)
-            expected = online_rows(settings, ids)
-            assert expected["score"][1] == 1 / 40 and expected["score"][-1] is None
-            reader = online_reader(feature_store(settings))
-            assert isinstance(reader, RedisReader) == (settings is on_redis)
-            for subset in (ids, ids[:1], ids[-1:]):
-                got = asyncio.run(read_once(reader, subset))
-                assert got == {name: [values[ids.index(i)] for i in subset] for name, values in expected.items()}
-    finally:
-        redis_or_skip(db=13)
+    on_redis = get_settings(home=lake.home, online_store="redis", redis_connection=redis_db)
+    local, remote = materialize_features(lake), materialize_features(on_redis)
+    assert remote.online_rows == local.online_rows > 0 and remote.snapshots_computed == 0
+    ids = [*lake_customers(lake)[F.ENTITY].head(150), "never-seen"]
+    assert online_rows(on_redis, ids) == online_rows(lake, ids)
+    assert online_rows(on_redis, ids)["orders_total"][0] is not None
+    # The predictor's one-read-per-request readers return exactly what Feast returns, scores included.
+    scores = pd.DataFrame(
+        {
+            F.ENTITY: ids[:40],
+            F.EVENT_TIMESTAMP: pd.Timestamp("2026-01-01", tz="UTC"),
+            "score": [i / 40 for i in range(40)],
+            "model_version": "7",
+            "scored_at": "2026-01-01T03:00:00+00:00",
+        }
+    )
+    for settings in (lake, on_redis):
+        feature_store(settings).write_to_online_store(SCORE_VIEW, scores)
+        expected = online_rows(settings, ids)
+        assert expected["score"][1] == 1 / 40 and expected["score"][-1] is None
+        reader = online_reader(feature_store(settings))
+        assert isinstance(reader, RedisReader) == (settings is on_redis)
+        for subset in (ids, ids[:1], ids[-1:]):
+            got = asyncio.run(read_once(reader, subset))
+            assert got == {name: [values[ids.index(i)] for i in subset] for name, values in expected.items()}
 
 
 def test_an_unreachable_redis_is_named_and_nothing_is_written(lake: Settings) -> None:

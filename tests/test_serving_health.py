@@ -5,53 +5,16 @@ check (KServe asks `healthy()` on every request)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from feast import FeatureStore
 
 from feature_repo.store import feature_repo, repo_config
 from propensity.settings import Settings
 from serving.online import RedisReader, online_service_views
 from serving.predictor import PropensityModel
-from tests.services import free_port
-
-
-def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    import redis
-
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis(port=port, socket_connect_timeout=0.5).ping()
-            return process
-        except redis.exceptions.ConnectionError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.1)
+from tests.services import free_port, start_redis
 
 
 def test_readiness_follows_the_online_store(lake: Settings, tmp_path: Path) -> None:

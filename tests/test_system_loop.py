@@ -26,8 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.services import MlflowServer, ObjectStore, SparkCluster, postgres_database
-from tests.test_feature_store import redis_or_skip
+from tests.services import MlflowServer, ObjectStore, Postgres, Redis, SparkCluster
 
 pytestmark = [pytest.mark.system, pytest.mark.integration, pytest.mark.timeout(4800)]
 # Small, and no rescoring after retraining; two nights of scoring and monitoring, then retraining and
@@ -52,13 +51,13 @@ def loop(
     tmp_path_factory: pytest.TempPathFactory,
     object_store_and_mlflow: tuple[ObjectStore, MlflowServer],
     spark_cluster: SparkCluster,
+    postgres: Postgres,
+    redis_service: Redis,
 ) -> Iterator[Loop]:
-    import redis
-
     root = tmp_path_factory.mktemp("loop")
-    connection = redis_or_skip(db=11)
+    connection = redis_service.connection(db=11)
     store, mlflow = object_store_and_mlflow
-    with postgres_database("feast") as registry:
+    with postgres.database("feast") as registry:
         env = {
             **os.environ,
             **store.env,
@@ -106,7 +105,7 @@ def loop(
         demo = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
         (root / "demo.out").write_text(demo.stdout)  # beside the services' logs, for a failed run
         assert demo.returncode == 0, demo.stderr[-4000:]
-        keys = redis.Redis(host="127.0.0.1", port=6379, db=11).dbsize()
+        keys = redis_service.client(db=11).dbsize()
         yield Loop(
             json.loads(demo.stdout),
             env,
@@ -116,7 +115,6 @@ def loop(
             sorted(spark_cluster.work_dir.glob("app-*/*/stderr")),
             int(keys),
         )
-    redis_or_skip(db=11)
 
 
 def test_the_loop_trains_scores_serves_detects_drift_and_retrains(loop: Loop) -> None:
@@ -193,8 +191,10 @@ def test_features_the_spark_cluster_computed_equal_the_reference(loop: Loop) -> 
     expected = reference.activity_features(lake_customers(settings), lake_transactions(settings), [as_of])
     got = pd.read_parquet(snapshot_partition(settings, as_of))
     assert len(got) > CUSTOMERS / 2
+    # The same customers, each once, before the same values: a dropped or repeated one fails here.
+    assert got[F.ENTITY].is_unique and set(got[F.ENTITY]) == set(expected[F.ENTITY])
     pd.testing.assert_frame_equal(
         got.set_index(F.ENTITY)[F.SNAPSHOT_FEATURES].sort_index(),
-        expected.set_index(F.ENTITY).loc[got[F.ENTITY], F.SNAPSHOT_FEATURES].sort_index(),
+        expected.set_index(F.ENTITY)[F.SNAPSHOT_FEATURES].sort_index(),
         check_dtype=False,
     )
