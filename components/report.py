@@ -16,6 +16,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 
 from propensity import features as F
 from propensity.charts import png_img
+from propensity.metrics import expected_calibration_error
 
 RFM_FEATURES = ["days_since_last_order", "orders_90d", "revenue_90d"]
 
@@ -27,7 +28,7 @@ class Quality:
     auc: float
     pr_auc: float
     brier: float
-    calibration_error: float  # expected calibration error over score deciles
+    calibration_error: float  # expected calibration error (propensity.metrics: equal-width score bins)
     top_decile_capture: float  # share of all buyers found in the 10% highest scores
 
     def row(self, name: str) -> str:
@@ -41,16 +42,12 @@ QUALITY_HEADER = "| model | AUC | PR-AUC | Brier | calibration error | top-decil
 
 
 def calibration_points(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> pd.DataFrame:
-    """Mean score and observed rate per score quantile bin (a reliability curve), with bin sizes."""
+    """Mean score and observed rate per score quantile bin (a reliability curve for the chart, with bin
+    sizes: quantile bins keep a point for every decile where scores crowd near 0). The calibration
+    error itself is `propensity.metrics.expected_calibration_error`."""
     frame = pd.DataFrame({"label": np.asarray(labels), "score": np.asarray(scores, dtype=float)})
     frame["bin"] = pd.qcut(frame["score"].rank(method="first"), q=min(bins, len(frame)), labels=False)
     return frame.groupby("bin").agg(predicted=("score", "mean"), observed=("label", "mean"), rows=("label", "size"))
-
-
-def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> float:
-    points = calibration_points(labels, scores, bins)
-    weights = points["rows"] / points["rows"].sum()
-    return float((weights * (points["predicted"] - points["observed"]).abs()).sum())
 
 
 def cumulative_gains(labels: np.ndarray, scores: np.ndarray, groups: int = 10) -> pd.DataFrame:

@@ -37,6 +37,7 @@ from propensity.lake import (
     read_transactions,
     resolve_date,
 )
+from propensity.metrics import calibration_bin_column, calibration_error_from_bins
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.storage import Storage
@@ -48,7 +49,6 @@ PLOT_KEY = "monitoring/realised_accuracy.png"
 # in the learners); keep the two equal.
 SEGMENT = "country"
 ALL = "all"  # the segment of the whole partition
-CALIBRATION_BINS = 10
 # Scores are counted per value rounded to 4 decimals for the AUC. Rounding is monotone, so it never
 # reverses the order of two scores; it only turns into a tie (counted 1/2) a pair closer than 1e-4.
 AUC_DECIMALS = 4
@@ -67,7 +67,7 @@ class AccuracyPoint:
     positives: int
     auc: float | None  # None when the rows hold one class only
     brier: float
-    calibration_error: float  # expected calibration error, 10 equal-width score bins, weighted by rows
+    calibration_error: float  # propensity.metrics.expected_calibration_error, as training measures it
     mean_score: float
     positive_rate: float
     fingerprint: str  # of the partition's files when computed: a rescored date is recomputed
@@ -162,29 +162,35 @@ def _labelled_scores(
 
 
 def _summaries(labelled: DataFrame) -> pd.DataFrame:
-    """Per group: rows, positives, Brier, calibration error and mean score, from a groupBy over the
-    calibration bins (each bin's sums) and a second one over the bins. |sum of scores - positives| of a
-    bin is its rows times |mean score - observed rate|, so the calibration error is their sum / rows."""
+    """Per group: rows, positives, Brier, calibration error and mean score, from one groupBy over the
+    calibration bins (each bin's sums, at most ten rows per group reach the driver), combined by the
+    one definition of the calibration error (propensity.metrics)."""
     score, label = sf.col("score"), sf.col(F.LABEL)
-    bin_ = sf.least(sf.greatest(sf.floor(score * CALIBRATION_BINS), sf.lit(0)), sf.lit(CALIBRATION_BINS - 1))
-    bins = labelled.groupBy(*_GROUP, bin_.alias("bin")).agg(
-        sf.count(sf.lit(1)).alias("n"),
-        sf.sum(label).alias("pos"),
-        sf.sum(score).alias("score_sum"),
-        sf.sum((score - label) * (score - label)).alias("squared_error"),
-    )
-    rows = sf.sum("n")
-    return (
-        bins.groupBy(*_GROUP)
+    bins: pd.DataFrame = (
+        labelled.groupBy(*_GROUP, calibration_bin_column(score).alias("bin"))
         .agg(
-            rows.alias("rows"),
-            sf.sum("pos").alias("positives"),
-            (sf.sum("squared_error") / rows).alias("brier"),
-            (sf.sum(sf.abs(sf.col("score_sum") - sf.col("pos"))) / rows).alias("calibration_error"),
-            (sf.sum("score_sum") / rows).alias("mean_score"),
+            sf.count(sf.lit(1)).alias("n"),
+            sf.sum(label).alias("pos"),
+            sf.sum(score).alias("score_sum"),
+            sf.sum((score - label) * (score - label)).alias("squared_error"),
         )
         .toPandas()
     )
+    rows = []
+    for (version, segment), group in bins.groupby(_GROUP, sort=False):
+        n = float(group["n"].sum())
+        rows.append(
+            {
+                "model_version": version,
+                "segment": segment,
+                "rows": int(n),
+                "positives": float(group["pos"].sum()),
+                "brier": float(group["squared_error"].sum()) / n,
+                "calibration_error": calibration_error_from_bins(group["n"], group["pos"], group["score_sum"]),
+                "mean_score": float(group["score_sum"].sum()) / n,
+            }
+        )
+    return pd.DataFrame(rows, columns=[*_GROUP, "rows", "positives", "brier", "calibration_error", "mean_score"])
 
 
 def _aucs(labelled: DataFrame) -> dict[tuple[str, str], float | None]:
@@ -363,6 +369,7 @@ def _figure(points: Sequence[AccuracyPoint], floor: float | None) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 4))
@@ -377,6 +384,13 @@ def _figure(points: Sequence[AccuracyPoint], floor: float | None) -> Any:
     if not overall:
         axes.text(0.5, 0.5, "no score date has complete labels yet", ha="center", va="center", transform=axes.transAxes)
     axes.set(xlabel="score date", ylabel="realised AUC", ylim=(0.0, 1.0))
+    if overall:  # the dates' own span, padded (matplotlib would give one point years either side)
+        first, last = (
+            pd.Timestamp(d) for d in (min(p.score_date for p in overall), max(p.score_date for p in overall))
+        )
+        pad = max((last - first) * 0.05, pd.Timedelta(days=1))
+        axes.set_xlim(first - pad, last + pad)
+        axes.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%Y-%m-%d"))
     axes.set_title("Realised AUC of the batch scores")
     axes.grid(alpha=0.3)
     if axes.get_legend_handles_labels()[0]:

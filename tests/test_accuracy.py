@@ -25,6 +25,7 @@ from monitoring.accuracy import (
 )
 from propensity.errors import PropensityError
 from propensity.lake import ingest
+from propensity.metrics import expected_calibration_error
 from propensity.settings import Settings
 from propensity.storage import Storage
 from propensity.tables import SCORE_DATE, partition_name
@@ -99,6 +100,10 @@ def test_realised_accuracy_equals_the_hand_computation(world: Settings, spark: S
     assert overall.brier == pytest.approx(sum(squared_errors) / 6)
     # Bins: 0.9 -> |0.9 - 1|, 0.8 -> |0.8 - 0|, 0.4 -> |0.4 - 1|, 0.3 (2 rows) -> |0.3 - 0.5|, 0.1 -> |0.1 - 0|.
     assert overall.calibration_error == pytest.approx((0.1 + 0.8 + 0.6 + 2 * 0.2 + 0.1) / 6)
+    # The one definition training's evaluation uses, on the same rows, gives the same figure.
+    scores = {c: s for c, _, s, _ in CUSTOMERS}
+    labels = [float(c in {"c1", "c3", "c4"}) for c in scores]
+    assert overall.calibration_error == pytest.approx(expected_calibration_error(labels, list(scores.values())))
     assert overall.mean_score == pytest.approx(sum(s for _, _, s, _ in CUSTOMERS) / 6)
     assert overall.positive_rate == pytest.approx(0.5)
     assert (first["DE"].rows, first["DE"].positives, first["FR"].rows, first["FR"].positives) == (3, 2, 3, 1)
@@ -204,3 +209,20 @@ def test_plot_page_embeds_a_png_and_the_table(settings: Settings) -> None:
     assert uri == Storage(settings).uri(PLOT_KEY)
     data = Storage(settings).read_bytes(PLOT_KEY)
     assert data is not None and data.startswith(b"\x89PNG")
+
+
+def test_the_plot_spans_the_score_dates_it_shows() -> None:
+    """One point is shown over a few days, not years either side; several over their own span."""
+    import matplotlib.dates
+
+    from monitoring.accuracy import _figure
+
+    def span(points: list[AccuracyPoint]) -> tuple[pd.Timestamp, pd.Timestamp]:
+        low, high = _figure(points, 0.6).axes[0].get_xlim()
+        return tuple(pd.Timestamp(matplotlib.dates.num2date(x)).tz_localize(None) for x in (low, high))  # type: ignore[return-value]
+
+    low, high = span([point("2025-03-02", 0.70)])
+    assert low < pd.Timestamp("2025-03-02") < high and high - low <= pd.Timedelta(days=3)
+    low, high = span([point("2025-03-01", 0.70), point("2025-05-30", 0.66, version="2")])
+    assert low < pd.Timestamp("2025-03-01") and pd.Timestamp("2025-05-30") < high
+    assert high - low <= pd.Timedelta(days=100)

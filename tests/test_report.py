@@ -20,6 +20,14 @@ def test_calibration_error_tells_honest_probabilities_from_inflated_ones() -> No
     assert R.quality(labels, inflated).auc == pytest.approx(R.quality(labels, p).auc, abs=1e-3)
 
 
+def test_calibration_error_uses_equal_width_bins() -> None:
+    """Scores 0.05 and 0.15 fall in different bins, 1.0 in the last: one bin of two rows off by 0.5."""
+    labels = np.array([0, 1, 1, 0])
+    scores = np.array([0.05, 0.15, 1.0, 0.95])
+    # Bins: [0, .1) |0.05 - 0|, [.1, .2) |0.15 - 1|, [.9, 1] |1.95 - 1|: (0.05 + 0.85 + 0.95) / 4.
+    assert R.quality(labels, scores).calibration_error == pytest.approx((0.05 + 0.85 + 0.95) / 4)
+
+
 def test_cumulative_gains_and_top_decile_capture() -> None:
     labels = np.array([1] * 10 + [0] * 90)
     perfect = -np.arange(100.0)  # the ten buyers score highest
