@@ -82,12 +82,12 @@ def test_spark_profile_equals_the_in_memory_profile(spark: SparkSession) -> None
         assert np.max(np.abs(np.subtract(a.quantiles, b.quantiles))) <= 0.01 * spread, name
     for name in MONITORED_CATEGORICAL:
         assert dict(local.columns[name].counts) == dict(distributed.columns[name].counts)
-    # The verdict from either profile is the same.
+    # The verdict from either profile is the same, column by column, and so are the distances.
     shifted = profile(shop(4000, seed=4, shift=0.3))
-    assert (
-        detect_drift(local, shifted, DriftConfig()).columns.keys()
-        == detect_drift(distributed, shifted, DriftConfig()).columns.keys()
-    )
+    from_local, from_spark = (detect_drift(p, shifted, DriftConfig()) for p in (local, distributed))
+    assert from_local.drift_detected == from_spark.drift_detected and from_local.drifted_columns > 0
+    assert {n: c.drifted for n, c in from_local.columns.items()} == {n: c.drifted for n, c in from_spark.columns.items()}
+    assert from_spark.distances() == pytest.approx(from_local.distances(), abs=0.01)
 
 
 def test_profile_survives_json() -> None:
