@@ -22,8 +22,9 @@ import mlflow.sklearn
 import numpy as np
 from mlflow import MlflowClient
 
+from components.candidates import BASELINES, display_name
 from components.report import baseline_scores, release_report
-from components.training import SEGMENT, predict_scores, split_by_time
+from components.training import SEGMENT, predict_scores, realtime_test_rows, run_model_kind, split_by_time
 from propensity import features as F
 from propensity.settings import Settings
 from propensity.tracking import (
@@ -53,6 +54,19 @@ class Verdict:
     challenger_auc: float
     champion_auc: float | None
     rows: int
+    judged_on: str = "test rows"  # which rows `rows` counts, as the decision states it
+    model: str = ""  # what the challenger is: its learner, or the baseline that won the selection
+
+    @property
+    def described(self) -> str:
+        if not self.model:
+            return ""
+        baseline = " (a baseline: it beat every learner on the validation rows)" if self.is_baseline else ""
+        return f", {self.model}{baseline}"
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.model in BASELINES.values()
 
 
 @dataclass(frozen=True)
@@ -82,8 +96,9 @@ class Decision:
     def markdown(self) -> str:
         return (
             f"**Release: {self.decision}** (champion before: version {self.champion_version or 'none'})\n\n"
-            f"* batch model ({self.batch.rows} test rows): **{self.batch.decision}**, {self.batch.reason}\n"
-            f"* real-time model ({self.realtime.rows} new-customer test rows): "
+            f"* batch model{self.batch.described} ({self.batch.rows} {self.batch.judged_on}): "
+            f"**{self.batch.decision}**, {self.batch.reason}\n"
+            f"* real-time model ({self.realtime.rows} {self.realtime.judged_on}): "
             f"**{self.realtime.decision}**, {self.realtime.reason}\n"
         )
 
@@ -213,14 +228,18 @@ def decide(
 
 
 def decide_realtime(
-    labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, rules: GateRules
+    labels: np.ndarray,
+    challenger: np.ndarray,
+    champion: np.ndarray | None,
+    rules: GateRules,
+    rows_name: str = "new customers",
 ) -> tuple[str, str]:
     """The real-time model's rule, on rows that look like new customers: its AUC clears its floor,
     and it is not worse than the real-time champion by more than `segment_tolerance` with
     `confidence` (the upper end of DeLong's one-sided interval of the paired difference)."""
     if len(set(np.asarray(labels).tolist())) < 2:
-        return REJECT, f"the {len(labels)} new-customer test rows hold one class: the model cannot be checked"
-    first = _floor_and_first(labels, challenger, champion, rules.realtime_min_auc, " on new customers")
+        return REJECT, f"the {len(labels)} test rows of {rows_name} hold one class: the model cannot be checked"
+    first = _floor_and_first(labels, challenger, champion, rules.realtime_min_auc, f" on {rows_name}")
     if first is not None:
         return first
     assert champion is not None  # without one, _floor_and_first has decided
@@ -228,7 +247,7 @@ def decide_realtime(
     auc = difference + auc_of(labels, champion)
     upper = difference + rules.z * error
     versus = (
-        f"AUC {auc:.4f} on new customers vs champion {auc - difference:.4f}: difference {difference:+.4f}, "
+        f"AUC {auc:.4f} on {rows_name} vs champion {auc - difference:.4f}: difference {difference:+.4f}, "
         f"{rules.confidence:.0%} upper bound {upper:+.4f}"
     )
     if upper < -rules.segment_tolerance:
@@ -263,17 +282,32 @@ def compare_with_champion(
         None if champion_ref is None else predict_scores(load_sklearn(champion_ref), test, F.BATCH_MODEL_FEATURES)
     )
     decision, reason = decide(labels, challenger, champion, test[SEGMENT].to_numpy(), rules)
-    batch = Verdict(decision, reason, float(_auc(labels, challenger) or 0.0), _auc(labels, champion), len(test))
+    model = display_name(run_model_kind(challenger_run_id))
+    batch = Verdict(
+        decision,
+        reason,
+        float(_auc(labels, challenger) or 0.0),
+        _auc(labels, champion),
+        len(test),
+        "known-customer test rows",
+        model,
+    )
 
-    new = F.new_customers(split_by_time(frame, info.label_horizon_days).test)
-    new_labels = new[F.LABEL].to_numpy()
+    judged = realtime_test_rows(split_by_time(frame, info.label_horizon_days).test)
+    new, new_labels = judged.rows, judged.rows[F.LABEL].to_numpy()
     features = F.REALTIME_MODEL_FEATURES
     rt_challenger = _scores(settings, realtime_run_id, new, features)
     rt_champion_ref = None if champion_release is None else champion_release.realtime
     rt_champion = None if rt_champion_ref is None else predict_scores(load_sklearn(rt_champion_ref), new, features)
-    decision, reason = decide_realtime(new_labels, rt_challenger, rt_champion, rules)
+    decision, reason = decide_realtime(new_labels, rt_challenger, rt_champion, rules, judged.rows_name)
     realtime = Verdict(
-        decision, reason, float(_auc(new_labels, rt_challenger) or 0.0), _auc(new_labels, rt_champion), len(new)
+        decision,
+        reason,
+        float(_auc(new_labels, rt_challenger) or 0.0),
+        _auc(new_labels, rt_champion),
+        len(new),
+        judged.judged_on,
+        "real-time",
     )
     release = Decision.of(batch, realtime, champion_ref.version if champion_ref else None)
     scores = {
@@ -301,6 +335,8 @@ def register_models(settings: Settings, batch_run_id: str, realtime_run_id: str,
             "gate": verdict.decision,
             "gate_reason": verdict.reason,
             "gate_test_rows": str(verdict.rows),
+            "gate_judged_on": verdict.judged_on,
+            **({"model_kind": verdict.model} if verdict.model else {}),
         }
 
     batch = mlflow.register_model(f"runs:/{batch_run_id}/model", settings.model_name, tags=tags(decision.batch))

@@ -9,11 +9,13 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
+from components.candidates import BASELINES
 from propensity import features as F
 from propensity.charts import png_img
 from propensity.metrics import expected_calibration_error
@@ -79,31 +81,39 @@ def quality(labels: np.ndarray, scores: np.ndarray) -> Quality:
     )
 
 
-def baseline_scores(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, np.ndarray]:
-    """What a model must beat, scored on the same test rows: ranking by recency, ranking by
-    frequency (ranks turned into probabilities by the train rows' rate per rank quantile, so Brier
-    and calibration compare too), and a logistic regression on recency, frequency and monetary value."""
+# The columns each baseline sees (components.candidates.BASELINES): one monotone feature for a
+# ranking, recency, frequency and monetary value for the logistic regression.
+BASELINE_FEATURES = {
+    "recency_rank": ["days_since_last_order"],
+    "frequency_rank": ["orders_90d"],
+    "rfm_logistic_regression": RFM_FEATURES,
+}
+
+
+def baseline_model(kind: str) -> Any:
+    """A classical baseline as an unfitted scikit-learn pipeline over the batch model's feature frame:
+    a logistic regression on arcsinh-scaled (log-like, defined for refunds) columns. On one column
+    the score is a monotone function of it, so it ranks exactly as that column does (a recency or
+    frequency ranking) and its probabilities come from the training rows."""
+    from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
+    from sklearn.pipeline import Pipeline, make_pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    def rank_rate(feature: str, ascending: bool) -> np.ndarray:
-        """Observed train label rate of the test row's quantile of `feature`."""
-        sign = 1.0 if ascending else -1.0
-        edges = np.unique(np.quantile(sign * train[feature], np.linspace(0, 1, 11)))
-        train_bin = np.searchsorted(edges, sign * train[feature], side="right")
-        rates = pd.Series(train[F.LABEL].to_numpy()).groupby(train_bin).mean()
-        test_bin = np.searchsorted(edges, sign * test[feature], side="right")
-        fallback = float(train[F.LABEL].mean())
-        return np.asarray([rates.get(b, fallback) for b in test_bin], dtype=float)
+    scale = make_pipeline(FunctionTransformer(np.arcsinh), StandardScaler())
+    prepare = ColumnTransformer([("rfm", scale, BASELINE_FEATURES[kind])])
+    return Pipeline([("prepare", prepare), ("classify", LogisticRegression(max_iter=1000))])
 
-    rfm = make_pipeline(FunctionTransformer(np.log1p), StandardScaler(), LogisticRegression(max_iter=1000))
-    rfm.fit(train[RFM_FEATURES].clip(lower=0), train[F.LABEL])
-    return {
-        "recency rank": rank_rate("days_since_last_order", ascending=False),
-        "frequency rank": rank_rate("orders_90d", ascending=True),
-        "logistic regression on RFM": rfm.predict_proba(test[RFM_FEATURES].clip(lower=0))[:, 1],
-    }
+
+def baseline_scores(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, np.ndarray]:
+    """What a model must beat, fitted on the training rows and scored on the same test rows: ranking
+    by recency, ranking by frequency, and a logistic regression on recency, frequency and monetary
+    value (the same models that compete as candidates)."""
+    scores = {}
+    for kind, name in BASELINES.items():
+        model = baseline_model(kind).fit(train, train[F.LABEL])
+        scores[name] = model.predict_proba(test)[:, 1]
+    return scores
 
 
 def quality_table(labels: np.ndarray, scores: Mapping[str, np.ndarray]) -> str:

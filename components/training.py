@@ -28,8 +28,16 @@ from sklearn.preprocessing import OneHotEncoder
 from threadpoolctl import threadpool_limits
 
 import propensity
-from components.candidates import HIST_GRADIENT_BOOSTING, LIGHTGBM, MODELS
-from components.report import QUALITY_HEADER, Quality, baseline_scores, quality
+from components.candidates import (
+    BASELINES,
+    HIST_GRADIENT_BOOSTING,
+    LIGHTGBM,
+    MODELS,
+    display_name,
+    model_kind,
+    with_baselines,
+)
+from components.report import QUALITY_HEADER, Quality, baseline_model, baseline_scores, quality
 from monitoring.drift import reference_profile
 from propensity import features as F
 from propensity.runtime import choose_runtime
@@ -68,11 +76,20 @@ def split_by_time(frame: pd.DataFrame, horizon_days: int) -> Split:
             "widen training_window_days"
         )
     ts = frame[F.EVENT_TIMESTAMP]
-    return Split(
+    split = Split(
         train=frame[ts.isin(train_dates)],
         valid=frame[ts.isin(valid_dates)],
         test=frame[ts.isin(test_dates)],
     )
+    for name, part in (("training", split.train), ("validation", split.valid), ("test", split.test)):
+        buyers = int(part[F.LABEL].sum())
+        if buyers == 0 or buyers == len(part):
+            period = f"{part[F.EVENT_TIMESTAMP].min().date()} to {part[F.EVENT_TIMESTAMP].max().date()}"
+            raise ValueError(
+                f"the {name} period ({period}, {len(part)} rows) holds {'no buyer' if buyers == 0 else 'only buyers'}"
+                ": no model can be fitted or judged on one class; widen training_window_days or bring more customers"
+            )
+    return split
 
 
 def read_split(training_set: Path, known_only: bool = True) -> tuple[Split, TrainingSetInfo]:
@@ -99,6 +116,8 @@ def coerce_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_model(features: list[str], params: dict[str, Any]) -> Pipeline:
+    if model_kind(params) in BASELINES:  # no parameters (checked by train_candidates)
+        return baseline_model(model_kind(params))
     categorical = [c for c in features if c in F.CATEGORICAL_FEATURES]
     numeric = [c for c in features if c not in F.CATEGORICAL_FEATURES]
     prep = ColumnTransformer(
@@ -169,6 +188,13 @@ def _log_model(model: Pipeline, sample: pd.DataFrame) -> None:
     # internals this model holds rather than falling back to pickle (checked again on load).
     trusted = [t for t in sio.get_untrusted_types(data=sio.dumps(model)) if is_trusted_model_type(t)]
     signature = infer_signature(sample, model.predict_proba(sample)[:, 1])
+    # The requirements are known: scikit-learn and skops, and LightGBM when the model holds one.
+    # Left to infer them, MLflow loads the model again in a subprocess (8 to 10 s per model here).
+    requirements = mlflow.sklearn.get_default_pip_requirements(include_skops=True)
+    if any(t.startswith("lightgbm.") for t in trusted):
+        from importlib.metadata import version
+
+        requirements.append(f"lightgbm=={version('lightgbm')}")
     mlflow.sklearn.log_model(
         model,
         name="model",
@@ -176,6 +202,7 @@ def _log_model(model: Pipeline, sample: pd.DataFrame) -> None:
         input_example=sample.head(5),
         pyfunc_predict_fn="predict_proba",
         skops_trusted_types=trusted,
+        pip_requirements=requirements,
     )
 
 
@@ -247,7 +274,7 @@ def fit_candidate(
     experiment_id = configure(settings)
     with mlflow.start_run(experiment_id=experiment_id, run_name="batch-candidate") as run:
         log_lineage(settings, info, split, "batch", pipeline_run_id)
-        mlflow.log_params(params)
+        mlflow.log_params({"model": model_kind(params), **params})
         mlflow.log_metric("valid_auc", valid_auc)
         _log_model(model, split.train[F.BATCH_MODEL_FEATURES].head(200))
     return Candidate(run_id=run.info.run_id, valid_auc=valid_auc, params=params)
@@ -256,14 +283,19 @@ def fit_candidate(
 def train_candidates(
     settings: Settings, training_set: Path, candidates: list[dict[str, Any]], pipeline_run_id: str = "local"
 ) -> list[Candidate]:
-    """Fit every hyperparameter candidate on one read of the training set, each logged as an MLflow run."""
+    """Fit every hyperparameter candidate, and each classical baseline, on one read of the training set,
+    each logged as an MLflow run. The best on the validation rows is the model, simple or not."""
     if not candidates or not all(isinstance(params, dict) for params in candidates):
         raise ValueError(f"candidates must be a non-empty list of parameter mappings, got {candidates!r}")
     unknown = [p["model"] for p in candidates if p.get("model", HIST_GRADIENT_BOOSTING) not in MODELS]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown} in the candidates; choose among {', '.join(MODELS)}")
+    for params in candidates:
+        if model_kind(params) in BASELINES and set(params) != {"model"}:
+            extra = sorted(set(params) - {"model"})
+            raise ValueError(f"the baseline {model_kind(params)!r} takes no parameters, got {extra}")
     split, info = read_split(training_set)
-    return [fit_candidate(settings, split, info, params, pipeline_run_id) for params in candidates]
+    return [fit_candidate(settings, split, info, params, pipeline_run_id) for params in with_baselines(candidates)]
 
 
 def select_best(candidates: list[Candidate]) -> Candidate:
@@ -272,19 +304,46 @@ def select_best(candidates: list[Candidate]) -> Candidate:
     return max(candidates, key=lambda c: (c.valid_auc, c.run_id))
 
 
+@dataclass(frozen=True)
+class RealtimeTestRows:
+    """The test rows the real-time model is judged on, and what they are, for the decision."""
+
+    rows: pd.DataFrame
+    judged_on: str
+    rows_name: str  # short, for the gate's reason
+
+
+def realtime_test_rows(test: pd.DataFrame) -> RealtimeTestRows:
+    """The test snapshots' rows that look like new customers, the rows the model exists for. A shop
+    whose test window holds none (every customer bought within the active window), or only buyers or
+    only non-buyers among them, cannot judge it there: then every test row is the stated proxy (the
+    model also serves known customers whose batch score is missing or stale)."""
+    new = F.new_customers(test)
+    if new[F.LABEL].nunique() == 2:
+        return RealtimeTestRows(new, "new-customer test rows", "new customers")
+    why = "no new customer" if new.empty else f"{len(new)} new-customer row(s) of one class"
+    judged_on = f"test rows of every customer (a proxy: the test window holds {why})"
+    return RealtimeTestRows(test, judged_on, "every customer (proxy)")
+
+
 def train_realtime_model(settings: Settings, training_set: Path, pipeline_run_id: str = "local") -> str:
-    """Fit the cold-start model on every customer, new ones included; return its MLflow run id."""
+    """Fit the cold-start model on every customer, new ones included; log its test metrics, overall
+    and per segment, on the rows its gate judges it on; return its MLflow run id."""
     split, info = read_split(training_set, known_only=False)
     features = F.REALTIME_MODEL_FEATURES
     model = fit_calibrated(features, REALTIME_PARAMS, split)
-    test_auc = float(roc_auc_score(split.test[F.LABEL], predict_scores(model, split.test, features)))
+    judged = realtime_test_rows(split.test)
+    evaluation = evaluate_scores(
+        judged.rows[F.LABEL], predict_scores(model, judged.rows, features), judged.rows[SEGMENT], model="real-time"
+    )
     experiment_id = configure(settings)
     # The serving runtime is chosen here, on rows the model has not seen (propensity.runtime).
     exported, difference = choose_runtime(model, features, split.test.head(RUNTIME_CHECK_ROWS))
     with mlflow.start_run(experiment_id=experiment_id, run_name="realtime-model") as run:
         log_lineage(settings, info, split, "realtime", pipeline_run_id)
         mlflow.log_params(REALTIME_PARAMS)
-        mlflow.log_metric("test_auc", test_auc)
+        mlflow.set_tag("test_rows_judged_on", judged.judged_on)
+        log_test_metrics(evaluation)
         _log_model(model, split.train[features].head(200))
         log_runtime(exported, difference)
     return str(run.info.run_id)
@@ -302,6 +361,11 @@ class Evaluation:
     positive_rate: float
     segment_auc: dict[str, float]
     baselines: dict[str, Quality] = field(default_factory=dict)
+    model: str = ""  # the selected candidate's learner, or the baseline that won
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.model in BASELINES.values()
 
     @property
     def quality(self) -> Quality:
@@ -310,8 +374,13 @@ class Evaluation:
     def markdown(self) -> str:
         rows = "\n".join(f"| {segment} | {auc:.4f} |" for segment, auc in sorted(self.segment_auc.items()))
         baselines = "\n".join(q.row(name) for name, q in self.baselines.items())
+        chosen = (
+            f"The model is the baseline **{self.model}**: it ranked the validation rows better than every learner.\n\n"
+            if self.is_baseline
+            else (f"The model: {self.model}, the best candidate on the validation rows.\n\n" if self.model else "")
+        )
         return (
-            f"# Evaluation on the newest snapshots ({self.test_rows} rows)\n\n"
+            f"# Evaluation on the newest snapshots ({self.test_rows} rows)\n\n{chosen}"
             f"Positive rate {self.positive_rate:.3f}, log loss {self.log_loss:.4f}.\n\n"
             f"{QUALITY_HEADER}\n{self.quality.row('this model')}\n{baselines}\n\n"
             f"| {SEGMENT} | AUC |\n|---|---|\n{rows}\n"
@@ -319,7 +388,11 @@ class Evaluation:
 
 
 def evaluate_scores(
-    labels: pd.Series, scores: np.ndarray, segments: pd.Series, baselines: dict[str, np.ndarray] | None = None
+    labels: pd.Series,
+    scores: np.ndarray,
+    segments: pd.Series,
+    baselines: dict[str, np.ndarray] | None = None,
+    model: str = "",
 ) -> Evaluation:
     segment_auc = {
         str(segment): float(roc_auc_score(labels[mask], scores[mask.to_numpy()]))
@@ -338,7 +411,29 @@ def evaluate_scores(
         positive_rate=float(labels.mean()),
         segment_auc=segment_auc,
         baselines={name: quality(labels.to_numpy(), s) for name, s in (baselines or {}).items()},
+        model=model,
     )
+
+
+def log_test_metrics(evaluation: Evaluation) -> None:
+    """A model's test figures on its run, overall and per segment: the same names for both models."""
+    mlflow.log_metrics(
+        {
+            "test_rows": evaluation.test_rows,
+            "test_auc": evaluation.auc,
+            "test_average_precision": evaluation.average_precision,
+            "test_log_loss": evaluation.log_loss,
+            "test_brier": evaluation.brier,
+            "test_calibration_error": evaluation.calibration_error,
+            "test_top_decile_capture": evaluation.top_decile_capture,
+            **{f"test_auc_{SEGMENT}_{metric_name(k)}": v for k, v in evaluation.segment_auc.items()},
+        }
+    )
+
+
+def run_model_kind(run_id: str) -> str:
+    """The learner or baseline a candidate's run fitted (runs from before it was logged: the default)."""
+    return str(mlflow.get_run(run_id).data.params.get("model", HIST_GRADIENT_BOOSTING))
 
 
 def metric_name(text: str) -> str:
@@ -353,19 +448,10 @@ def evaluate_run(settings: Settings, training_set: Path, run_id: str) -> tuple[E
     test = split.test
     model = load_sklearn_uri(f"runs:/{run_id}/model")
     scores = predict_scores(model, test, F.BATCH_MODEL_FEATURES)
-    evaluation = evaluate_scores(test[F.LABEL], scores, test[SEGMENT], baseline_scores(split.train, test))
+    kind = display_name(run_model_kind(run_id))
+    evaluation = evaluate_scores(test[F.LABEL], scores, test[SEGMENT], baseline_scores(split.train, test), kind)
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(
-            {
-                "test_auc": evaluation.auc,
-                "test_average_precision": evaluation.average_precision,
-                "test_log_loss": evaluation.log_loss,
-                "test_brier": evaluation.brier,
-                "test_calibration_error": evaluation.calibration_error,
-                "test_top_decile_capture": evaluation.top_decile_capture,
-            }
-        )
-        mlflow.log_metrics({f"test_auc_{SEGMENT}_{k}": v for k, v in evaluation.segment_auc.items()})
+        log_test_metrics(evaluation)
         mlflow.log_metrics({f"baseline_{metric_name(name)}_auc": q.auc for name, q in evaluation.baselines.items()})
         # Kept with the model for drift monitoring: the reference profile (quantiles and category
         # counts of every test row) and a bounded sample of the rows for the HTML report.

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from components.candidates import BASELINES
 from components.registry import PROMOTE, REJECT, GateRules, auc_difference, decide
 from components.training import (
     Candidate,
@@ -147,8 +148,15 @@ def test_candidates_share_one_read_of_the_training_set(
     lightgbm = {"model": "lightgbm", "n_estimators": 20.0, "num_leaves": 7}  # KFP turns 20 into 20.0
     trained = train_candidates(settings, path, [{"max_iter": 10}, lightgbm])
     assert len(reads) == 1
-    assert [c.params for c in trained] == [{"max_iter": 10}, {**lightgbm, "n_estimators": 20}]
-    assert len({c.run_id for c in trained}) == 2 and all(0.5 < c.valid_auc <= 1 for c in trained)
+    # The given candidates, then each classical baseline, each its own run.
+    baselines = [{"model": kind} for kind in BASELINES]
+    assert [c.params for c in trained] == [{"max_iter": 10}, {**lightgbm, "n_estimators": 20}, *baselines]
+    assert len({c.run_id for c in trained}) == 5 and all(0.5 < c.valid_auc <= 1 for c in trained[:2])
+    # The label follows orders_90d here: ranking by frequency finds it, ranking by recency cannot.
+    by_kind = {c.params.get("model"): c.valid_auc for c in trained}
+    assert by_kind["frequency_rank"] > 0.6 > abs(by_kind["recency_rank"] - 0.5) + 0.5
+    # A baseline the caller already names is not added twice.
+    assert len(train_candidates(settings, path, [{"model": "recency_rank"}])) == 3
 
 
 @pytest.mark.parametrize(
@@ -157,6 +165,7 @@ def test_candidates_share_one_read_of_the_training_set(
         ([], "candidates must be a non-empty list"),
         ([{"max_iter": 10}, "fast"], "candidates must be a non-empty list"),
         ([{"max_iter": 10}, {"model": "xgboost"}], r"unknown model\(s\) \['xgboost'\]"),
+        ([{"model": "recency_rank", "C": 2.0}], "the baseline 'recency_rank' takes no parameters"),
     ],
 )
 def test_candidates_must_be_parameter_mappings_of_known_models(
@@ -310,7 +319,8 @@ def test_every_version_records_its_gate_and_lineage(settings: Settings, tmp_path
     frame = _frame(n_dates=12, per_date=100)
     path = written(frame, tmp_path / "training.parquet")
     lightgbm = {"model": "lightgbm", "n_estimators": 20}
-    [candidate] = train_candidates(settings.with_values(code_version="1.2.3+abc"), path, [lightgbm], "run-42")
+    candidate, *baselines = train_candidates(settings.with_values(code_version="1.2.3+abc"), path, [lightgbm], "run-42")
+    assert len(baselines) == 3
     # The LightGBM candidate, calibrated, comes back from MLflow (skops, with its types trusted).
     evaluation, _ = evaluate_run(settings, path, candidate.run_id)
     assert 0.5 < evaluation.auc <= 1 and set(evaluation.baselines) == {
