@@ -60,6 +60,23 @@ PREDICTIONS = Counter(
 logger = logging.getLogger(__name__)
 
 
+def log_like_kserve() -> None:
+    """The serving package's records (model swaps, online-store health, the inference log) go where
+    KServe's go, in its format and at its level. Left alone, Python drops records below WARNING, so a
+    model swap never showed in a server's log. In the server process and in each worker."""
+    from kserve.constants.constants import KSERVE_LOGLEVEL
+    from kserve.logging import KSERVE_LOGGER_DATE_FORMAT, KSERVE_LOGGER_FORMAT
+
+    ours = logging.getLogger(__name__.split(".")[0])
+    if ours.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(KSERVE_LOGGER_FORMAT, KSERVE_LOGGER_DATE_FORMAT))
+    ours.addHandler(handler)
+    ours.setLevel(KSERVE_LOGLEVEL)  # what KServe sets its own loggers to (KSERVE_LOGLEVEL, INFO)
+    ours.propagate = False
+
+
 async def _schema_error_as_400(request: Request, error: Exception) -> JSONResponse:
     """A V2 body that does not fit the Open Inference Protocol schema fails FastAPI's validation,
     which answers 422 in its own format; answer it as every other bad request: 400 and a message."""
@@ -155,6 +172,7 @@ class PropensityModel(Model):
         # In a worker process everything the model pulled in has just been imported and unpickled.
         self.__dict__.update(state)
         freeze_long_lived()
+        log_like_kserve()
 
     def load(self) -> bool:
         """Ready once the real-time model is loaded and the online store answers."""

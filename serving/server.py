@@ -14,7 +14,7 @@ from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.multiprocess.server import RESTServerProcess
 
 from propensity.settings import Settings
-from serving.predictor import PropensityModel, freeze_long_lived
+from serving.predictor import PropensityModel, freeze_long_lived, log_like_kserve
 
 
 def patient_supervisor(start_seconds: float) -> None:
@@ -50,6 +50,7 @@ def serve(settings: Settings, port: int | None = None, workers: int | None = Non
     workers = workers or settings.serving_workers
     if workers > 1:
         patient_supervisor(settings.serving_worker_start_seconds)
+    log_like_kserve()
     model = PropensityModel(settings)
     model.load()
     freeze_long_lived()

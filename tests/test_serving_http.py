@@ -68,6 +68,8 @@ def training_set(path: Path) -> Path:
             "orders_total": rng.poisson(3, n).astype(float),
             "orders_90d": rng.poisson(1, n).astype(float),
             "revenue_90d": np.round(rng.gamma(2, 40, n), 2),
+            # A fifth look like new customers (no purchase within the active window): the gate's rows.
+            "days_since_last_order": np.where(rng.random(n) < 0.2, F.NO_ORDER_DAYS, rng.uniform(0, 300, n)),
             "country": rng.choice(["DE", "FR", "US"], n),
             "channel": rng.choice(["web", "app"], n),
         }
@@ -429,7 +431,8 @@ def test_scores_of_a_rolled_back_batch_version_are_not_served(server: httpx.Clie
 # ---------------------------------------------------------------------------------------------------
 # Fuzzing: every operation of the OpenAPI document the server itself serves, with the V1 contract
 # (which KServe leaves untyped) filled in from serving.schema, in schemathesis' positive and negative
-# modes. Expected of each answer: no 5xx (but 501 for :explain, which the model does not implement),
+# modes. Expected of each answer: no 5xx (but 501 for :explain and model versions, which KServe does
+# not implement here),
 # a 4xx carries one line of JSON error, and nothing takes longer than a few seconds.
 
 FUZZ_EXAMPLES = 60  # per operation, model name and mode: over 1,000 requests in all
@@ -450,15 +453,23 @@ def served_openapi(client: httpx.Client) -> dict[str, Any]:
     return doc
 
 
-def answer_problems(method: str, path: str, response: Any, seconds: float) -> list[str]:
-    """What is wrong with one answer: a 5xx (501 Not Implemented aside: explanations and model
-    versions, which KServe does not implement for this model), no one-line JSON error with a 4xx or
-    501, a traceback, or a slow answer."""
+def kserve_does_not_implement(path: str, query: dict[str, Any] | None) -> bool:
+    """The requests where 501 Not Implemented is the right answer: explanations (the model has no
+    explainer) and model versions, in the path or as `model_version` (KServe serves one version per
+    model name)."""
+    return path.endswith(":explain") or "/versions/" in path or bool(query and query.get("model_version"))
+
+
+def answer_problems(
+    method: str, path: str, response: Any, seconds: float, query: dict[str, Any] | None = None
+) -> list[str]:
+    """What is wrong with one answer: a 5xx (but 501 where KServe does not implement the route), no
+    one-line JSON error with a 4xx or 501, a traceback, or a slow answer."""
     problems = []
     status = response.status_code
     if seconds > SLOW_ANSWER_SECONDS:
         problems.append(f"took {seconds:.1f} s")
-    if status >= 500 and status != 501:
+    if status >= 500 and not (status == 501 and kserve_does_not_implement(path, query)):
         problems.append(f"HTTP {status}")
     text = response.text
     if "Traceback" in text or 'File "' in text:
@@ -495,7 +506,8 @@ def fuzz(
         started = time.monotonic()
         response = case.call(base_url=base_url, session=session, timeout=SLOW_ANSWER_SECONDS * 3)
         tried[(mode.value, response.status_code)] += 1
-        problems.extend(answer_problems(case.method, case.formatted_path, response, time.monotonic() - started))
+        seconds = time.monotonic() - started
+        problems.extend(answer_problems(case.method, case.formatted_path, response, seconds, case.query))
 
     try:
         send()
@@ -553,7 +565,13 @@ def test_a_server_killed_mid_request_and_mid_swap_restarts_clean(deployment: Set
     """Killed with requests in flight while it loads a new champion: the next server comes up on the
     registry's champion, publishes what the dead one spooled (whole records, none twice), and serves."""
     port = free_port()
+    log = deployment.logs_dir / f"server-{port}.log"
     first = start_server(deployment, port)
+    started_at = log.stat().st_size  # the log is appended to: this server's lines start here
+
+    def first_log() -> str:
+        return log.read_bytes()[started_at:].decode(errors="replace")
+
     answered: list[str] = []
     cut_off: list[str] = []  # requests that got no answer: sent when the server died, or after
     stop = threading.Event()
@@ -577,13 +595,18 @@ def test_a_server_killed_mid_request_and_mid_swap_restarts_clean(deployment: Set
         thread.start()
     try:
         time.sleep(2)
-        # A new real-time champion: the server starts loading it within its poll interval (0.5 s).
+        # A new real-time champion: the server starts loading it within its poll interval (0.5 s). It
+        # is killed as soon as its log says the load began: downloading, loading and checking a model
+        # takes far longer than noticing that line.
         configure(deployment)
         batch = register_release(deployment)
         realtime = MlflowClient().get_model_version(deployment.model_name, batch).tags[REALTIME_VERSION_TAG]
         promote(deployment, batch, realtime)
-        # Polled every 0.5 s; loading and checking a model takes longer than that: killed while loading.
-        time.sleep(0.8)
+        loading = f"new real-time model v{realtime}: loading it"
+        deadline = time.monotonic() + 60
+        while loading not in first_log():
+            assert time.monotonic() < deadline and first.poll() is None, first_log()[-2000:]
+            time.sleep(0.01)
         first.send_signal(signal.SIGKILL)
         first.wait()
         time.sleep(0.5)
@@ -592,6 +615,8 @@ def test_a_server_killed_mid_request_and_mid_swap_restarts_clean(deployment: Set
         for thread in threads:
             thread.join()
     assert first.returncode == -signal.SIGKILL and answered and cut_off  # requests were cut off
+    # The kill landed while the new model was loading: it began, and was never served.
+    assert loading in first_log() and f"real-time model v{realtime} served by" not in first_log()
     second = start_server(deployment, port)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:

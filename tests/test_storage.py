@@ -143,12 +143,15 @@ def test_a_writer_starting_beside_one_that_adopts_keeps_its_folder(
             adopting = False
 
     real_mkdir, real_flock = Path.mkdir, fcntl.flock
+    fired: dict[str, list[str]] = {"after mkdir": [], "before flock": []}  # the folders adopted beside
 
     def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
         real_mkdir(self, *args, **kwargs)
+        fired["after mkdir"].append(self.name)
         adopt_now()
 
     def flock(fd: Any, operation: int) -> None:
+        fired["before flock"].append(str(operation))
         adopt_now()
         real_flock(fd, operation)
 
@@ -157,6 +160,10 @@ def test_a_writer_starting_beside_one_that_adopts_keeps_its_folder(
     writer = InferenceLogger(spool, Storage(settings), rotate_seconds=3600)
     writer.start()
     monkeypatch.undo()
+    # Both moments really came: the adopter ran right after the writer's hidden folder was made, and
+    # right before its lock was taken.
+    assert any(name.startswith(".") for name in fired["after mkdir"]), fired
+    assert fired["before flock"], fired
     try:
         writer.log([{"customer_id": "c-1"}])
     finally:
