@@ -7,7 +7,8 @@ All figures of one invocation come from one run on one machine; compare ratios, 
 * scoring: rows/s of our job vs `mlflow.pyfunc.spark_udf` vs an identity pandas UDF over the same
   columns (the cost of moving data between the JVM and Python, the floor), median of --repeats;
 * online push: rows/s of our push vs `feast materialize` of the same view and snapshot, on SQLite (the
-  local store) and, when a Redis server runs on 127.0.0.1:6379, on Redis (the cluster store).
+  local store) and on Redis (the cluster store; a redis-server the benchmark starts on a free port).
+  The store is emptied before each timed push and must hold every row after it.
 
 Usage: `python benchmarks/data_plane.py [--sizes 10000 100000 1000000] [--repeats 3] [--days 480]`;
 prints Markdown that docs/benchmarks.md records.
@@ -46,6 +47,10 @@ from propensity.spark import spark_session
 from propensity.storage import Storage
 from propensity.synthetic import generate
 from propensity.tracking import CHAMPION, alias_version, configure, promote
+
+# The Redis server is started as the tests start theirs (tests/services.py, in the checkout beside).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.services import redis_server
 
 FLOOR = "identity pandas UDF (floor)"
 LADDER_REPEAT_LIMIT = 100_000  # above this, one run per stage is enough (and all the machine can afford)
@@ -165,26 +170,44 @@ def scoring_comparison(settings: Settings, work: Path, repeats: int) -> dict[str
 
 
 OURS_PUSH = "our push (batched write_to_online_store)"
-REDIS_DB = 14  # the benchmark's own database on the local Redis, flushed before and after
 
 
-def redis_settings(settings: Settings) -> Settings | None:
-    """The same work dir with the Redis online store, if a Redis server runs on 127.0.0.1:6379."""
-    import redis
-
-    try:
-        redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_connect_timeout=1).flushdb()
-    except redis.exceptions.ConnectionError:
-        return None
-    on_redis = settings.model_copy(
-        update={"online_store": "redis", "redis_connection": f"127.0.0.1:6379,db={REDIS_DB}"}
-    )
+def redis_settings(settings: Settings, redis: Any) -> Settings:
+    """The same work dir with the Redis online store of the benchmark's own Redis server."""
+    on_redis = settings.model_copy(update={"online_store": "redis", "redis_connection": redis.connection()})
     feature_store(on_redis).apply(feature_repo(on_redis).objects)  # type: ignore[arg-type]
     return on_redis
 
 
-def push_comparison(settings: Settings, repeats: int) -> dict[str, float]:
-    """rows/s of our push vs `feast materialize` of the same view and snapshot, warm, interleaved."""
+def online_rows_stored(settings: Settings, redis: Any | None) -> int:
+    """Entity rows in the online store: Redis keys, or the SQLite table of the activity view."""
+    if redis is not None:
+        return int(redis.client().dbsize())
+    import sqlite3
+
+    project = settings.feast_project
+    with sqlite3.connect(settings.feature_store_dir / "online_store.db") as db:
+        table = f"{project}_{ACTIVITY_VIEW}"
+        return int(db.execute(f'SELECT COUNT(DISTINCT entity_key) FROM "{table}"').fetchone()[0])  # nosec B608
+
+
+def clear_online(settings: Settings, redis: Any | None) -> None:
+    """Empty the online store, so that every timed push writes every row. Feast's Redis store skips a
+    row whose event time is not newer than the stored one: pushing the same snapshot twice without
+    this would time skipped work."""
+    reset_online(settings)
+    if redis is not None:
+        redis.client().flushdb()
+    else:
+        import sqlite3
+
+        with sqlite3.connect(settings.feature_store_dir / "online_store.db") as db:
+            db.execute(f'DELETE FROM "{settings.feast_project}_{ACTIVITY_VIEW}"')  # nosec B608
+
+
+def push_comparison(settings: Settings, repeats: int, redis: Any | None = None) -> dict[str, float]:
+    """rows/s of our push vs `feast materialize` of the same view and snapshot, warm, interleaved; the
+    store is emptied before each timed push and holds every row after it."""
     as_of = last_data_date(settings)
     version = computed_snapshots(settings)[str(as_of.date())]
     source = snapshot_partition(settings, as_of)
@@ -193,20 +216,52 @@ def push_comparison(settings: Settings, repeats: int) -> dict[str, float]:
     start, end = (as_of - pd.Timedelta(seconds=1)).to_pydatetime(), (as_of + pd.Timedelta(seconds=1)).to_pydatetime()
 
     def ours() -> None:
-        reset_online(settings)
         assert push_snapshot_online(settings, ACTIVITY_VIEW, as_of, version, source) == rows
 
     def feast_materialize() -> None:
         store.materialize(start_date=start, end_date=end, feature_views=[ACTIVITY_VIEW])
 
     ways = {OURS_PUSH: ours, "feast materialize": feast_materialize}
-    for way in ways.values():  # warm both (Spark's Python workers, imports, connections)
-        way()
     results: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(repeats):
+    for repeat in range(repeats + 1):  # the first round warms both (Spark's Python workers, imports)
         for name, way in ways.items():
-            results[name].append(rows / timed(way)[0])
+            clear_online(settings, redis)
+            seconds, _ = timed(way)
+            stored = online_rows_stored(settings, redis)
+            if stored != rows:
+                raise SystemExit(f"{name} left {stored} of {rows} rows in the online store: it did not write them all")
+            if repeat:
+                results[name].append(rows / seconds)
     return {name: statistics.median(values) for name, values in results.items()}
+
+
+def push_comparisons(settings: Settings, work: Path, repeats: int) -> dict[str, dict[str, float]]:
+    comparisons = {"push (SQLite, local)": push_comparison(settings, repeats)}
+    if shutil.which("redis-server") is None:
+        print("redis-server is not installed: no Redis push comparison", file=sys.stderr)
+        return comparisons
+    with redis_server(work / "redis") as redis:
+        comparisons["push (Redis, cluster)"] = push_comparison(redis_settings(settings, redis), repeats, redis)
+    return comparisons
+
+
+def push_only(args: argparse.Namespace) -> None:
+    """The push comparisons alone: the lake and the newest feature snapshot, then both pushes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        settings = get_settings(home=work / "home")
+        prepare(settings, args.compare_at, args.days, work)
+        as_of = last_data_date(settings)
+        build_feature_table(spark_session(settings, "bench"), settings, [as_of])
+        feature_store(settings).apply(feature_repo(settings).objects)  # type: ignore[arg-type]
+        comparisons = push_comparisons(settings, work, args.repeats)
+        spark_session(settings, "bench").stop()
+    for name, result in comparisons.items():
+        base = result["feast materialize"]
+        print(f"| {name} at {args.compare_at:,} customers | rows/s | ratio to feast materialize |\n|---|---|---|")
+        for way, rate in result.items():
+            print(f"| {way} | {rate:,.0f} | {rate / base:.2f} |")
+        print()
 
 
 def main() -> None:
@@ -215,7 +270,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--days", type=int, default=480)
     parser.add_argument("--compare-at", type=int, default=100_000, help="size for the scoring and push comparisons")
+    parser.add_argument("--push-only", action="store_true", help="only the push comparisons, at --compare-at")
     args = parser.parse_args()
+    if args.push_only:
+        push_only(args)
+        return
     ladder: dict[int, dict[str, float]] = {}
     facts: dict[int, dict[str, Any]] = {}
     comparisons: dict[str, dict[str, float]] = {}
@@ -231,11 +290,7 @@ def main() -> None:
             facts[size]["driver_peak_rss_mb"] = driver_peak_rss_mb(settings)
             if size == args.compare_at:
                 comparisons["scoring"] = scoring_comparison(settings, work, args.repeats)
-                comparisons["push (SQLite, local)"] = push_comparison(settings, args.repeats)
-                on_redis = redis_settings(settings)
-                if on_redis is not None:
-                    comparisons["push (Redis, cluster)"] = push_comparison(on_redis, args.repeats)
-                    redis_settings(settings)  # flush the benchmark's keys
+                comparisons.update(push_comparisons(settings, work, args.repeats))
             print(f"done {size}: {facts[size]} {ladder[size]}", file=sys.stderr, flush=True)
             # The session's scratch space lives in this size's work dir: the next size starts its own.
             spark_session(settings, "bench").stop()

@@ -279,6 +279,35 @@ PARTS: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+# The path each row must be answered by, per instance of its requests ("constant" answers no path).
+EXPECTED_SOURCES = {"batch": "batch", "two-hop": "batch", "realtime": "realtime"}
+
+
+def check_paths(urls: dict[str, str], bodies: dict[str, list[dict[str, Any]]]) -> None:
+    """Every request of each row once, before timing: the batch rows must be answered from the
+    precomputed scores and the real-time row by the model (an old or unscored deployment would answer
+    known customers in real time and the batch row would time the wrong path), the mixed row by both,
+    half and half. A wrong answer ends the benchmark with what was seen."""
+    import httpx
+
+    with httpx.Client(timeout=30) as client:
+        for name, requests in bodies.items():
+            if name == "constant":
+                continue
+            seen: dict[str, int] = {}
+            for body in requests:
+                response = client.post(urls[name], json=body)
+                response.raise_for_status()
+                for prediction in response.json()["predictions"]:
+                    seen[prediction["source"]] = seen.get(prediction["source"], 0) + 1
+            expected = EXPECTED_SOURCES.get(name)
+            wrong = {s: n for s, n in seen.items() if s != expected} if expected else {}
+            if name == "mixed100" and seen.get("batch") != seen.get("realtime"):
+                wrong = seen
+            if wrong:
+                raise SystemExit(f"the {name} row is answered by the wrong path ({seen}): it would not time {name}")
+
+
 def prepared_deployment(args: argparse.Namespace) -> tuple[Any, list[str]]:
     """The deployment in `args.home` (a demo run into a fresh one when None), its settings exported
     for the servers, and up to 500 of its scored customers."""
@@ -320,25 +349,21 @@ def main() -> None:
         return
     _, known = prepared_deployment(args)
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    scripts = {
-        "constant": write_script(work, "constant", [{"instances": [{"customer_id": c}]} for c in known]),
-        "batch": write_script(work, "batch", [{"instances": [{"customer_id": c}]} for c in known]),
-        "realtime": write_script(
-            work, "realtime", [{"instances": [{"customer_id": f"new-{i}", "country": "DE"}]} for i in range(500)]
-        ),
-        "mixed100": write_script(
-            work,
-            "mixed100",
-            [
-                {
-                    "instances": [{"customer_id": c} for c in known[k : k + 50]]
-                    + [{"customer_id": f"new-{k}-{i}", "channel": "web"} for i in range(50)]
-                }
-                for k in range(0, 450, 50)
-            ],
-        ),
+    bodies: dict[str, list[dict[str, Any]]] = {
+        "constant": [{"instances": [{"customer_id": c}]} for c in known],
+        "batch": [{"instances": [{"customer_id": c}]} for c in known],
+        "realtime": [{"instances": [{"customer_id": f"new-{i}", "country": "DE"}]} for i in range(500)],
+        "mixed100": [
+            {
+                "instances": [{"customer_id": c} for c in known[k : k + 50]]
+                + [{"customer_id": f"new-{k}-{i}", "channel": "web"} for i in range(50)]
+            }
+            for k in range(0, 450, 50)
+        ],
     }
-    scripts["two-hop"] = scripts["batch"]
+    bodies["two-hop"] = bodies["batch"]
+    scripts = {name: write_script(work, name, requests) for name, requests in bodies.items()}
+
     me = [sys.executable, __file__, "server"]
     ports = {name: free_port() for name in ("constant", "ours", "transformer", "features")}
     log = work / "servers.log"
@@ -373,6 +398,7 @@ def main() -> None:
             log,
         ),
     ):
+        check_paths(urls, bodies)  # each row times the path it names, or the benchmark stops
         for name in scripts:  # warm up every path
             wrk(urls[name], scripts[name], 2)
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in scripts}
