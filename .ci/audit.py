@@ -6,7 +6,9 @@ than failing on fixable critical ones only).
 
 Exit 0: audited, nothing fixable. 1: a fixable vulnerability (upgrade the pin named). 3: some
 packages could not be audited (the vulnerability service was unreachable); with --allow-unaudited
-that is reported and exit is 0, for machines whose network reaches PyPI's simple index only.
+the run still ends with a NOT AUDITED verdict, never OK, and exit 0, for machines whose network
+reaches no vulnerability service (PyPI's per-release JSON API and OSV): there the check proves nothing
+about the packages it could not audit, and says so.
 """
 
 from __future__ import annotations
@@ -43,25 +45,38 @@ def main() -> int:
     parser.add_argument("--allow-unaudited", action="store_true")
     args = parser.parse_args()
     report = audit(args.lock, args.service, args.osv_url)
+    lines, code = verdict(report, args.service, args.allow_unaudited)
+    print("\n".join(lines))
+    return code
+
+
+def verdict(report: dict, service: str, allow_unaudited: bool) -> tuple[list[str], int]:
+    """What pip-audit's JSON report means: its lines and the exit code. The last line is the verdict:
+    FAIL, NOT AUDITED (some packages could not be checked: never OK) or OK."""
     dependencies = report["dependencies"]
     unaudited = [d for d in dependencies if "skip_reason" in d]
     found = [(d, v) for d in dependencies for v in d.get("vulns", [])]
     fixable = [(d, v) for d, v in found if v.get("fix_versions")]
     audited = len(dependencies) - len(unaudited)
-    print(f"pip-audit ({args.service}): {audited} of {len(dependencies)} pinned packages audited")
+    lines = [f"pip-audit ({service}): {audited} of {len(dependencies)} pinned packages audited"]
     for d, v in found:
         fix = ", ".join(v.get("fix_versions") or []) or "no fixed release"
-        print(f"  {d['name']}=={d['version']}: {v['id']} ({', '.join(v.get('aliases') or [])}) fixed in: {fix}")
+        lines.append(f"  {d['name']}=={d['version']}: {v['id']} ({', '.join(v.get('aliases') or [])}) fixed in: {fix}")
     if unaudited:
-        print(f"  NOT AUDITED: {len(unaudited)} packages, e.g. {unaudited[0]['skip_reason']}")
+        lines.append(f"  not audited: {len(unaudited)} packages, e.g. {unaudited[0]['skip_reason']}")
     if fixable:
-        print(f"FAIL: {len(fixable)} known vulnerabilities have a fixed release; raise those pins and `make lock`")
-        return 1
-    if unaudited and not args.allow_unaudited:
-        print("FAIL: the vulnerability service could not be reached for every package")
-        return 3
-    print("OK: no known vulnerability with a fixed release" + (" among those audited" if unaudited else ""))
-    return 0
+        lines.append(
+            f"FAIL: {len(fixable)} known vulnerabilities have a fixed release; raise those pins and `make lock`"
+        )
+        return lines, 1
+    if unaudited:
+        what = "no package was audited" if not audited else f"{len(unaudited)} of {len(dependencies)} packages"
+        lines.append(
+            f"NOT AUDITED: {what}: the vulnerability service could not be reached; this run proves nothing about them"
+        )
+        return lines, 0 if allow_unaudited else 3
+    lines.append("OK: every pinned package audited, no known vulnerability with a fixed release")
+    return lines, 0
 
 
 if __name__ == "__main__":
