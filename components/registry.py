@@ -57,6 +57,21 @@ class Verdict:
     judged_on: str = "test rows"  # which rows `rows` counts, as the decision states it
     model: str = ""  # what the challenger is: its learner, or the baseline that won the selection
 
+    @classmethod
+    def of(
+        cls,
+        rule: tuple[str, str],
+        labels: np.ndarray,
+        challenger: np.ndarray,
+        champion: np.ndarray | None,
+        judged_on: str,
+        model: str,
+    ) -> Verdict:
+        """A gate's (decision, reason) with both models' AUC on the rows it judged."""
+        decision, reason = rule
+        auc = float(_auc(labels, challenger) or 0.0)
+        return cls(decision, reason, auc, _auc(labels, champion), len(labels), judged_on, model)
+
     @property
     def described(self) -> str:
         if not self.model:
@@ -281,17 +296,9 @@ def compare_with_champion(
     champion = (
         None if champion_ref is None else predict_scores(load_sklearn(champion_ref), test, F.BATCH_MODEL_FEATURES)
     )
-    decision, reason = decide(labels, challenger, champion, test[SEGMENT].to_numpy(), rules)
+    rule = decide(labels, challenger, champion, test[SEGMENT].to_numpy(), rules)
     model = display_name(run_model_kind(challenger_run_id))
-    batch = Verdict(
-        decision,
-        reason,
-        float(_auc(labels, challenger) or 0.0),
-        _auc(labels, champion),
-        len(test),
-        "known-customer test rows",
-        model,
-    )
+    batch = Verdict.of(rule, labels, challenger, champion, "known-customer test rows", model)
 
     judged = realtime_test_rows(split_by_time(frame, info.label_horizon_days).test)
     new, new_labels = judged.rows, judged.rows[F.LABEL].to_numpy()
@@ -299,16 +306,8 @@ def compare_with_champion(
     rt_challenger = _scores(settings, realtime_run_id, new, features)
     rt_champion_ref = None if champion_release is None else champion_release.realtime
     rt_champion = None if rt_champion_ref is None else predict_scores(load_sklearn(rt_champion_ref), new, features)
-    decision, reason = decide_realtime(new_labels, rt_challenger, rt_champion, rules, judged.rows_name)
-    realtime = Verdict(
-        decision,
-        reason,
-        float(_auc(new_labels, rt_challenger) or 0.0),
-        _auc(new_labels, rt_champion),
-        len(new),
-        judged.judged_on,
-        "real-time",
-    )
+    rule = decide_realtime(new_labels, rt_challenger, rt_champion, rules, judged.rows_name)
+    realtime = Verdict.of(rule, new_labels, rt_challenger, rt_champion, judged.judged_on, "real-time")
     release = Decision.of(batch, realtime, champion_ref.version if champion_ref else None)
     scores = {
         "challenger": challenger,
