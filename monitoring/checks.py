@@ -1,7 +1,9 @@
 """The monitoring checks, each its own pipeline step: what they compare, and their recorded outcomes.
 
-* inference drift: the online inference log of the last `inference_window_days` (wall-clock time: the
-  log's own clock) against the champion's reference; a bounded uniform sample of the window;
+* inference drift: the online inference log of the `inference_window_days` before the date (the
+  records the log stamped in that window) against the champion's reference; a bounded uniform sample
+  of the window. The window follows the date, never the wall clock: a back-dated run judges the
+  traffic of its own date, and a rerun for a date sees the same records;
 * scoring drift: the nightly scoring population's features as of a date (Spark aggregation);
 * prediction drift: the newest batch scores against the previous scoring dates' and against the
   champion's reference scores;
@@ -220,15 +222,16 @@ def _only(profile: Profile, column: str) -> Profile:
 
 
 def check_inference_drift(
-    settings: Settings, as_of_date: str | None = None, now: datetime | None = None, seed: int = 0
+    settings: Settings, as_of_date: str | None = None, seed: int = 0
 ) -> tuple[CheckOutcome, DriftResult | None, str]:
-    """What the predictor really saw and answered in the last `inference_window_days` (the log's
-    wall clock), from a bounded uniform sample, against the champion's reference."""
+    """What the predictor really saw and answered in the `inference_window_days` before the date
+    (midnight UTC, as the scoring inputs), from a bounded uniform sample, against the champion's
+    reference. The window follows the date, not the wall clock."""
     config = DriftConfig.from_settings(settings)
     model = champion(settings)
-    key = str(resolve_date(settings, as_of_date).date())
-    end = now or datetime.now(UTC)
-    start = end - timedelta(days=settings.inference_window_days)
+    as_of = resolve_date(settings, as_of_date)
+    key = str(as_of.date())
+    start, end = inference_window(as_of, settings.inference_window_days)
     sample, seen = sample_inference_log(Storage(settings), start, end, settings.drift_sample_rows, seed)
     window = f"inference log {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
     if sample.empty:
@@ -255,8 +258,17 @@ def check_inference_drift(
     return outcome, result, html
 
 
+def inference_window(as_of: pd.Timestamp, days: int) -> tuple[datetime, datetime]:
+    """The `days` before the date's midnight (UTC): the traffic a check for that date judges, whatever
+    the wall clock says when it runs."""
+    end = datetime.combine(as_of.date(), datetime.min.time(), tzinfo=UTC)
+    return end - timedelta(days=days), end
+
+
 def _window_keys(storage: Storage, start: datetime, end: datetime) -> Iterator[str]:
-    day = start.date()
+    """The segments that may hold records of [start, end): a segment lives under the day it was
+    opened, so one opened the day before the window may hold its first records."""
+    day = start.date() - timedelta(days=1)
     while day <= end.date():
         yield from storage.keys(f"{INFERENCE_PREFIX}/{partition_name('date', str(day))}")
         day += timedelta(days=1)

@@ -213,7 +213,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from propensity.storage import Storage
 
     settings = get_settings()
-    options = DemoOptions(customers=args.customers, days=args.days, drift=args.drift, rescore=not args.no_rescore)
+    given = {"customers": args.customers, "days": args.days, "drift": args.drift}
+    options = DemoOptions(**{k: v for k, v in given.items() if v is not None}, rescore=not args.no_rescore)
     summary = run_demo(settings, options, _progress())
     _emit(args, summary, [*summary_lines(summary), f"Summary: {Storage(settings).uri(SUMMARY_KEY)}"])
 
@@ -293,10 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("executor", cmd_executor, "run as a Spark executor (the argument Spark on Kubernetes starts its pods with)")
 
+    # Defaults are the demo's own (propensity.demo.DemoOptions, which the integration test runs).
     p = add("demo", cmd_demo, "run the whole loop locally")
-    p.add_argument("--customers", type=int, default=4000)
-    p.add_argument("--days", type=int, default=480)
-    p.add_argument("--drift", type=float, default=0.8)
+    p.add_argument("--customers", type=int, help="customers at the start (default: the demo's)")
+    p.add_argument("--days", type=int, help="days of history before the new data (default: the demo's)")
+    p.add_argument("--drift", type=float, help="0..1: how much the new data changes (default: the demo's)")
     p.add_argument("--no-rescore", action="store_true", help="stop after retraining (no second batch scoring)")
     return parser
 

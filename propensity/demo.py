@@ -54,14 +54,18 @@ STATE_DIRS = (
 
 @dataclass(frozen=True)
 class DemoOptions:
-    customers: int = 4000
+    # The size `make demo` runs and the integration test runs (the same options): large enough for
+    # every check to judge (the drift is unmistakable from 1,000 customers up), small enough to wait for.
+    customers: int = 1500
     days: int = 480  # over a year of history: the active base is in its steady state
     new_days: int = 30
     drift: float = 0.8
     seed: int = 7
     known_requests: int = 120
     new_requests: int = 60
-    traffic_instances: int = 800  # enough logged requests for the inference-log drift check
+    # Logged requests (the inference log) at the wall clock's time; the back-dated nights' inference
+    # checks look at their own dates, not at these.
+    traffic_instances: int = 800
     rescore: bool = True  # score again with the champion after retraining
 
 
@@ -384,7 +388,13 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         aucs = ", ".join(f"{day} AUC {auc}" for day, auc in a["auc_by_score_date"].items()) or "no labels complete yet"
         lines.append(f"Realised        {aucs}" + (f"; plot: {a['plot']}" if a["plot"] else ""))
     if m["retrain_triggered"]:
-        lines.append(f"Retraining      model v{r['model_version']}  AUC {r['auc']}  decision: {r['decision']}")
+        verdict = (
+            f"v{r['model_version']} is the new champion"
+            if str(summary["champion_version"]) == str(r["model_version"])
+            else f"challenger v{r['model_version']} rejected, v{summary['champion_version']} stays champion"
+        )
+        retrained = f"model v{r['model_version']}  AUC {r['auc']}  decision: {r['decision']}"
+        lines.append(f"Retraining      {retrained}: {verdict}")
     if d := summary.get("deployment"):
         lines.append(f"Deployment      v{d['batch_version']} {d['outcome'].replace('_', ' ')}: {d['detail']}")
     lines.append(f"Champion        v{summary['champion_version']}  (total {summary['timings_seconds']['total']}s)")

@@ -42,6 +42,14 @@ ARRIVALS_PER_DAY_SHARE = 0.003  # new customers per day, as a share of the initi
 REGULAR_SHARE = 0.35
 SEASON_AMPLITUDE = 0.2
 SEASON_PEAK_DAY_OF_YEAR = 330  # late November
+# What `drift` does to the last `drift_days`: purchases fall to (1 - DRIFT_PURCHASE_DROP * drift) of
+# their rate and orders grow to (1 + DRIFT_BASKET_GROWTH * drift) times their amount (at the demo's
+# 0.8: a fifth as many orders, 3.4 times larger). Strong on purpose: half-way into the period the
+# monitored 30-day features and the scores have moved about 1.5 times the drift thresholds whatever
+# the number of customers, so the demo's first night finds it as surely as its second (a change
+# close to a threshold would hold or not by the luck of the sample).
+DRIFT_PURCHASE_DROP = 1.0
+DRIFT_BASKET_GROWTH = 3.0
 
 
 @dataclass(frozen=True)
@@ -170,7 +178,8 @@ def generate(
 
         people.active &= rng.random(len(people.active)) >= people.churn
         date = start + pd.Timedelta(days=day)
-        p = np.clip(_purchase_probability(people, day, _season(date)) * (1.0 - 0.4 * drift_now), 0.0, 0.9)
+        fewer = 1.0 - DRIFT_PURCHASE_DROP * drift_now
+        p = np.clip(_purchase_probability(people, day, _season(date)) * fewer, 0.0, 0.9)
         buys = people.active & (rng.random(len(p)) < p)
         basket_noise = rng.normal(0.0, 0.5, len(p))
         items_draw = rng.poisson(people.breadth)
@@ -178,7 +187,7 @@ def generate(
         idx = np.flatnonzero(buys)
         if idx.size:
             log_mean = np.array([COUNTRY_BASKET[c] for c in people.country[idx]])
-            amount = np.round(np.exp(log_mean + basket_noise[idx]) * (1.0 + 1.5 * drift_now), 2)
+            amount = np.round(np.exp(log_mean + basket_noise[idx]) * (1.0 + DRIFT_BASKET_GROWTH * drift_now), 2)
             ts = date + pd.to_timedelta(seconds[idx], unit="s")
             rows.append((idx, ts.to_numpy(), amount, items_draw[idx] + 1))
         people.last_purchase = np.where(buys, 0.0, people.last_purchase + 1.0)

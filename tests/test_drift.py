@@ -174,3 +174,21 @@ def test_check_artifacts_put_our_verdict_above_the_evidently_report(tmp_path: Pa
         conditions={"scoring_drift": {"held": 1, "looked_at": 3, "latest": "a | b"}},
     )
     assert "| scoring drift | 1 | 3 | a / b |" in decision_markdown(record)
+
+
+def test_the_inference_window_follows_the_date_not_the_wall_clock(settings: Settings) -> None:
+    """A check for a date judges the day before its midnight, also when run months later; records in
+    a segment opened before the window began still count."""
+    from monitoring.checks import inference_window
+
+    start, end = inference_window(pd.Timestamp("2025-05-11"), days=1)
+    assert (start, end) == (datetime(2025, 5, 10, tzinfo=UTC), datetime(2025, 5, 11, tzinfo=UTC))
+    storage = Storage(settings)
+    # Opened at 23:58 on the 9th, written on into the 10th; then a segment of the 10th and one of today.
+    late = [{"logged_at": f"2025-05-09T23:5{m}:00+00:00", "score": 0.5} for m in (8, 9)]
+    _segment(storage, "2025-05-09", "2025-05-09T23-w1", [*late, {"logged_at": "2025-05-10T00:01:00+00:00"}])
+    _segment(storage, "2025-05-10", "2025-05-10T12-w1", [{"logged_at": "2025-05-10T12:00:00+00:00"}])
+    today = datetime.now(UTC)
+    _segment(storage, f"{today:%Y-%m-%d}", "today-w1", [{"logged_at": today.isoformat()}])
+    _, seen = sample_inference_log(storage, start, end, max_rows=100)
+    assert seen == 2
