@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from propensity.errors import shown
+
 if TYPE_CHECKING:  # KServe takes seconds to import; the deploy step uses this contract without it
     from kserve.protocol.infer_type import InferRequest
 
@@ -59,8 +61,8 @@ def parse_instances(payload: Any) -> list[Instance]:
         return PredictRequest.model_validate(payload).instances
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise RequestError(f"invalid request at '{where}': {first['msg']}") from None
+        where = ".".join(str(p) for p in first["loc"]) or "body"  # may hold a field name the client sent
+        raise RequestError(f"invalid request at {shown(where)}: {' '.join(str(first['msg']).split())}") from None
 
 
 def parse_v2(request: InferRequest) -> list[Instance]:
@@ -68,9 +70,9 @@ def parse_v2(request: InferRequest) -> list[Instance]:
     columns: dict[str, list[Any]] = {}
     for tensor in request.inputs:
         if tensor.name not in INSTANCE_FIELDS:
-            raise RequestError(f"unknown input '{tensor.name}'; inputs are {', '.join(INSTANCE_FIELDS)}")
+            raise RequestError(f"unknown input {shown(tensor.name)}; inputs are {', '.join(INSTANCE_FIELDS)}")
         if tensor.datatype != "BYTES":
-            raise RequestError(f"input '{tensor.name}' must have datatype BYTES, not {tensor.datatype}")
+            raise RequestError(f"input '{tensor.name}' must have datatype BYTES, not {shown(tensor.datatype)}")
         values = tensor.data if isinstance(tensor.data, list) else []
         try:
             columns[tensor.name] = [v.decode() if isinstance(v, bytes) else v for v in values]

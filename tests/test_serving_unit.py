@@ -34,6 +34,22 @@ def test_only_declared_fields_are_accepted() -> None:
         parse_instances({"instances": [{"customer_id": "c-1", "device": "ios"}]})
 
 
+def test_names_the_client_sent_are_quoted_on_one_line() -> None:
+    """A field or V2 input named with a newline (as the HTTP fuzz sent) is shown escaped: the 400's
+    message stays one line."""
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    from serving.schema import parse_v2
+
+    with pytest.raises(RequestError) as extra:
+        parse_instances({"instances": [{"customer_id": "c-1", "de\nvice": "ios"}]})
+    tensor = InferInput(name="\n\x11odd", shape=[1], datatype="BYTES", data=[b"x"])
+    with pytest.raises(RequestError) as unknown:
+        parse_v2(InferRequest(model_name="propensity", infer_inputs=[tensor]))
+    for message in (str(extra.value), str(unknown.value)):
+        assert "\n" not in message and "\\n" in message, message
+
+
 def test_freshness() -> None:
     max_age = timedelta(hours=36)
     assert is_fresh((NOW - timedelta(hours=1)).isoformat(), NOW, max_age)
