@@ -173,3 +173,30 @@ def test_a_period_without_buyers_is_refused_in_one_line(settings: Settings) -> N
     with pytest.raises(ValueError, match="holds no buyer: no model can be fitted or judged on one class") as refused:
         train_on(shape, settings.home)
     assert one_line(str(refused.value))
+
+
+def test_a_transactions_only_shop_trains_from_ingest_to_registry(settings: Settings, tmp_path: Path) -> None:
+    """The whole path a real shop's transactions take: no customers file (no country, no channel),
+    every customer bought within the active window, through ingest, the feature table, Feast's
+    point-in-time training set, Great Expectations and the training steps, to a registered decision."""
+    from components.features import build_training_set, materialize_features
+    from components.validation import validate_data
+    from propensity.lake import ingest
+    from propensity.synthetic import generate
+
+    data = generate(customers=400, days=300, seed=5)
+    data.transactions[["customer_id", "timestamp", "amount"]].to_csv(tmp_path / "tx.csv", index=False)
+    ingest(settings, tmp_path / "tx.csv", None)
+    settings = settings.with_values(training_window_days=180)
+    materialize_features(settings)
+    path = tmp_path / "training.parquet"
+    info = build_training_set(settings, path)
+    frame = pd.read_parquet(path)
+    assert set(frame["country"]) == {F.UNKNOWN} and F.new_customers(frame).empty, info
+    assert validate_data(settings, path).success
+    best = select_best(train_candidates(settings, path, [SMALL_LEARNER], "transactions-only"))
+    realtime = train_realtime_model(settings, path, "transactions-only")
+    decision, _ = compare_with_champion(settings, path, best.run_id, realtime)
+    assert decision.decision == PROMOTE, decision.markdown()
+    assert "a proxy: the test window holds no new customer" in decision.markdown()
+    register_models(settings, best.run_id, realtime, decision)

@@ -350,6 +350,13 @@ def test_every_version_records_its_gate_and_lineage(settings: Settings, tmp_path
     assert "+" in client.get_run(realtime).data.tags["code_version"]  # the checkout's commit outside an image
     # Calibrated and still exported to ONNX for serving.
     assert client.get_run(realtime).data.tags["serving_runtime"] == "onnx"
+    # The real-time version carries its test figures overall and per segment, like the batch model's,
+    # on the rows its gate judges (no new customer here: the stated proxy).
+    realtime_run = client.get_run(realtime).data
+    assert {"test_auc", "test_brier", "test_calibration_error", "test_auc_country_de", "test_auc_country_fr"} <= set(
+        realtime_run.metrics
+    ), sorted(realtime_run.metrics)
+    assert realtime_run.tags["test_rows_judged_on"].startswith("test rows of every customer (a proxy")
     batch = client.get_model_version(settings.model_name, registered.batch.version)
     assert (batch.tags["decision"], batch.tags["gate"], batch.tags["gate_test_rows"]) == (REJECT, PROMOTE, "900")
     rt = client.get_model_version(settings.realtime_model_name, registered.realtime.version)
