@@ -14,6 +14,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from components.candidates import BASELINES
 from components.registry import Decision, register_models
 from components.training import train_candidates, train_realtime_model
 from propensity import features as F
@@ -57,7 +58,7 @@ def _train_pair(settings: Settings, tmp_path: Path) -> tuple[str, str]:
     path = tmp_path / "training.parquet"
     if not path.exists():
         written(_frame(per_date=60), path)
-    (candidate,) = train_candidates(settings, path, [{"max_iter": 10}])
+    candidate, *_baselines = train_candidates(settings, path, [{"max_iter": 10}])  # the learner first
     return candidate.run_id, train_realtime_model(settings, path)
 
 
@@ -75,7 +76,8 @@ def test_models_are_tracked_on_the_server_with_artifacts_in_object_storage(
     # The model files went through the server into the bucket; nothing of MLflow's is local.
     stored = {k.split("/models/")[1].split("/")[0] for k in store.keys("mlflow") if k.endswith("/artifacts/MLmodel")}
     source = MlflowClient().get_model_version(champion.name, champion.version).source
-    assert len(stored) == 2 and any(model in source for model in stored), (stored, source)
+    # The learner, each baseline (candidates too) and the real-time model.
+    assert len(stored) == 2 + len(BASELINES) and any(model in source for model in stored), (stored, source)
     assert not (on_server.home / "mlflow").exists()
 
 
