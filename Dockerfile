@@ -37,6 +37,12 @@ COPY serving ./serving
 COPY monitoring ./monitoring
 RUN uv pip install --system --no-deps .
 
+# The JVM libraries Spark needs beyond pyspark's (the table format, its catalog and S3 clients),
+# pinned in propensity/jvm.lock: downloaded from Maven Central and every checksum verified. Spark
+# executor pods start from this image too and find them at the same path.
+ENV PROPENSITY_JARS=/opt/propensity/jars
+RUN python -m propensity.jvm fetch
+
 # Non-root user (uid/gid 1000, as the manifests' securityContext expects) and its work directory.
 RUN groupadd --gid 1000 propensity \
  && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/propensity --shell /usr/sbin/nologin propensity \

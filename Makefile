@@ -1,5 +1,6 @@
 # Two entry points: `make demo` (set up, then run the whole loop locally) and `make test`.
-# Setup is idempotent: the venv is rebuilt only when the lock file or pyproject.toml change.
+# Setup is idempotent: the venv is rebuilt only when a lock file or pyproject.toml change; the JVM
+# libraries (propensity/jvm.lock) are downloaded into a cache and every checksum verified.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,12 +19,13 @@ check-prereqs:
 	  [ -n "$$v" ] && [ "$$v" -ge 17 ] || { echo "Java 17+ is required for Spark, found version '$$v'; install a newer JRE"; exit 1; }
 	@[ "$$(uname)" != Linux ] || { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q 'libgomp\.so\.1' || { echo "libgomp (GNU OpenMP) is required by LightGBM and was not found; install it (e.g. apt-get install libgomp1)"; exit 1; }
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml propensity/jvm.lock
 	@$(MAKE) --no-print-directory check-prereqs
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --require-hashes -r requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -m propensity.jvm fetch
 	@touch $(STAMP)
 
 demo: setup
@@ -74,9 +76,10 @@ benchmark: setup
 crds: setup
 	$(BIN)/python manifests/fetch_crds.py
 
-# Regenerate the lock after editing dependencies in pyproject.toml.
+# Regenerate the locks after editing dependencies in pyproject.toml or ROOTS in propensity/jvm.py.
 lock: setup
 	$(BIN)/uv pip compile --python-version 3.11 pyproject.toml --extra dev --generate-hashes --no-header -o requirements.lock
+	$(BIN)/python -m propensity.jvm lock
 
 clean:
 	rm -rf $(VENV) .propensity compiled .cache
