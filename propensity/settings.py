@@ -40,6 +40,11 @@ class Settings(BaseSettings):
         description="Where the shared records live (retraining history, online push records, inference log, "
         "reports): a path or s3://bucket/prefix on any S3-compatible store (default: the work dir).",
     )
+    catalog: SecretStr | None = Field(
+        None,
+        description="Database of the Iceberg catalog of the Spark tables, a SQLAlchemy URL: sqlite:///path or "
+        "postgresql://user:password@host:5432/db (default: a SQLite file beside the tables).",
+    )
     s3_endpoint_url: str | None = Field(
         None, description="S3 API endpoint for a non-AWS store (MinIO, SeaweedFS); credentials: AWS_* variables."
     )
@@ -264,6 +269,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a SQLAlchemy database URL, e.g. postgresql+psycopg://user@host:5432/feast")
         return value
 
+    @field_validator("catalog")
+    @classmethod
+    def _catalog_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("sqlite:///", "postgresql", "postgres://")):
+            raise ValueError("must be a SQLAlchemy URL: sqlite:///path or postgresql://user:password@host:5432/db")
+        return value
+
     @field_validator("spark_master")
     @classmethod
     def _known_master(cls, value: str) -> str:
@@ -426,7 +438,7 @@ CONFIG_MAP = "propensity-config"
 SECRET = "propensity-secrets"  # nosec B105  # pragma: allowlist secret
 
 # Settings that hold credentials: on a cluster they come from a Secret, never from the ConfigMap.
-SECRET_SETTINGS = ("redis_password", "kfp_token", "kfp_cookies", "feast_registry")
+SECRET_SETTINGS = ("redis_password", "kfp_token", "kfp_cookies", "feast_registry", "catalog")
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -10,7 +10,9 @@ from typing import Any
 import yaml
 from pyspark.sql import SparkSession
 
+from propensity.catalog import EXTENSIONS, spark_catalog_conf
 from propensity.errors import PropensityError
+from propensity.jvm import class_path
 from propensity.settings import POD_ACCOUNT, SECRET, SECRET_SETTINGS, Settings, pod_namespace
 
 LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
@@ -19,6 +21,11 @@ LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 # Security lint (B104): the driver in a pod must accept its executors on the pod's IP; the
 # NetworkPolicies (manifests/base) limit who may connect.
 ALL_INTERFACES = "0.0.0.0"  # nosec B104
+
+
+# The AWS SDK's S3 client (Iceberg's S3FileIO) adds request checksums that S3-compatible stores such as
+# SeaweedFS refuse ("The Content-Md5 you specified is not valid"): only where the API requires them.
+AWS_SDK_OPTIONS = "-Daws.requestChecksumCalculation=when_required -Daws.responseChecksumValidation=when_required"
 
 
 def spark_conf(settings: Settings) -> dict[str, str]:
@@ -35,9 +42,14 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.local.dir": str(settings.scratch_dir / "spark"),
-        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()} {AWS_SDK_OPTIONS}",
+        "spark.executor.extraJavaOptions": AWS_SDK_OPTIONS,
         # Credentials reach executors as settings: keep them out of Spark's UI and event logs.
-        "spark.redaction.regex": "(?i)secret|password|token|access[.]key|cookies|feast_registry",
+        "spark.redaction.regex": "(?i)secret|password|token|access[.]key|cookies|feast_registry|propensity_catalog",
+        # The table format, its catalog and S3 clients (propensity/jvm.lock), sent to every executor.
+        "spark.jars": ",".join(str(path) for path in class_path()),
+        "spark.sql.extensions": EXTENSIONS,  # Iceberg's SQL: maintenance procedures (expire snapshots)
+        **spark_catalog_conf(settings),
     }
     if not settings.spark_master.startswith("local"):
         # Executors are other processes (other machines): they run the project's interpreter (the
@@ -146,6 +158,9 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    # A session created for other settings (one per process) learns this catalog too.
+    for key, value in spark_catalog_conf(settings).items():
+        spark.conf.set(key, value)
     return spark
 
 
