@@ -1,30 +1,30 @@
 """Nightly batch scoring with Spark, where the data lives.
 
 Spark reads the score date's partition of the offline feature table, the champion's native model is
-loaded once per Python worker and applied to Arrow batches (`mapInPandas`), and the historic
-partition is written to a staging location. It is committed only after it reconciles with the
-eligible population that Spark computes independently from the lake; a failed check (or a crash
-before the commit) leaves both the historic and the latest tables as they were. The latest table is
-a new version switched atomically; its push to the online store streams the version's files in
-batches.
+loaded once per Python worker and applied to Arrow batches (`mapInPandas`), and the scores are kept
+on the executors' disks until they reconcile with the eligible population that Spark computes
+independently from the lake. Only then is the date's partition of the historic table (Iceberg)
+replaced, in one commit that records the model version; a failed check (or a crash before the
+commit) leaves both the historic and the latest tables as they were. The latest table is replaced
+whole in one commit; its push to the online store reads exactly that snapshot, in batches.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 
 from components.features import push_snapshot_online
 from feature_repo.definitions import SCORE_VIEW
 from propensity import features as F
+from propensity.catalog import table_name
 from propensity.errors import PropensityError
 from propensity.feature_table import scoring_features, snapshot_key
 from propensity.lake import read_customers, read_transactions, resolve_date
@@ -32,15 +32,15 @@ from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.storage import Storage
 from propensity.tables import (
+    HISTORIC_SCORES,
+    LATEST_SCORES,
     SCORE_DATE,
-    current_version,
-    new_version,
-    parquet_batches,
-    partition_name,
-    partition_values,
-    replace_partitions,
-    staging_dir,
-    switch_version,
+    TableSnapshot,
+    current_snapshot,
+    overwrite_partitions,
+    partitions,
+    replace_table,
+    scan_batches,
 )
 from propensity.tracking import CHAMPION, ModelRef, alias_version
 
@@ -142,50 +142,46 @@ def score_customers(settings: Settings, score_date: str | None = None) -> Scorin
         .withColumn("model_version", sf.lit(champion.version))
         .withColumn("scored_at", sf.lit(datetime.now(UTC).isoformat(timespec="seconds")))
         .withColumn(SCORE_DATE, sf.lit(date_key))
+        .select(*SCORE_COLUMNS)
     )
-    historic = settings.historic_scores_path
-    staged = staging_dir(historic)
+    # Scored once, kept on the executors' disks: reconciled first, then committed.
+    scored = scored.persist(StorageLevel.DISK_ONLY)
     try:
-        scored.write.partitionBy(SCORE_DATE).parquet(str(staged))
-        staged_scores = spark.read.parquet(str(staged / partition_name(SCORE_DATE, date_key)))
         eligible = F.active_customers(read_customers(spark, settings), read_transactions(spark, settings), as_of)
-        rows, eligible_count = reconcile(staged_scores, eligible)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    replace_partitions(staged, historic, SCORE_DATE)
+        rows, eligible_count = reconcile(scored, eligible)
+        lineage = {"model_version": champion.version, SCORE_DATE: date_key}
+        overwrite_partitions(scored, settings, HISTORIC_SCORES, SCORE_DATE, lineage)
+    finally:
+        scored.unpersist()
     latest_rows = write_latest(spark, settings)
     return ScoringResult(date_key, champion.version, eligible_count, rows, latest_rows)
 
 
 def write_latest(spark: SparkSession, settings: Settings) -> int:
     """Latest = the newest score date's partition (the current active base, one row per customer),
-    as a new version switched atomically. Taking the newest date, not this run's, keeps a backfill
+    replacing the whole table in one commit. Taking the newest date, not this run's, keeps a backfill
     of an older date from going live; customers who lapsed out of the active base drop out."""
-    newest = partition_values(settings.historic_scores_path, SCORE_DATE)[-1]
-    partition = settings.historic_scores_path / partition_name(SCORE_DATE, newest)
-    latest = spark.read.parquet(str(partition)).withColumn(SCORE_DATE, sf.lit(newest))
+    newest = list(partitions(settings, HISTORIC_SCORES, SCORE_DATE))[-1]
+    latest = spark.table(table_name(settings, HISTORIC_SCORES)).where(sf.col(SCORE_DATE) == newest)
     # Online rows are stamped with the scoring time: a rescored date replaces what serving holds.
     latest = latest.withColumn(F.EVENT_TIMESTAMP, sf.to_timestamp("scored_at").cast("timestamp_ntz"))
-    version = new_version()
-    target = settings.latest_scores_path / version
-    latest.select(*LATEST_COLUMNS).write.parquet(str(target))
-    rows = spark.read.parquet(str(target)).count()
-    switch_version(settings.latest_scores_path, version)
-    return rows
+    replace_table(latest.select(*LATEST_COLUMNS), settings, LATEST_SCORES, {SCORE_DATE: newest})
+    return int(spark.table(table_name(settings, LATEST_SCORES)).count())
 
 
-def latest_scores_dir(settings: Settings) -> Path:
-    """The version of the latest table readers see now."""
-    current = current_version(settings.latest_scores_path)
-    if current is None:
+def latest_scores(settings: Settings) -> TableSnapshot:
+    """The snapshot of the latest table readers see now."""
+    snapshot = current_snapshot(settings, LATEST_SCORES)
+    if snapshot is None:
         raise PropensityError("no latest scores yet; run the batch-scoring pipeline first")
-    return current
+    return snapshot
 
 
 def sample_latest_customers(settings: Settings, n: int, seed: int = 0) -> list[str]:
     """Up to `n` customer ids from the latest table, from its first batch only (no full read)."""
-    first = next(parquet_batches(latest_scores_dir(settings), max(n * 20, 10_000), [F.ENTITY]), None)
+    snapshot = latest_scores(settings)
+    batches = scan_batches(settings, LATEST_SCORES, max(n * 20, 10_000), [F.ENTITY], snapshot.snapshot_id)
+    first = next(batches, None)
     if first is None:
         return []
     return first[F.ENTITY].sample(n=min(n, len(first)), random_state=seed).tolist()
@@ -194,6 +190,6 @@ def sample_latest_customers(settings: Settings, n: int, seed: int = 0) -> list[s
 def publish_latest_scores(settings: Settings) -> int:
     """Push the latest table to the online store, where the predictor looks scores up."""
     Storage(settings).check()
-    current = latest_scores_dir(settings)
-    score_date = partition_values(settings.historic_scores_path, SCORE_DATE)[-1]
-    return push_snapshot_online(settings, SCORE_VIEW, pd.Timestamp(score_date), current.name, current)
+    snapshot = latest_scores(settings)
+    score_date = snapshot.properties[SCORE_DATE]
+    return push_snapshot_online(settings, SCORE_VIEW, pd.Timestamp(score_date), str(snapshot.snapshot_id), snapshot)

@@ -42,15 +42,16 @@ from propensity.lake import first_data_date, read_customers, read_transactions, 
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.storage import Storage
-from propensity.tables import current_version, parquet_batches
+from propensity.tables import TableSnapshot, current_version, parquet_batches, read_snapshot, scan_batches
 from propensity.training_set import TrainingSetInfo, write_training_set
 
 # ---------------------------------------------------------------------------------------------------
 # Online store
 
 
-def push_online(settings: Settings, view: str, source: Path, columns: list[str] | None = None) -> int:
-    """Write a Parquet table to a view of the online store through Feast, in batches; returns rows.
+def push_online(settings: Settings, view: str, source: Path | TableSnapshot, columns: list[str] | None = None) -> int:
+    """Write a table to a view of the online store through Feast, in batches; returns rows. The
+    source is a Parquet folder or one snapshot of an Iceberg table (exactly that snapshot is read).
 
     SQLite is one file with one writer: the driver streams the table's batches into it. Any other
     store (Redis) takes concurrent writers, so each Spark partition writes its own rows from the
@@ -58,18 +59,25 @@ def push_online(settings: Settings, view: str, source: Path, columns: list[str] 
     if settings.online_store == "sqlite":
         store = feature_store(settings)
         rows = 0
-        for batch in parquet_batches(source, settings.online_push_batch_rows, columns):
+        for batch in _batches(settings, source, columns):
             store.write_to_online_store(view, batch)
             rows += len(batch)
         return rows
     spark = spark_session(settings, "propensity-online-push")
-    frame = spark.read.parquet(str(source))
+    frame = spark.read.parquet(str(source)) if isinstance(source, Path) else read_snapshot(spark, settings, source)
     writers = settings.online_push_partitions or spark.sparkContext.defaultParallelism
     if frame.rdd.getNumPartitions() < writers:
         frame = frame.repartition(writers)
     written = frame.select(*(columns or frame.columns)).mapInPandas(write_partitions(settings, view), "rows long")
     total = written.agg(sf.sum("rows")).first()
     return int(total[0] or 0) if total is not None else 0
+
+
+def _batches(settings: Settings, source: Path | TableSnapshot, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+    rows = settings.online_push_batch_rows
+    if isinstance(source, Path):
+        return parquet_batches(source, rows, columns)
+    return scan_batches(settings, source.name, rows, columns, source.snapshot_id)
 
 
 def write_partitions(settings: Settings, view: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
@@ -86,7 +94,9 @@ def write_partitions(settings: Settings, view: str) -> Callable[[Iterator[pd.Dat
     return write
 
 
-def push_snapshot_online(settings: Settings, view: str, date: pd.Timestamp, version: str, source: Path) -> int:
+def push_snapshot_online(
+    settings: Settings, view: str, date: pd.Timestamp, version: str, source: Path | TableSnapshot
+) -> int:
     """Push a whole snapshot of a view unless the online store already holds a newer one (or this
     very version); returns the rows pushed. `version` tells recomputed snapshots of a date apart."""
     records = Storage(settings)

@@ -14,11 +14,9 @@ rerun recomputes nothing and a rescore replaces that date's points.
 
 from __future__ import annotations
 
-import hashlib
 import html
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +39,7 @@ from propensity.metrics import calibration_bin_column, calibration_error_from_bi
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.storage import Storage
-from propensity.tables import SCORE_DATE, partition_name, partition_values
+from propensity.tables import HISTORIC_SCORES, SCORE_DATE, TableSnapshot, partitions, read_snapshot
 
 SERIES_KEY = "monitoring/realised_accuracy.json"
 PLOT_KEY = "monitoring/realised_accuracy.png"
@@ -70,7 +68,7 @@ class AccuracyPoint:
     calibration_error: float  # propensity.metrics.expected_calibration_error, as training measures it
     mean_score: float
     positive_rate: float
-    fingerprint: str  # of the partition's files when computed: a rescored date is recomputed
+    fingerprint: str  # the historic table's snapshot that last changed the date: a rescored date is recomputed
 
 
 @dataclass(frozen=True)
@@ -96,16 +94,10 @@ def mann_whitney_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.nd
     return float((pos * (negatives_below + 0.5 * neg)).sum() / (total_pos * total_neg))
 
 
-def _partition(settings: Settings, score_date: str) -> Path:
-    return settings.historic_scores_path / partition_name(SCORE_DATE, score_date)
-
-
-def partition_fingerprint(partition: Path) -> str:
-    """sha256 over the sorted (file name, size) of a partition: rescoring writes new files."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in partition.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(partition).as_posix()}\t{path.stat().st_size}\n".encode())
-    return digest.hexdigest()
+def score_partitions(settings: Settings) -> dict[str, int]:
+    """Each score date of the historic table and the snapshot that last changed it: a rescored date
+    has a new one, so its realised accuracy is computed again (from the table's metadata, no JVM)."""
+    return partitions(settings, HISTORIC_SCORES, SCORE_DATE)
 
 
 def _naive(as_of: pd.Timestamp | str) -> pd.Timestamp:
@@ -126,12 +118,12 @@ def complete_score_dates(settings: Settings, as_of: pd.Timestamp) -> list[str]:
     cutoff = min(as_of, last_data_date(settings))
     horizon = pd.Timedelta(days=settings.label_horizon_days)
     complete = []
-    for value in partition_values(settings.historic_scores_path, SCORE_DATE):
+    for value in score_partitions(settings):
         try:
             day = pd.Timestamp(value)
         except ValueError:
             raise PropensityError(
-                f"{_partition(settings, value)} is not named by a date; remove it from the historic scores table"
+                f"the historic scores table has a partition {SCORE_DATE}={value!r}, which is not a date; delete it"
             ) from None
         if day + horizon <= cutoff:
             complete.append(value)
@@ -139,18 +131,21 @@ def complete_score_dates(settings: Settings, as_of: pd.Timestamp) -> list[str]:
 
 
 def _labelled_scores(
-    spark: SparkSession, settings: Settings, score_date: str, transactions: DataFrame, customers: DataFrame
+    spark: SparkSession,
+    settings: Settings,
+    score_date: str,
+    snapshot: int,
+    transactions: DataFrame,
+    customers: DataFrame,
 ) -> DataFrame:
-    """One partition's scores with their label and segment, each row twice: its country and "all"."""
-    entities = (
-        spark.read.parquet(str(_partition(settings, score_date)))
-        .where(sf.col("score").isNotNull())
-        .select(
-            F.ENTITY,
-            sf.col("score").cast("double").alias("score"),
-            sf.col("model_version").cast("string").alias("model_version"),
-            sf.lit(score_date).cast("timestamp_ntz").alias(F.EVENT_TIMESTAMP),
-        )
+    """One partition's scores, as of the snapshot that last changed it, with their label and segment,
+    each row twice: its country and "all"."""
+    historic = read_snapshot(spark, settings, TableSnapshot(HISTORIC_SCORES, snapshot, {}))
+    entities = historic.where((sf.col(SCORE_DATE) == score_date) & sf.col("score").isNotNull()).select(
+        F.ENTITY,
+        sf.col("score").cast("double").alias("score"),
+        sf.col("model_version").cast("string").alias("model_version"),
+        sf.lit(score_date).cast("timestamp_ntz").alias(F.EVENT_TIMESTAMP),
     )
     labelled = F.snapshot_labels(entities, transactions, settings.label_horizon_days)
     return labelled.join(customers, F.ENTITY, "left").select(
@@ -232,17 +227,19 @@ def realised_accuracy(
         sf.col("timestamp") < sf.lit(as_of.to_pydatetime()).cast("timestamp_ntz")
     )
     points: list[AccuracyPoint] = []
+    snapshots = score_partitions(settings)
     # One date at a time: the driver holds one date's score counts, never a partition's rows.
     for score_date in dates:
-        # Taken before reading: a partition rescored meanwhile gets a new fingerprint next time.
-        fingerprint = partition_fingerprint(_partition(settings, score_date))
+        # The partition as of this snapshot: one rescored meanwhile gets a new fingerprint next time.
+        snapshot = snapshots[score_date]
+        fingerprint = str(snapshot)
         start = pd.Timestamp(score_date)
         window_end = start + pd.Timedelta(days=settings.label_horizon_days)
         transactions = everything.where(  # partition pruning: only the label window's days are read
             (sf.col(DATE_PARTITION) >= sf.lit(str(start.date())).cast("date"))
             & (sf.col(DATE_PARTITION) < sf.lit(str(window_end.date())).cast("date"))
         )
-        labelled = _labelled_scores(spark, settings, score_date, transactions, customers).persist()
+        labelled = _labelled_scores(spark, settings, score_date, snapshot, transactions, customers).persist()
         try:
             summaries, aucs = _summaries(labelled), _aucs(labelled)
         finally:
@@ -289,7 +286,8 @@ def update_accuracy_series(settings: Settings, as_of: pd.Timestamp | None = None
     stored = read_accuracy_series(settings)
     known = {p.score_date: p.fingerprint for p in stored}
     complete = complete_score_dates(settings, as_of)
-    todo = [d for d in complete if known.get(d) != partition_fingerprint(_partition(settings, d))]
+    snapshots = score_partitions(settings)
+    todo = [d for d in complete if known.get(d) != str(snapshots[d])]
     if not todo:
         return AccuracySeries(points=stored, computed=[])
     spark = spark_session(settings, "propensity-accuracy")

@@ -27,6 +27,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from pyspark.sql import functions as sf
 
 from monitoring.accuracy import accuracy_condition, accuracy_plot_html, update_accuracy_series, write_accuracy_plot
 from monitoring.drift import (
@@ -42,13 +43,14 @@ from monitoring.drift import (
     reference_profile,
     sample_spark,
 )
+from propensity.catalog import table_name
 from propensity.errors import PropensityError
 from propensity.feature_table import scoring_features
 from propensity.lake import resolve_date
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.storage import Storage
-from propensity.tables import SCORE_DATE, partition_name, partition_values
+from propensity.tables import HISTORIC_SCORES, SCORE_DATE, partition_name, partitions
 from propensity.tracking import CHAMPION, ModelRef, alias_version, configure
 
 INFERENCE_DRIFT, SCORING_DRIFT, PREDICTION_DRIFT, REALISED_ACCURACY = (
@@ -180,8 +182,7 @@ def check_prediction_drift(
     as_of = resolve_date(settings, as_of_date)
     key = str(as_of.date())
     reference = champion_profile(settings, model)
-    table = settings.historic_scores_path
-    dates = [d for d in partition_values(table, SCORE_DATE) if d <= key] if table.is_dir() else []
+    dates = [d for d in partitions(settings, HISTORIC_SCORES, SCORE_DATE) if d <= key]
     if not dates:
         outcome = _outcome(
             PREDICTION_DRIFT, key, model, False, f"no batch scores on or before {key}: run batch scoring first"
@@ -191,7 +192,7 @@ def check_prediction_drift(
     spark = spark_session(settings, "propensity-monitoring")
 
     def scores(days: list[str]) -> Profile:
-        frame = spark.read.parquet(*[str(table / partition_name(SCORE_DATE, d)) for d in days])
+        frame = spark.table(table_name(settings, HISTORIC_SCORES)).where(sf.col(SCORE_DATE).isin(days))
         return profile_spark(frame, ["score"], [])
 
     newest, previous = dates[-1], dates[-1 - settings.prediction_drift_previous_dates : -1]

@@ -384,18 +384,6 @@ class Settings(BaseSettings):
         return f"feature_store/online_pushes-{self.online_store}-{store}.json"
 
     @property
-    def tables_dir(self) -> Path:
-        return self.data_root / "tables"
-
-    @property
-    def historic_scores_path(self) -> Path:
-        return self.tables_dir / "historic_scores"
-
-    @property
-    def latest_scores_path(self) -> Path:
-        return self.tables_dir / "latest_scores"
-
-    @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
 

@@ -22,15 +22,27 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow.dataset as ds
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as sf
+
+from propensity.catalog import NAMESPACE, catalog_name, python_catalog, table_name
+from propensity.settings import Settings
+
+if TYPE_CHECKING:
+    from pyiceberg.table import Table
 
 CURRENT_POINTER = "_CURRENT"
-# The historic scores table's partition column (one partition per scoring date).
+# The score tables (Iceberg) and the historic table's partition column (one partition per scoring date).
+HISTORIC_SCORES = "historic_scores"
+LATEST_SCORES = "latest_scores"
 SCORE_DATE = "score_date"
 VERSION_PREFIX = "v-"
 
@@ -203,3 +215,114 @@ def parquet_batches(path: Path, batch_rows: int, columns: list[str] | None = Non
     for batch in dataset.to_batches(columns=columns, batch_size=batch_rows):
         if batch.num_rows:
             yield batch.to_pandas()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Iceberg tables (docs/decisions.md, Tables). Commits, snapshots and cleanup belong to the format;
+# these are the few ways the pipeline writes and reads them. The catalog: propensity.catalog.
+
+
+def create_namespace(spark: SparkSession, settings: Settings) -> None:
+    spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {catalog_name(settings)}.{NAMESPACE}")
+
+
+def table_exists(spark: SparkSession, settings: Settings, name: str) -> bool:
+    return bool(spark.catalog.tableExists(table_name(settings, name)))
+
+
+def overwrite_partitions(
+    frame: DataFrame, settings: Settings, name: str, column: str, properties: dict[str, str] | None = None
+) -> None:
+    """Replace, in one commit, every partition of `column` that `frame` has rows for (a rerun of a
+    date replaces that date, never duplicates it); the table is created, partitioned by `column`, by
+    its first write. `properties` are recorded in the commit's snapshot summary (lineage)."""
+    spark = frame.sparkSession
+    create_namespace(spark, settings)
+    writer = frame.writeTo(table_name(settings, name))
+    for key, value in (properties or {}).items():
+        writer = writer.option(f"snapshot-property.{key}", value)
+    if not table_exists(spark, settings, name):
+        try:
+            writer.partitionedBy(sf.col(column)).create()
+            return
+        except AnalysisException as error:  # created meanwhile by a concurrent writer: replace as usual
+            if "already exists" not in str(error).lower():
+                raise
+    writer.overwritePartitions()
+
+
+def replace_table(frame: DataFrame, settings: Settings, name: str, properties: dict[str, str] | None = None) -> None:
+    """The whole table replaced by `frame` in one commit: readers see the old rows or the new ones."""
+    create_namespace(frame.sparkSession, settings)
+    writer = frame.writeTo(table_name(settings, name))
+    for key, value in (properties or {}).items():
+        writer = writer.option(f"snapshot-property.{key}", value)
+    writer.createOrReplace()
+
+
+def load_table(settings: Settings, name: str) -> Table | None:
+    """The table through PyIceberg (no JVM); None before its first write."""
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
+
+    try:
+        return python_catalog(settings).load_table(f"{NAMESPACE}.{name}")
+    except (NoSuchTableError, NoSuchNamespaceError):
+        return None
+
+
+def partitions(settings: Settings, name: str, column: str) -> dict[str, int]:
+    """Each partition's value (as text), sorted, and the snapshot that last changed it, from the
+    table's metadata (no data file is read, no JVM started); empty before the table's first write."""
+    table = load_table(settings, name)
+    if table is None or table.current_snapshot() is None:
+        return {}
+    rows = table.inspect.partitions().select(["partition", "last_updated_snapshot_id"]).to_pylist()
+    found = {str(row["partition"][column]): int(row["last_updated_snapshot_id"]) for row in rows}
+    return dict(sorted(found.items()))
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    """One snapshot of a table: what a reader pinned, so that everything it reads comes from it."""
+
+    name: str
+    snapshot_id: int
+    properties: dict[str, str]
+
+
+def current_snapshot(settings: Settings, name: str) -> TableSnapshot | None:
+    """The snapshot readers of the table see now, with the properties its commit recorded; None
+    before the table's first write."""
+    table = load_table(settings, name)
+    snapshot = table.current_snapshot() if table is not None else None
+    if snapshot is None:
+        return None
+    properties = {
+        str(k): str(v) for k, v in (snapshot.summary.additional_properties if snapshot.summary else {}).items()
+    }
+    return TableSnapshot(name, snapshot.snapshot_id, properties)
+
+
+def read_snapshot(spark: SparkSession, settings: Settings, snapshot: TableSnapshot) -> DataFrame:
+    """A Spark frame over exactly that snapshot (time travel)."""
+    return spark.sql(f"SELECT * FROM {table_name(settings, snapshot.name)} VERSION AS OF {snapshot.snapshot_id}")
+
+
+def scan_batches(
+    settings: Settings,
+    name: str,
+    batch_rows: int,
+    columns: list[str] | None = None,
+    snapshot_id: int | None = None,
+) -> Iterator[pd.DataFrame]:
+    """Stream an Iceberg table (or one snapshot of it) in bounded batches, from Python, without a JVM."""
+    table = load_table(settings, name)
+    if table is None:
+        return
+    fields = tuple(columns) if columns else ("*",)
+    scan = table.scan(selected_fields=fields, snapshot_id=snapshot_id)
+    for batch in scan.to_arrow_batch_reader():
+        for start in range(0, batch.num_rows, batch_rows):
+            part = batch.slice(start, batch_rows)
+            if part.num_rows:
+                yield part.to_pandas()

@@ -3,7 +3,6 @@ trigger condition against the floor and the model's own test AUC."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,9 @@ from propensity.errors import PropensityError
 from propensity.lake import ingest
 from propensity.metrics import expected_calibration_error
 from propensity.settings import Settings
+from propensity.spark import spark_session
 from propensity.storage import Storage
-from propensity.tables import SCORE_DATE, partition_name
+from propensity.tables import HISTORIC_SCORES, SCORE_DATE, overwrite_partitions
 
 FIRST, SECOND = "2025-03-01", "2025-03-10"  # score dates; the horizon is 30 days
 # (customer, country, score on FIRST, purchase days). Labels of FIRST: a purchase in [03-01, 03-31).
@@ -48,15 +48,13 @@ def pairs_auc(positives: list[float], negatives: list[float]) -> float:
     return wins / (len(positives) * len(negatives))
 
 
-def write_partition(settings: Settings, score_date: str, rows: list[tuple[str, float, str]], name: str) -> Path:
-    """A historic scores partition as batch scoring writes it: (customer_id, score, model_version)."""
-    folder = settings.historic_scores_path / partition_name(SCORE_DATE, score_date)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+def write_partition(settings: Settings, score_date: str, rows: list[tuple[str, float, str]]) -> None:
+    """A historic scores partition as batch scoring commits it: (customer_id, score, model_version)."""
     frame = pd.DataFrame(rows, columns=["customer_id", "score", "model_version"])
     frame["scored_at"] = f"{score_date}T02:00:00+00:00"
-    frame.to_parquet(folder / name, index=False)
-    return folder
+    frame[SCORE_DATE] = score_date
+    spark = spark_session(settings, "propensity-tests")
+    overwrite_partitions(spark.createDataFrame(frame), settings, HISTORIC_SCORES, SCORE_DATE)
 
 
 @pytest.fixture
@@ -73,8 +71,8 @@ def world(settings: Settings, spark: SparkSession, tmp_path: Path) -> Settings:
     tx.to_csv(tmp_path / "tx.csv", index=False)
     customers.to_csv(tmp_path / "customers.csv", index=False)
     ingest(settings, tmp_path / "tx.csv", tmp_path / "customers.csv")
-    write_partition(settings, FIRST, [(c, s, "1") for c, _, s, _ in CUSTOMERS], "part-00000-a.parquet")
-    write_partition(settings, SECOND, [("c1", 0.7, "2"), ("c6", 0.2, "2")], "part-00000-b.parquet")
+    write_partition(settings, FIRST, [(c, s, "1") for c, _, s, _ in CUSTOMERS])
+    write_partition(settings, SECOND, [("c1", 0.7, "2"), ("c6", 0.2, "2")])
     return settings
 
 
@@ -137,7 +135,7 @@ def test_updates_are_incremental_and_a_rescored_date_is_recomputed(world: Settin
 
     # Rescored: new files, and c2 now above c1. Only FIRST is recomputed, its points replaced.
     rescored = [(c, 0.95 if c == "c2" else s, "3") for c, _, s, _ in CUSTOMERS]
-    write_partition(world, FIRST, rescored, "part-00000-c.parquet")
+    write_partition(world, FIRST, rescored)
     again = update_accuracy_series(world, pd.Timestamp("2025-04-15"))
     assert again.computed == [FIRST]
     overall = by_segment(again.points, FIRST)["all"]

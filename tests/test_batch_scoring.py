@@ -1,5 +1,5 @@
 """Batch scoring on Spark: every eligible customer exactly once, reruns replace, a failed check or a
-killed run leaves the tables as they were, the latest table switches atomically and goes online."""
+killed run leaves the (Iceberg) tables as they were, the latest table is one commit and goes online."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from components import batch_scoring
-from components.batch_scoring import latest_scores_dir, publish_latest_scores, score_customers
+from components.batch_scoring import latest_scores, publish_latest_scores, score_customers
 from components.features import build_training_set, materialize_features
 from components.registry import Decision, register_models
 from components.training import train_candidates, train_realtime_model
@@ -26,7 +27,7 @@ from propensity.errors import PropensityError
 from propensity.lake import ingest, last_data_date
 from propensity.settings import Settings, get_settings
 from propensity.synthetic import generate
-from propensity.tables import CURRENT_POINTER
+from propensity.tables import HISTORIC_SCORES, LATEST_SCORES, current_snapshot, scan_batches
 from propensity.tracking import promote
 from tests.test_ingest import lake_customers, lake_transactions
 
@@ -59,8 +60,20 @@ def eligible(settings: Settings, as_of: pd.Timestamp) -> set[str]:
     return set(tx.loc[recent, "customer_id"]) & set(customers.loc[customers["signup_date"] < as_of, "customer_id"])
 
 
+def table_frame(settings: Settings, name: str, snapshot_id: int | None = None) -> pd.DataFrame:
+    """A (small) Iceberg table, or one snapshot of it, as its Python readers see it."""
+    batches = list(scan_batches(settings, name, 1_000_000, None, snapshot_id))
+    return pd.concat(batches, ignore_index=True) if batches else pd.DataFrame()
+
+
 def historic(settings: Settings) -> pd.DataFrame:
-    return pd.read_parquet(settings.historic_scores_path).astype({"score_date": str})
+    frame = table_frame(settings, HISTORIC_SCORES).astype({"score_date": str})
+    return frame.sort_values(["score_date", "customer_id"]).reset_index(drop=True)
+
+
+def data_files(settings: Settings, name: str) -> set[Path]:
+    """The Parquet files under a table's data folder, committed or not."""
+    return set((settings.data_root / "warehouse" / "propensity" / name / "data").rglob("*.parquet"))
 
 
 def test_every_eligible_customer_is_scored_exactly_once(scored_world: Settings) -> None:
@@ -71,17 +84,19 @@ def test_every_eligible_customer_is_scored_exactly_once(scored_world: Settings) 
     assert rows["customer_id"].is_unique
     assert set(rows["customer_id"]) == eligible(settings, as_of)
     assert rows["score"].between(0, 1).all()
-    latest = pd.read_parquet(latest_scores_dir(settings))
+    latest = table_frame(settings, LATEST_SCORES)
     assert sorted(latest["customer_id"]) == sorted(rows["customer_id"])
 
 
 def test_rerunning_a_date_replaces_its_partition(scored_world: Settings) -> None:
     before = historic(scored_world)
-    pointer_before = (scored_world.latest_scores_path / CURRENT_POINTER).read_text()
+    latest_before = latest_scores(scored_world)
     result = score_customers(scored_world)
     after = historic(scored_world)
     assert len(after) == len(before) == result.rows_scored == result.latest_rows
-    assert (scored_world.latest_scores_path / CURRENT_POINTER).read_text() != pointer_before
+    assert latest_scores(scored_world).snapshot_id != latest_before.snapshot_id
+    # The commit records where its scores came from.
+    assert current_snapshot(scored_world, HISTORIC_SCORES).properties["model_version"] == result.model_version
 
 
 @pytest.mark.parametrize(
@@ -112,7 +127,7 @@ def test_a_failed_reconciliation_leaves_both_tables_as_they_were(
     scored_world: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = scored_world
-    before, latest_before = historic(settings), latest_scores_dir(settings)
+    before, latest_before = current_snapshot(settings, HISTORIC_SCORES), latest_scores(settings)
     real = F.active_customers
 
     def one_customer_too_many(customers, transactions, as_of):  # type: ignore[no-untyped-def]
@@ -124,39 +139,68 @@ def test_a_failed_reconciliation_leaves_both_tables_as_they_were(
     monkeypatch.setattr(batch_scoring.F, "active_customers", one_customer_too_many)
     with pytest.raises(PropensityError, match=r"do not reconcile.*'ghost' is not scored"):
         score_customers(settings)
-    pd.testing.assert_frame_equal(historic(settings), before)
-    assert latest_scores_dir(settings) == latest_before
-    assert not list(settings.tables_dir.glob(".staging-*"))
+    assert current_snapshot(settings, HISTORIC_SCORES) == before
+    assert latest_scores(settings) == latest_before
 
 
-def test_a_run_killed_before_its_commit_changes_nothing_and_a_rerun_completes(scored_world: Settings) -> None:
+def test_a_run_killed_while_writing_its_files_changes_nothing_and_a_rerun_completes(scored_world: Settings) -> None:
+    """The whole run (Python and its JVM) killed after it wrote data files of the historic table and
+    before its commit: readers see the previous snapshot, and the rerun commits a clean one."""
     settings = scored_world
-    before, latest_before = historic(settings), latest_scores_dir(settings)
+    before, latest_before = historic(settings), latest_scores(settings)
+    files_before = data_files(settings, HISTORIC_SCORES)
     env = {**os.environ, **settings.as_env()}
-    code = "from components.batch_scoring import score_customers; from propensity.settings import get_settings; "
-    code += "score_customers(get_settings())"
+    # The write's second task holds off (one file written, the commit still to come) until it is killed.
+    code = textwrap.dedent(
+        """
+        import time
+        import components.batch_scoring as step
+        from propensity.settings import get_settings
+
+        real = step.overwrite_partitions
+
+        def slowed(frame, *args, **kwargs):
+            def hold_second(batches):
+                from pyspark import TaskContext
+
+                for batch in batches:
+                    if TaskContext.get().partitionId() == 1:
+                        time.sleep(600)
+                    yield batch
+
+            # No shuffle before the write (Iceberg would add one by score date), so the held task
+            # is a writing task: the first task's file is written while the second one waits.
+            frame.sparkSession.conf.set("spark.sql.iceberg.distribution-mode", "none")
+            frame = frame.repartition(2, "customer_id").mapInPandas(hold_second, frame.schema)
+            return real(frame, *args, **kwargs)
+
+        step.overwrite_partitions = slowed
+        step.score_customers(get_settings())
+        """
+    )
     process = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while not list(settings.tables_dir.glob(".staging-historic_scores-*")):
-            assert process.poll() is None, "the run ended before it staged anything"
-            assert time.monotonic() < deadline, "the run never staged its partition"
+        while not data_files(settings, HISTORIC_SCORES) - files_before:
+            assert process.poll() is None, "the run ended before it wrote a data file"
+            assert time.monotonic() < deadline, "the run never wrote a data file"
             time.sleep(0.05)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     pd.testing.assert_frame_equal(historic(settings), before)
-    assert latest_scores_dir(settings) == latest_before
+    assert latest_scores(settings) == latest_before
 
     result = score_customers(settings)
     assert result.rows_scored == len(before) and len(historic(settings)) == len(before)
+    assert historic(settings)["customer_id"].tolist() == before["customer_id"].tolist()
 
 
 def test_latest_scores_reach_the_online_store(scored_world: Settings) -> None:
     settings = scored_world
     assert publish_latest_scores(settings) > 0
     assert publish_latest_scores(settings) == 0  # this version is online already
-    latest = pd.read_parquet(latest_scores_dir(settings)).set_index("customer_id")
+    latest = table_frame(settings, LATEST_SCORES).set_index("customer_id")
     known = latest.index[0]
     store = feature_store(settings)
     online = store.get_online_features(

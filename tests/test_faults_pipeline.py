@@ -3,7 +3,8 @@ child process) between writing and committing, and in the middle of its commit. 
 previous state keeps serving, nothing is duplicated or half-visible, and a rerun completes with the
 result of an uninterrupted run.
 
-* batch scoring: killed when it commits the historic partition, and when it switches the latest table;
+* batch scoring (Iceberg tables): killed before it commits the historic partition, and before it
+  replaces the latest table (a kill while the JVM writes data files: tests/test_batch_scoring.py);
 * the offline feature table: killed when it commits its snapshots, and after its first snapshot moved;
 * `replace_partitions` itself: killed at every one of its file-system steps in turn;
 * model registration: killed between the two registrations, before the pairing tag, and between the
@@ -26,16 +27,27 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
-from components.batch_scoring import latest_scores_dir, score_customers
+from components.batch_scoring import latest_scores, score_customers
 from components.registry import Decision, register_models
 from propensity import features as F
+from propensity.catalog import table_name
 from propensity.errors import PropensityError
 from propensity.feature_table import SNAPSHOT_PARTITION, build_feature_table, computed_snapshots, stale_snapshots
 from propensity.lake import ingest, last_data_date
 from propensity.settings import Settings, get_settings
 from propensity.spark import spark_session
 from propensity.synthetic import generate
-from propensity.tables import SCORE_DATE, current_version, partition_values, replace_partitions, switch_version
+from propensity.tables import (
+    HISTORIC_SCORES,
+    LATEST_SCORES,
+    SCORE_DATE,
+    current_snapshot,
+    current_version,
+    partition_values,
+    partitions,
+    replace_partitions,
+    switch_version,
+)
 from propensity.tracking import (
     CHALLENGER,
     CHAMPION,
@@ -48,6 +60,7 @@ from propensity.tracking import (
     rolled_back_versions,
     served_realtime_model,
 )
+from tests.test_batch_scoring import table_frame
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -195,14 +208,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
 
 def historic(settings: Settings) -> pd.DataFrame:
-    """The historic table as its readers see it (pyarrow's hive dataset, like pandas and Feast)."""
-    frame = pd.read_parquet(settings.historic_scores_path).astype({SCORE_DATE: str})
+    """The historic table as its Python readers see it (PyIceberg, the current snapshot)."""
+    frame = table_frame(settings, HISTORIC_SCORES).astype({SCORE_DATE: str})
     return frame.sort_values([SCORE_DATE, F.ENTITY]).reset_index(drop=True)
 
 
-def spark_rows(spark: SparkSession, table: Path) -> int:
-    """How many rows Spark's reader of the whole table sees (it lists partitions itself)."""
-    return spark.read.parquet(str(table)).count()
+def latest(settings: Settings, snapshot_id: int | None = None) -> pd.DataFrame:
+    frame = table_frame(settings, LATEST_SCORES, snapshot_id)
+    return frame.sort_values(F.ENTITY).reset_index(drop=True)
 
 
 def scores_only(frame: pd.DataFrame) -> pd.DataFrame:
@@ -212,72 +225,64 @@ def scores_only(frame: pd.DataFrame) -> pd.DataFrame:
 
 def assert_one_clean_scoring(settings: Settings, expected: pd.DataFrame) -> None:
     after = historic(settings)
-    assert after[SCORE_DATE].nunique() == 1 and partition_values(settings.historic_scores_path, SCORE_DATE) == [
-        after[SCORE_DATE].iloc[0]
-    ]
+    assert after[SCORE_DATE].nunique() == 1
+    assert list(partitions(settings, HISTORIC_SCORES, SCORE_DATE)) == [after[SCORE_DATE].iloc[0]]
     assert after[F.ENTITY].is_unique
     pd.testing.assert_frame_equal(scores_only(after), scores_only(expected))
-    latest = pd.read_parquet(latest_scores_dir(settings)).sort_values(F.ENTITY).reset_index(drop=True)
-    assert latest[F.ENTITY].tolist() == after[F.ENTITY].tolist()
-    assert latest["scored_at"].tolist() == after["scored_at"].tolist()  # the same run's rows
+    now = latest(settings)
+    assert now[F.ENTITY].tolist() == after[F.ENTITY].tolist()
+    assert now["scored_at"].tolist() == after["scored_at"].tolist()  # the same run's rows
 
 
 def test_scoring_killed_before_the_historic_commit_leaves_both_tables_and_a_rerun_completes(
     world: Settings, spark: SparkSession
 ) -> None:
     settings = world
-    before, latest_before = historic(settings), latest_scores_dir(settings)
+    before, historic_before = historic(settings), current_snapshot(settings, HISTORIC_SCORES)
+    latest_before = latest_scores(settings)
     run_killed(
         """
         import components.batch_scoring as step
-        step.replace_partitions = die  # the staged partition is written and reconciled
+        step.overwrite_partitions = die  # the scores are computed and reconciled, not committed
         step.score_customers(settings)
         """,
         settings=settings,
     )
-    staged = list(settings.tables_dir.glob(".staging-historic_scores-*"))
-    assert staged and any(staged[0].rglob("*.parquet")), "the child died before staging its partition"
+    assert current_snapshot(settings, HISTORIC_SCORES) == historic_before
     pd.testing.assert_frame_equal(historic(settings), before)
-    assert spark_rows(spark, settings.historic_scores_path) == len(before)
-    assert latest_scores_dir(settings) == latest_before
+    assert spark.table(table_name(settings, HISTORIC_SCORES)).count() == len(before)
+    assert latest_scores(settings) == latest_before
 
-    # The next run ignores a recent leftover (it may be a concurrent writer's) and removes an old one.
-    old = pd.Timestamp.now().timestamp() - 25 * 3600
-    os.utime(staged[0], (old, old))
     result = score_customers(settings)
-    assert not staged[0].exists()
     assert result.rows_scored == result.latest_rows == len(before)
-    assert latest_scores_dir(settings) != latest_before
+    assert latest_scores(settings) != latest_before
     assert_one_clean_scoring(settings, before)
-    assert not [p for p in hidden_leftovers(settings.historic_scores_path) if p not in staged]
 
 
-def test_scoring_killed_before_the_latest_switch_keeps_the_latest_version(world: Settings) -> None:
+def test_scoring_killed_before_the_latest_commit_keeps_the_latest_snapshot(world: Settings) -> None:
     settings = world
-    before, latest_before = historic(settings), latest_scores_dir(settings)
-    assert latest_before is not None
-    latest_rows = pd.read_parquet(latest_before)
+    before, latest_before = historic(settings), latest_scores(settings)
+    latest_rows = latest(settings)
     run_killed(
         """
         import components.batch_scoring as step
-        step.switch_version = die  # the historic partition is committed, the new latest version written
+        step.replace_table = die  # the historic partition is committed, the latest table not yet
         step.score_customers(settings)
         """,
         settings=settings,
     )
-    # Readers of the latest table still see the previous version, whole.
-    assert latest_scores_dir(settings) == latest_before
-    pd.testing.assert_frame_equal(pd.read_parquet(latest_before), latest_rows)
+    # Readers of the latest table still see the previous snapshot, whole.
+    assert latest_scores(settings) == latest_before
+    pd.testing.assert_frame_equal(latest(settings), latest_rows)
     # The historic partition of the date was replaced whole by the killed run's (same customers and
     # scores: the same champion on the same snapshot); the latest table is behind it until the rerun.
     pd.testing.assert_frame_equal(scores_only(historic(settings)), scores_only(before))
-    orphans = [v for v in settings.latest_scores_path.glob("v-*") if v.name != latest_before.name]
-    assert orphans  # the killed run's unpublished version, which no pointer names
+    assert historic(settings)["scored_at"].tolist() != before["scored_at"].tolist()
 
     score_customers(settings)
     assert_one_clean_scoring(settings, before)
-    # A reader that resolved the pointer before this switch can still read what it resolved.
-    assert latest_before.is_dir(), "the previously served version was dropped at the switch"
+    # A reader that pinned the previous snapshot can still read it (until snapshots are expired).
+    pd.testing.assert_frame_equal(latest(settings, latest_before.snapshot_id), latest_rows)
 
 
 def test_an_unpublished_version_never_takes_the_place_of_the_served_one(tmp_path: Path) -> None:

@@ -14,15 +14,16 @@ import httpx
 import pandas as pd
 import pytest
 
-from components.batch_scoring import latest_scores_dir
 from components.deploy import DEPLOYED, read_deployments
 from monitoring.checks import CHECKS
 from monitoring.trigger import read_history
 from propensity.demo import SUMMARY_KEY, DemoOptions, free_port, run_demo, running_server
 from propensity.settings import Settings, get_settings
 from propensity.storage import Storage
+from propensity.tables import HISTORIC_SCORES, LATEST_SCORES
 from propensity.tracking import CHAMPION, alias_version
 from serving.inference_log import read_records
+from tests.test_batch_scoring import table_frame
 from tests.test_ingest import lake_customers, lake_transactions
 
 # The whole demo runs in the module fixture, more than the default timeout: 16 minutes alone on 2
@@ -32,7 +33,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(5400)]
 
 
 def read_latest_scores(settings: Settings) -> pd.DataFrame:
-    return pd.read_parquet(latest_scores_dir(settings))
+    return table_frame(settings, LATEST_SCORES)
+
+
+def read_historic_scores(settings: Settings) -> pd.DataFrame:
+    return table_frame(settings, HISTORIC_SCORES).astype({"score_date": str})
 
 
 # Exactly what `make demo` runs (`propensity demo` with its defaults): the decisions asserted here
@@ -80,7 +85,7 @@ def test_first_training_promotes_a_useful_model(demo: tuple[Settings, dict[str, 
 
 def test_every_known_customer_scored_exactly_once(demo: tuple[Settings, dict[str, Any]]) -> None:
     settings, summary = demo
-    historic = pd.read_parquet(settings.historic_scores_path).astype({"score_date": str})
+    historic = read_historic_scores(settings)
     assert historic["score_date"].nunique() == 3  # the first date and the two nights after new data
     for score_date, rows in historic.groupby("score_date"):
         assert rows["customer_id"].is_unique, score_date
@@ -176,9 +181,9 @@ def test_rescoring_a_date_replaces_its_partition(demo: tuple[Settings, dict[str,
     from components.batch_scoring import score_customers
 
     settings, _ = demo
-    before = pd.read_parquet(settings.historic_scores_path).astype({"score_date": str})
+    before = read_historic_scores(settings)
     result = score_customers(settings)  # the same date again
-    after = pd.read_parquet(settings.historic_scores_path).astype({"score_date": str})
+    after = read_historic_scores(settings)
     assert len(after) == len(before)
     assert (after["score_date"] == result.score_date).sum() == result.rows_scored
     # Backfilling the older date replaces only its partition and does not change what is live.
@@ -190,7 +195,7 @@ def test_rescoring_a_date_replaces_its_partition(demo: tuple[Settings, dict[str,
         read_latest_scores(settings).sort_values("customer_id").reset_index(drop=True)[["customer_id", "score_date"]],
         live.sort_values("customer_id").reset_index(drop=True)[["customer_id", "score_date"]],
     )
-    assert len(pd.read_parquet(settings.historic_scores_path)) == len(before)
+    assert len(read_historic_scores(settings)) == len(before)
 
 
 def test_no_drift_on_undrifted_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

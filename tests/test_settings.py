@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from propensity.catalog import catalog_url
 from propensity.errors import PropensityError
 from propensity.settings import get_settings
 from propensity.spark import spark_conf
@@ -14,7 +15,7 @@ def test_defaults_put_all_state_under_home(tmp_path: Path, monkeypatch: pytest.M
     settings = get_settings()
     assert settings.home == tmp_path / ".propensity"
     assert settings.tracking_uri == f"sqlite:///{tmp_path / '.propensity' / 'mlflow' / 'mlflow.db'}"
-    for path in (settings.lake_dir, settings.feature_store_dir, settings.tables_dir, settings.local_pipeline_root):
+    for path in (settings.lake_dir, settings.feature_store_dir, settings.local_pipeline_root):
         assert path.is_relative_to(settings.home)
     assert settings.storage_url == str(settings.home)
 
@@ -25,7 +26,7 @@ def test_tables_and_storage_move_state_out_of_the_work_dir(tmp_path: Path, monke
     monkeypatch.setenv("PROPENSITY_KFP_PIPELINE_ROOT", "s3://bucket/kfp")
     settings = get_settings(home=tmp_path / "home")
     assert settings.lake_dir == tmp_path / "shared" / "lake"
-    assert settings.latest_scores_path.is_relative_to(tmp_path / "shared")
+    assert catalog_url(settings) == f"sqlite:///{tmp_path / 'shared' / 'catalog.db'}"
     assert settings.storage_url == "s3://bucket/prefix"
     assert settings.local_pipeline_root == tmp_path / "home" / "kfp"  # kfp.local writes only to a local disk
 

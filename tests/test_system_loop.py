@@ -57,7 +57,7 @@ def loop(
     root = tmp_path_factory.mktemp("loop")
     connection = redis_service.connection(db=11)
     store, mlflow = object_store_and_mlflow
-    with postgres.database("feast") as registry:
+    with postgres.database("feast") as registry, postgres.database("catalog") as catalog:
         env = {
             **os.environ,
             **store.env,
@@ -68,6 +68,7 @@ def loop(
             "PROPENSITY_S3_REGION": store.region,
             "PROPENSITY_MLFLOW_TRACKING_URI": mlflow.url,
             "PROPENSITY_FEAST_REGISTRY": registry,
+            "PROPENSITY_CATALOG": catalog,  # the Iceberg catalog of the Spark tables
             "PROPENSITY_ONLINE_STORE": "redis",
             "PROPENSITY_REDIS_CONNECTION": connection,
             "PROPENSITY_SPARK_MASTER": spark_cluster.master,
@@ -172,7 +173,8 @@ def test_nothing_but_logs_was_written_to_the_work_dir(loop: Loop) -> None:
     )
     assert written == [".propensity-demo"]
     assert (loop.home / "logs" / "pipelines.log").is_file()
-    assert (loop.shared / "lake").is_dir() and (loop.shared / "tables" / "latest_scores").is_dir()
+    assert (loop.shared / "lake").is_dir() and (loop.shared / "warehouse" / "propensity" / "latest_scores").is_dir()
+    assert not (loop.shared / "catalog.db").exists()  # the Iceberg catalog is the PostgreSQL database
 
 
 def test_features_the_spark_cluster_computed_equal_the_reference(loop: Loop) -> None:
