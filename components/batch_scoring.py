@@ -11,7 +11,7 @@ whole in one commit; its push to the online store reads exactly that snapshot, i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -76,10 +76,10 @@ def _worker_model(tracking_uri: str, model_uri: str) -> Any:
 
 def score_batches(
     tracking_uri: str, model_uri: str, features: list[str]
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+) -> Callable[[Iterable[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """The `mapInPandas` function: (customer_id, features...) batches to (customer_id, score)."""
 
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def score(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = _worker_model(tracking_uri, model_uri)
         for batch in batches:
             probabilities = model.predict_proba(batch[features])[:, 1]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,10 +80,10 @@ def _batches(settings: Settings, source: Path | TableSnapshot, columns: list[str
     return scan_batches(settings, source.name, rows, columns, source.snapshot_id)
 
 
-def write_partitions(settings: Settings, view: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+def write_partitions(settings: Settings, view: str) -> Callable[[Iterable[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """The `mapInPandas` function of a parallel push: write each Arrow batch, yield the row counts."""
 
-    def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def write(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         store = feature_store(settings)
         size = settings.online_push_batch_rows
         for batch in batches:
