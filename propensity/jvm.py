@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import html
 import os
 import subprocess
 import sys
@@ -28,7 +29,6 @@ import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import quoteattr
 
 from propensity.errors import PropensityError
 
@@ -186,12 +186,15 @@ def class_path() -> list[Path]:
     return [directory / jar.filename for jar in jars]
 
 
+def _attr(value: str) -> str:
+    return f'"{html.escape(value, quote=True)}"'
+
+
 def ivy_module(roots: Iterable[tuple[str, str, str]], excluded: Iterable[tuple[str, str]]) -> str:
     dependencies = "\n".join(
-        f"    <dependency org={quoteattr(g)} name={quoteattr(a)} rev={quoteattr(v)} conf='default->default'/>"
-        for g, a, v in roots
+        f"    <dependency org={_attr(g)} name={_attr(a)} rev={_attr(v)} conf='default->default'/>" for g, a, v in roots
     )
-    excludes = "\n".join(f"    <exclude org={quoteattr(g)} module={quoteattr(a)}/>" for g, a in excluded)
+    excludes = "\n".join(f"    <exclude org={_attr(g)} module={_attr(a)}/>" for g, a in excluded)
     return (
         "<ivy-module version='2.0'>\n  <info organisation='propensity' module='jvm'/>\n  <dependencies>\n"
         f"{dependencies}\n{excludes}\n  </dependencies>\n</ivy-module>\n"

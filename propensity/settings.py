@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     catalog: SecretStr | None = Field(
         None,
         description="Database of the Iceberg catalog of the Spark tables, a SQLAlchemy URL: sqlite:///path or "
-        "postgresql://user:password@host:5432/db (default: a SQLite file beside the tables).",
+        "postgresql+psycopg://user@host:5432/db, a password after the user (default: a SQLite file beside the "
+        "tables).",
     )
     s3_endpoint_url: str | None = Field(
         None, description="S3 API endpoint for a non-AWS store (MinIO, SeaweedFS); credentials: AWS_* variables."
@@ -273,7 +274,7 @@ class Settings(BaseSettings):
     @classmethod
     def _catalog_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().startswith(("sqlite:///", "postgresql", "postgres://")):
-            raise ValueError("must be a SQLAlchemy URL: sqlite:///path or postgresql://user:password@host:5432/db")
+            raise ValueError("must be a SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host:5432/db")
         return value
 
     @field_validator("spark_master")

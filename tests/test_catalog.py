@@ -43,7 +43,7 @@ def test_a_catalog_needs_a_database_that_outlives_the_process(url: str) -> None:
 
 def test_the_catalog_setting_is_a_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROPENSITY_CATALOG", "mysql://host/db")
-    with pytest.raises(ValueError, match=r"(?s)catalog.*sqlite:///path or postgresql://"):
+    with pytest.raises(ValueError, match=r"(?s)catalog.*sqlite:///path or postgresql\+psycopg://"):
         get_settings()
 
 
