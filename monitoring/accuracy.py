@@ -94,20 +94,16 @@ def mann_whitney_auc(scores: np.ndarray, positives: np.ndarray, negatives: np.nd
     return float((pos * (negatives_below + 0.5 * neg)).sum() / (total_pos * total_neg))
 
 
-def score_partitions(settings: Settings) -> dict[str, int]:
-    """Each score date of the historic table and the snapshot that last changed it: a rescored date
-    has a new one, so its realised accuracy is computed again (from the table's metadata, no JVM)."""
-    return partitions(settings, HISTORIC_SCORES, SCORE_DATE)
-
-
 def _naive(as_of: pd.Timestamp | str) -> pd.Timestamp:
     value = pd.Timestamp(as_of)
     return value.tz_convert("UTC").tz_localize(None) if value.tzinfo is not None else value
 
 
-def complete_score_dates(settings: Settings, as_of: pd.Timestamp) -> list[str]:
+def complete_score_dates(settings: Settings, as_of: pd.Timestamp) -> dict[str, int]:
     """Score dates whose label window closed by `as_of` and by the end of the lake's data (a window
-    past the last ingested day is not complete: missing data would read as "did not buy")."""
+    past the last ingested day is not complete: missing data would read as "did not buy"), each with
+    the historic table's snapshot that last changed it: a rescored date has a new one, so its
+    realised accuracy is computed again (from the table's metadata, no JVM)."""
     as_of = _naive(as_of)
     first = first_data_date(settings)
     if as_of <= first:
@@ -117,8 +113,8 @@ def complete_score_dates(settings: Settings, as_of: pd.Timestamp) -> list[str]:
         )
     cutoff = min(as_of, last_data_date(settings))
     horizon = pd.Timedelta(days=settings.label_horizon_days)
-    complete = []
-    for value in score_partitions(settings):
+    complete = {}
+    for value, snapshot in partitions(settings, HISTORIC_SCORES, SCORE_DATE).items():
         try:
             day = pd.Timestamp(value)
         except ValueError:
@@ -126,7 +122,7 @@ def complete_score_dates(settings: Settings, as_of: pd.Timestamp) -> list[str]:
                 f"the historic scores table has a partition {SCORE_DATE}={value!r}, which is not a date; delete it"
             ) from None
         if day + horizon <= cutoff:
-            complete.append(value)
+            complete[value] = snapshot
     return complete
 
 
@@ -211,7 +207,7 @@ def realised_accuracy(
     as_of = _naive(as_of)
     complete = complete_score_dates(settings, as_of)
     if score_dates is None:
-        dates = complete
+        dates = list(complete)
     else:
         incomplete = sorted(set(score_dates) - set(complete))
         if incomplete:
@@ -227,11 +223,10 @@ def realised_accuracy(
         sf.col("timestamp") < sf.lit(as_of.to_pydatetime()).cast("timestamp_ntz")
     )
     points: list[AccuracyPoint] = []
-    snapshots = score_partitions(settings)
     # One date at a time: the driver holds one date's score counts, never a partition's rows.
     for score_date in dates:
         # The partition as of this snapshot: one rescored meanwhile gets a new fingerprint next time.
-        snapshot = snapshots[score_date]
+        snapshot = complete[score_date]
         fingerprint = str(snapshot)
         start = pd.Timestamp(score_date)
         window_end = start + pd.Timedelta(days=settings.label_horizon_days)
@@ -286,8 +281,7 @@ def update_accuracy_series(settings: Settings, as_of: pd.Timestamp | None = None
     stored = read_accuracy_series(settings)
     known = {p.score_date: p.fingerprint for p in stored}
     complete = complete_score_dates(settings, as_of)
-    snapshots = score_partitions(settings)
-    todo = [d for d in complete if known.get(d) != str(snapshots[d])]
+    todo = [d for d, snapshot in complete.items() if known.get(d) != str(snapshot)]
     if not todo:
         return AccuracySeries(points=stored, computed=[])
     spark = spark_session(settings, "propensity-accuracy")

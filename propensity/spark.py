@@ -49,7 +49,6 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         # The table format, its catalog and S3 clients (propensity/jvm.lock), sent to every executor.
         "spark.jars": ",".join(str(path) for path in class_path()),
         "spark.sql.extensions": EXTENSIONS,  # Iceberg's SQL: maintenance procedures (expire snapshots)
-        **spark_catalog_conf(settings),
     }
     if not settings.spark_master.startswith("local"):
         # Executors are other processes (other machines): they run the project's interpreter (the
@@ -158,7 +157,7 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
-    # A session created for other settings (one per process) learns this catalog too.
+    # The catalog of these settings, also on a session created for others (one session per process).
     for key, value in spark_catalog_conf(settings).items():
         spark.conf.set(key, value)
     return spark

@@ -230,18 +230,23 @@ def table_exists(spark: SparkSession, settings: Settings, name: str) -> bool:
     return bool(spark.catalog.tableExists(table_name(settings, name)))
 
 
+def _writer(frame: DataFrame, settings: Settings, name: str, properties: dict[str, str] | None) -> Any:
+    """A writer to the table whose commit records `properties` in its snapshot summary (lineage)."""
+    create_namespace(frame.sparkSession, settings)
+    writer = frame.writeTo(table_name(settings, name))
+    for key, value in (properties or {}).items():
+        writer = writer.option(f"snapshot-property.{key}", value)
+    return writer
+
+
 def overwrite_partitions(
     frame: DataFrame, settings: Settings, name: str, column: str, properties: dict[str, str] | None = None
 ) -> None:
     """Replace, in one commit, every partition of `column` that `frame` has rows for (a rerun of a
     date replaces that date, never duplicates it); the table is created, partitioned by `column`, by
     its first write. `properties` are recorded in the commit's snapshot summary (lineage)."""
-    spark = frame.sparkSession
-    create_namespace(spark, settings)
-    writer = frame.writeTo(table_name(settings, name))
-    for key, value in (properties or {}).items():
-        writer = writer.option(f"snapshot-property.{key}", value)
-    if not table_exists(spark, settings, name):
+    writer = _writer(frame, settings, name, properties)
+    if not table_exists(frame.sparkSession, settings, name):
         try:
             writer.partitionedBy(sf.col(column)).create()
             return
@@ -253,11 +258,7 @@ def overwrite_partitions(
 
 def replace_table(frame: DataFrame, settings: Settings, name: str, properties: dict[str, str] | None = None) -> None:
     """The whole table replaced by `frame` in one commit: readers see the old rows or the new ones."""
-    create_namespace(frame.sparkSession, settings)
-    writer = frame.writeTo(table_name(settings, name))
-    for key, value in (properties or {}).items():
-        writer = writer.option(f"snapshot-property.{key}", value)
-    writer.createOrReplace()
+    _writer(frame, settings, name, properties).createOrReplace()
 
 
 def load_table(settings: Settings, name: str) -> Table | None:
