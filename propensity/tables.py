@@ -239,6 +239,20 @@ def _writer(frame: DataFrame, settings: Settings, name: str, properties: dict[st
     return writer
 
 
+def _created(writer: Any, frame: DataFrame, settings: Settings, name: str, column: str) -> bool:
+    """Create the table, partitioned by `column`, with `frame`'s rows when it does not exist yet
+    (True); False when it does, or was created meanwhile by a concurrent writer."""
+    if table_exists(frame.sparkSession, settings, name):
+        return False
+    try:
+        writer.partitionedBy(sf.col(column)).create()
+        return True
+    except AnalysisException as error:
+        if "already exists" not in str(error).lower():
+            raise
+        return False
+
+
 def overwrite_partitions(
     frame: DataFrame, settings: Settings, name: str, column: str, properties: dict[str, str] | None = None
 ) -> None:
@@ -246,14 +260,25 @@ def overwrite_partitions(
     date replaces that date, never duplicates it); the table is created, partitioned by `column`, by
     its first write. `properties` are recorded in the commit's snapshot summary (lineage)."""
     writer = _writer(frame, settings, name, properties)
-    if not table_exists(frame.sparkSession, settings, name):
-        try:
-            writer.partitionedBy(sf.col(column)).create()
-            return
-        except AnalysisException as error:  # created meanwhile by a concurrent writer: replace as usual
-            if "already exists" not in str(error).lower():
-                raise
-    writer.overwritePartitions()
+    if not _created(writer, frame, settings, name, column):
+        writer.overwritePartitions()
+
+
+def overwrite_where(
+    frame: DataFrame,
+    settings: Settings,
+    name: str,
+    column: str,
+    values: list[str],
+    properties: dict[str, str] | None = None,
+) -> None:
+    """Replace, in one commit, every row whose `column` is one of `values` by the rows of `frame`
+    (all of them with one of those values): a value `frame` has no rows for ends up empty, where
+    `overwrite_partitions` would keep its old rows. The table is created, partitioned by `column`, by
+    its first write."""
+    writer = _writer(frame, settings, name, properties)
+    if not _created(writer, frame, settings, name, column):
+        writer.overwrite(sf.col(column).isin(values))
 
 
 def replace_table(frame: DataFrame, settings: Settings, name: str, properties: dict[str, str] | None = None) -> None:
@@ -271,15 +296,25 @@ def load_table(settings: Settings, name: str) -> Table | None:
         return None
 
 
-def partitions(settings: Settings, name: str, column: str) -> dict[str, int]:
-    """Each partition's value (as text), sorted, and the snapshot that last changed it, from the
-    table's metadata (no data file is read, no JVM started); empty before the table's first write."""
+def partition_updates(settings: Settings, name: str, column: str) -> dict[str, tuple[int, datetime]]:
+    """Each partition's value (as text), sorted, with the snapshot that last changed it and when
+    (UTC), from the table's metadata (no data file is read, no JVM started); empty before the
+    table's first write."""
     table = load_table(settings, name)
     if table is None or table.current_snapshot() is None:
         return {}
-    rows = table.inspect.partitions().select(["partition", "last_updated_snapshot_id"]).to_pylist()
-    found = {str(row["partition"][column]): int(row["last_updated_snapshot_id"]) for row in rows}
+    rows = table.inspect.partitions().select(["partition", "last_updated_snapshot_id", "last_updated_at"]).to_pylist()
+    found = {str(row["partition"][column]): _update(row) for row in rows}
     return dict(sorted(found.items()))
+
+
+def _update(row: dict[str, Any]) -> tuple[int, datetime]:
+    return int(row["last_updated_snapshot_id"]), row["last_updated_at"].replace(tzinfo=UTC)
+
+
+def partitions(settings: Settings, name: str, column: str) -> dict[str, int]:
+    """Each partition's value (as text), sorted, and the snapshot that last changed it."""
+    return {value: snapshot for value, (snapshot, _) in partition_updates(settings, name, column).items()}
 
 
 @dataclass(frozen=True)
@@ -289,6 +324,26 @@ class TableSnapshot:
     name: str
     snapshot_id: int
     properties: dict[str, str]
+    # (column, value): only the rows of that partition (one date of a table partitioned by date).
+    partition: tuple[str, str] | None = None
+
+
+def _properties(snapshot: Any) -> dict[str, str]:
+    """What the commit of a PyIceberg snapshot recorded in its summary (lineage)."""
+    summary = snapshot.summary.additional_properties if snapshot.summary else {}
+    return {str(k): str(v) for k, v in summary.items()}
+
+
+def snapshot_history(settings: Settings, name: str) -> list[TableSnapshot]:
+    """The snapshots readers of the table have seen, oldest first, as far back as the table keeps them
+    (the maintenance step expires old ones); empty before its first write."""
+    from pyiceberg.table.snapshots import ancestors_of
+
+    table = load_table(settings, name)
+    if table is None:
+        return []
+    seen = ancestors_of(table.current_snapshot(), table.metadata)
+    return [TableSnapshot(name, s.snapshot_id, _properties(s)) for s in reversed(list(seen))]
 
 
 def current_snapshot(settings: Settings, name: str) -> TableSnapshot | None:
@@ -298,17 +353,18 @@ def current_snapshot(settings: Settings, name: str) -> TableSnapshot | None:
     snapshot = table.current_snapshot() if table is not None else None
     if snapshot is None:
         return None
-    properties = {
-        str(k): str(v) for k, v in (snapshot.summary.additional_properties if snapshot.summary else {}).items()
-    }
-    return TableSnapshot(name, snapshot.snapshot_id, properties)
+    return TableSnapshot(name, snapshot.snapshot_id, _properties(snapshot))
 
 
 def read_snapshot(spark: SparkSession, settings: Settings, snapshot: TableSnapshot) -> DataFrame:
     """A Spark frame over exactly that snapshot (time travel)."""
     # Security lint (B608): a table name of ours and an integer snapshot id, nothing a user typed.
     query = f"SELECT * FROM {table_name(settings, snapshot.name)} VERSION AS OF {int(snapshot.snapshot_id)}"  # nosec B608
-    return spark.sql(query)
+    frame = spark.sql(query)
+    if snapshot.partition is not None:
+        column, value = snapshot.partition
+        frame = frame.where(sf.col(column) == value)
+    return frame
 
 
 def scan_batches(
@@ -317,13 +373,21 @@ def scan_batches(
     batch_rows: int,
     columns: list[str] | None = None,
     snapshot_id: int | None = None,
+    partition: tuple[str, str] | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """Stream an Iceberg table (or one snapshot of it) in bounded batches, from Python, without a JVM."""
+    """Stream an Iceberg table (or one snapshot of it, or one partition of that) in bounded batches,
+    from Python, without a JVM."""
+    from pyiceberg.expressions import AlwaysTrue, BooleanExpression, EqualTo, Reference
+    from pyiceberg.expressions.literals import literal
+
     table = load_table(settings, name)
     if table is None:
         return
     fields = tuple(columns) if columns else ("*",)
-    scan = table.scan(selected_fields=fields, snapshot_id=snapshot_id)
+    rows: BooleanExpression = AlwaysTrue()
+    if partition is not None:
+        rows = EqualTo(term=Reference(partition[0]), value=literal(partition[1]))
+    scan = table.scan(row_filter=rows, selected_fields=fields, snapshot_id=snapshot_id)
     for batch in scan.to_arrow_batch_reader():
         for start in range(0, batch.num_rows, batch_rows):
             part = batch.slice(start, batch_rows)

@@ -74,3 +74,37 @@ def test_spark_writes_an_iceberg_table_that_pyiceberg_reads(tmp_path: Path) -> N
     assert sorted(table.scan().to_arrow().column("score").to_pylist()) == [0.2, 0.9]
     assert [s.snapshot_id for s in table.snapshots()] == [s.snapshot_id for s in snapshots]
     assert (tmp_path / "warehouse").is_dir() and (tmp_path / "catalog.db").is_file()
+
+
+def test_overwrite_where_empties_a_value_that_comes_out_empty_and_keeps_the_others(tmp_path: Path) -> None:
+    """Dates recomputed together replace their rows in one commit, including a date whose new result
+    has no rows (overwritePartitions would keep its old ones); the commits' properties are the
+    table's history, and a partition read is pinned to one snapshot."""
+    from propensity.spark import spark_session
+    from propensity.tables import (
+        TableSnapshot,
+        current_snapshot,
+        overwrite_where,
+        partition_updates,
+        read_snapshot,
+        scan_batches,
+        snapshot_history,
+    )
+
+    settings = get_settings(home=tmp_path, spark_shuffle_partitions=2)
+    spark = spark_session(settings, "propensity-tests")
+    schema = "customer_id string, value double, day string"
+    first = spark.createDataFrame([("a", 1.0, "d1"), ("b", 2.0, "d2"), ("c", 3.0, "d3")], schema)
+    overwrite_where(first, settings, "t", "day", ["d1", "d2", "d3"], {"run": "1"})
+    pinned = current_snapshot(settings, "t")
+    assert pinned is not None
+    overwrite_where(spark.createDataFrame([("a", 9.0, "d1")], schema), settings, "t", "day", ["d1", "d2"], {"run": "2"})
+
+    rows = sorted((r.customer_id, r.value, r.day) for r in spark.table(table_name(settings, "t")).collect())
+    assert rows == [("a", 9.0, "d1"), ("c", 3.0, "d3")]
+    assert list(partition_updates(settings, "t", "day")) == ["d1", "d3"]
+    assert [s.properties.get("run") for s in snapshot_history(settings, "t")] == ["1", "2"]
+    d2 = TableSnapshot("t", pinned.snapshot_id, {}, ("day", "d2"))
+    assert [r.customer_id for r in read_snapshot(spark, settings, d2).collect()] == ["b"]
+    batches = scan_batches(settings, "t", 10, None, d2.snapshot_id, d2.partition)
+    assert [list(batch["customer_id"]) for batch in batches] == [["b"]]
