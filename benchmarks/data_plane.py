@@ -40,12 +40,20 @@ from components.training import train_candidates, train_realtime_model
 from feature_repo.definitions import ACTIVITY_VIEW
 from feature_repo.store import feature_repo, feature_store
 from propensity import features as F
-from propensity.feature_table import build_feature_table, computed_snapshots, scoring_features, snapshot_partition
+from propensity.catalog import table_name
+from propensity.feature_table import (
+    FEATURE_SNAPSHOTS,
+    build_feature_table,
+    computed_snapshots,
+    feature_snapshot,
+    scoring_features,
+)
 from propensity.lake import ingest, last_data_date
 from propensity.settings import Settings, get_settings
 from propensity.spark import spark_session
 from propensity.storage import Storage
 from propensity.synthetic import generate
+from propensity.tables import scan_batches
 from propensity.tracking import CHAMPION, alias_version, configure, promote
 
 # The Redis server is started as the tests start theirs (tests/services.py, in the checkout beside).
@@ -53,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.services import redis_server
 
 FLOOR = "identity pandas UDF (floor)"
+ACTIVITY = [F.ENTITY, F.EVENT_TIMESTAMP, *F.SNAPSHOT_FEATURES]  # the activity view's columns
 LADDER_REPEAT_LIMIT = 100_000  # above this, one run per stage is enough (and all the machine can afford)
 
 
@@ -67,8 +76,8 @@ def reset_online(settings: Settings) -> None:
     Storage(settings).delete(settings.online_pushes_key)
 
 
-def reset_feature_table(settings: Settings) -> None:
-    shutil.rmtree(settings.offline_features_path, ignore_errors=True)
+def reset_feature_table(spark: Any, settings: Settings) -> None:
+    spark.sql(f"DROP TABLE IF EXISTS {table_name(settings, FEATURE_SNAPSHOTS)} PURGE")
 
 
 def prepare(settings: Settings, customers: int, days: int, work: Path) -> dict[str, Any]:
@@ -114,7 +123,7 @@ def ladder_stage_times(settings: Settings, work: Path, repeats: int) -> dict[str
     dates = feature_dates(settings, as_of)
     times: dict[str, list[float]] = {"feature build": [], "training set": [], "batch scoring": [], "online push": []}
     for _ in range(repeats):
-        reset_feature_table(settings)
+        reset_feature_table(spark, settings)
         times["feature build"].append(timed(lambda: build_feature_table(spark, settings, dates))[0])
         feature_store(settings).apply(feature_repo(settings).objects)  # type: ignore[arg-type]
         if alias_version(settings, settings.model_name, CHAMPION) is None:
@@ -125,7 +134,7 @@ def ladder_stage_times(settings: Settings, work: Path, repeats: int) -> dict[str
         version = computed_snapshots(settings)[str(as_of.date())]
 
         def push(version: str = version) -> None:
-            push_snapshot_online(settings, ACTIVITY_VIEW, as_of, version, snapshot_partition(settings, as_of))
+            push_snapshot_online(settings, ACTIVITY_VIEW, as_of, version, feature_snapshot(settings, as_of), ACTIVITY)
             publish_latest_scores(settings)
 
         times["online push"].append(timed(push)[0])
@@ -146,7 +155,7 @@ def scoring_comparison(settings: Settings, work: Path, repeats: int) -> dict[str
     spark = spark_session(settings, "bench")
     as_of = last_data_date(settings)
     path = work / "scoring-input"
-    scoring_features(spark, settings, as_of).write.mode("overwrite").parquet(str(path))
+    scoring_features(spark, settings, feature_snapshot(settings, as_of)).write.mode("overwrite").parquet(str(path))
     frame = spark.read.parquet(str(path))
     rows = frame.count()
     champion = alias_version(settings, settings.model_name, CHAMPION)
@@ -210,13 +219,14 @@ def push_comparison(settings: Settings, repeats: int, redis: Any | None = None) 
     store is emptied before each timed push and holds every row after it."""
     as_of = last_data_date(settings)
     version = computed_snapshots(settings)[str(as_of.date())]
-    source = snapshot_partition(settings, as_of)
-    rows = len(pd.read_parquet(source, columns=[F.ENTITY]))
+    source = feature_snapshot(settings, as_of)
+    batches = scan_batches(settings, source.name, 10**6, [F.ENTITY], source.snapshot_id, source.partition)
+    rows = sum(len(batch) for batch in batches)
     store = feature_store(settings)
     start, end = (as_of - pd.Timedelta(seconds=1)).to_pydatetime(), (as_of + pd.Timedelta(seconds=1)).to_pydatetime()
 
     def ours() -> None:
-        assert push_snapshot_online(settings, ACTIVITY_VIEW, as_of, version, source) == rows
+        assert push_snapshot_online(settings, ACTIVITY_VIEW, as_of, version, source, ACTIVITY) == rows
 
     def feast_materialize() -> None:
         store.materialize(start_date=start, end_date=end, feature_views=[ACTIVITY_VIEW])

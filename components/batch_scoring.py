@@ -26,7 +26,7 @@ from feature_repo.definitions import SCORE_VIEW
 from propensity import features as F
 from propensity.catalog import table_name
 from propensity.errors import PropensityError
-from propensity.feature_table import scoring_features, snapshot_key
+from propensity.feature_table import feature_snapshot, scoring_features, snapshot_key
 from propensity.lake import read_customers, read_transactions, resolve_date
 from propensity.settings import Settings
 from propensity.spark import spark_session
@@ -44,6 +44,8 @@ from propensity.tables import (
 )
 from propensity.tracking import CHAMPION, ModelRef, alias_version
 
+# Each historic partition's commit records the feature table's snapshot it was scored from.
+FEATURE_LINEAGE = "feature-snapshot"
 SCORE_COLUMNS = [F.ENTITY, "score", "model_version", "scored_at", SCORE_DATE]
 LATEST_COLUMNS = [*SCORE_COLUMNS, F.EVENT_TIMESTAMP]
 
@@ -136,9 +138,10 @@ def score_customers(settings: Settings, score_date: str | None = None) -> Scorin
         raise PropensityError(f"model '{settings.model_name}' has no champion yet; run the training pipeline first")
     as_of = resolve_date(settings, score_date)
     date_key = snapshot_key(as_of)
+    features = feature_snapshot(settings, as_of)
     spark = spark_session(settings, "propensity-batch-scoring")
     scored = (
-        apply_model(scoring_features(spark, settings, as_of), settings, champion, settings.scoring_partitions)
+        apply_model(scoring_features(spark, settings, features), settings, champion, settings.scoring_partitions)
         .withColumn("model_version", sf.lit(champion.version))
         .withColumn("scored_at", sf.lit(datetime.now(UTC).isoformat(timespec="seconds")))
         .withColumn(SCORE_DATE, sf.lit(date_key))
@@ -149,7 +152,7 @@ def score_customers(settings: Settings, score_date: str | None = None) -> Scorin
     try:
         eligible = F.active_customers(read_customers(spark, settings), read_transactions(spark, settings), as_of)
         rows, eligible_count = reconcile(scored, eligible)
-        lineage = {"model_version": champion.version, SCORE_DATE: date_key}
+        lineage = {"model_version": champion.version, SCORE_DATE: date_key, FEATURE_LINEAGE: str(features.snapshot_id)}
         overwrite_partitions(scored, settings, HISTORIC_SCORES, SCORE_DATE, lineage)
     finally:
         scored.unpersist()

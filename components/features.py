@@ -34,8 +34,8 @@ from propensity.errors import PropensityError
 from propensity.feature_table import (
     build_feature_table,
     computed_snapshots,
+    feature_snapshot,
     snapshot_key,
-    snapshot_partition,
     stale_snapshots,
 )
 from propensity.lake import first_data_date, read_customers, read_transactions, resolve_date
@@ -77,7 +77,7 @@ def _batches(settings: Settings, source: Path | TableSnapshot, columns: list[str
     rows = settings.online_push_batch_rows
     if isinstance(source, Path):
         return parquet_batches(source, rows, columns)
-    return scan_batches(settings, source.name, rows, columns, source.snapshot_id)
+    return scan_batches(settings, source.name, rows, columns, source.snapshot_id, source.partition)
 
 
 def write_partitions(settings: Settings, view: str) -> Callable[[Iterable[pd.DataFrame]], Iterator[pd.DataFrame]]:
@@ -95,7 +95,12 @@ def write_partitions(settings: Settings, view: str) -> Callable[[Iterable[pd.Dat
 
 
 def push_snapshot_online(
-    settings: Settings, view: str, date: pd.Timestamp, version: str, source: Path | TableSnapshot
+    settings: Settings,
+    view: str,
+    date: pd.Timestamp,
+    version: str,
+    source: Path | TableSnapshot,
+    columns: list[str] | None = None,
 ) -> int:
     """Push a whole snapshot of a view unless the online store already holds a newer one (or this
     very version); returns the rows pushed. `version` tells recomputed snapshots of a date apart."""
@@ -105,7 +110,7 @@ def push_snapshot_online(
     key = snapshot_key(date)
     if online.get("snapshot", "") > key or (online.get("snapshot") == key and online.get("version") == version):
         return 0
-    rows = push_online(settings, view, source)
+    rows = push_online(settings, view, source, columns)
     pushes[view] = {"snapshot": key, "version": version, "pushed_at": datetime.now(UTC).isoformat()}
     records.write_json(settings.online_pushes_key, pushes)
     return rows
@@ -164,7 +169,8 @@ def materialize_features(settings: Settings, as_of_date: str | None = None) -> M
         ACTIVITY_VIEW,
         as_of,
         computed_snapshots(settings)[snapshot_key(as_of)],
-        snapshot_partition(settings, as_of),
+        feature_snapshot(settings, as_of),
+        [F.ENTITY, F.EVENT_TIMESTAMP, *F.SNAPSHOT_FEATURES],
     )
     online_rows += push_profiles_online(settings)
     return MaterializeResult(

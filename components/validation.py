@@ -36,7 +36,8 @@ from pyspark.sql import functions as sf
 
 from components.features import feature_dates
 from propensity import features as F
-from propensity.feature_table import SNAPSHOT_PARTITION
+from propensity.catalog import table_name
+from propensity.feature_table import FEATURE_SNAPSHOTS, SNAPSHOT_PARTITION
 from propensity.lake import read_customers, read_transactions
 from propensity.settings import Settings
 from propensity.spark import spark_session
@@ -278,7 +279,7 @@ def validate_data(settings: Settings, training_set: Path) -> ValidationResult:
     )
     keys = [str(d.date()) for d in dates]
     table = (
-        spark.read.parquet(str(settings.offline_features_path))
+        spark.table(table_name(settings, FEATURE_SNAPSHOTS))
         .where(sf.col(SNAPSHOT_PARTITION).cast("string").isin(keys))
         .drop(SNAPSHOT_PARTITION)
     )

@@ -1,16 +1,20 @@
 """Feast objects of the propensity project.
 
-They are built by a function rather than at module level because source paths come from the
-settings (a work directory locally, object storage on the cluster); `feature_store()` applies them.
+They are built by a function rather than at module level because their sources come from the
+settings (the Iceberg catalog and the lake's location); `feature_store()` applies them. Feast's
+Spark offline store reads every source: point-in-time joins run in Spark, over the feature table
+through its Iceberg catalog.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, ValueType
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.types import Float64, Int64, String
 
 from propensity.features import ENTITY, EVENT_TIMESTAMP, SNAPSHOT_FEATURES
@@ -46,25 +50,35 @@ class FeatureRepo:
 
 
 @dataclass(frozen=True)
-class SourcePaths:
+class Sources:
     """Where each view's offline rows live: tables written by Spark, not by Feast."""
 
-    activity: Path  # the offline feature table, partitioned by snapshot date
-    profile: Path  # the current version of the lake's customers table
-    score: Path  # an empty file: scores reach the online store by push only
+    activity: str  # the offline feature table (Iceberg, partitioned by snapshot date), as Spark names it
+    profile: Path  # the current version of the lake's customers table (Parquet)
+    score: Path  # an empty Parquet file: scores reach the online store by push only
 
 
-def build_repo(paths: SourcePaths, snapshot_every_days: int) -> FeatureRepo:
+# Feast warns that its Spark source and store are experimental on every construction, which includes
+# every read of the registry (in the predictor too): said once here instead (docs/decisions.md, Tables).
+warnings.filterwarnings("ignore", r"The spark (data source API|offline store) is an experimental", RuntimeWarning)
+
+
+def _spark_source(name: str, where: str | Path, timestamp_field: str) -> SparkSource:
+    if isinstance(where, Path):
+        return SparkSource(name=name, path=str(where), file_format="parquet", timestamp_field=timestamp_field)
+    return SparkSource(name=name, table=where, timestamp_field=timestamp_field)
+
+
+def build_repo(sources: Sources, snapshot_every_days: int) -> FeatureRepo:
     customer = Entity(name="customer", join_keys=[ENTITY], value_type=ValueType.STRING, description="A shopper")
-    sources = {
-        ACTIVITY_VIEW: (paths.activity, EVENT_TIMESTAMP),
-        PROFILE_VIEW: (paths.profile, "signup_date"),
-        SCORE_VIEW: (paths.score, EVENT_TIMESTAMP),
+    where: dict[str, tuple[str | Path, str]] = {
+        ACTIVITY_VIEW: (sources.activity, EVENT_TIMESTAMP),
+        PROFILE_VIEW: (sources.profile, "signup_date"),
+        SCORE_VIEW: (sources.score, EVENT_TIMESTAMP),
     }
 
     def view(name: str, ttl: timedelta, schema: list[Field], description: str) -> FeatureView:
-        path, timestamp_field = sources[name]
-        source = FileSource(name=name, path=str(path), timestamp_field=timestamp_field)
+        source = _spark_source(name, *where[name])
         return FeatureView(
             name=name, entities=[customer], ttl=ttl, schema=schema, source=source, online=True, description=description
         )

@@ -9,9 +9,11 @@ from feast import FeatureStore, RepoConfig
 from feast.infra.registry.sql import SqlRegistryConfig
 from feast.repo_config import RegistryConfig
 
-from feature_repo.definitions import FeatureRepo, SourcePaths, build_repo
+from feature_repo.definitions import FeatureRepo, Sources, build_repo
 from propensity import features as F
+from propensity.catalog import table_name
 from propensity.errors import PropensityError
+from propensity.feature_table import FEATURE_SNAPSHOTS
 from propensity.settings import Settings
 from propensity.tables import atomic_path, current_version
 
@@ -42,7 +44,8 @@ def repo_config(settings: Settings) -> RepoConfig:
         provider="local",
         registry=registry_config(settings),
         online_store=online,
-        offline_store={"type": "file"},
+        # Point-in-time joins in the process's Spark session (propensity.spark), which knows the catalog.
+        offline_store={"type": "spark"},
         entity_key_serialization_version=3,
         repo_path=str(root),
     )
@@ -71,8 +74,10 @@ def feature_repo(settings: Settings) -> FeatureRepo:
     profile = current_version(settings.customers_path)
     if profile is None:
         raise PropensityError(f"no customers table in {settings.lake_dir}; ingest data first")
-    paths = SourcePaths(activity=settings.offline_features_path, profile=profile, score=_empty_score_source(settings))
-    return build_repo(paths, settings.snapshot_every_days)
+    sources = Sources(
+        activity=table_name(settings, FEATURE_SNAPSHOTS), profile=profile, score=_empty_score_source(settings)
+    )
+    return build_repo(sources, settings.snapshot_every_days)
 
 
 def feature_store(settings: Settings) -> FeatureStore:

@@ -45,7 +45,7 @@ from monitoring.drift import (
 )
 from propensity.catalog import table_name
 from propensity.errors import PropensityError
-from propensity.feature_table import scoring_features
+from propensity.feature_table import feature_snapshot, scoring_features
 from propensity.lake import resolve_date
 from propensity.settings import Settings
 from propensity.spark import spark_session
@@ -155,7 +155,8 @@ def check_scoring_drift(
     model = champion(settings)
     as_of = resolve_date(settings, as_of_date)
     reference = champion_reference(settings, model)
-    frame = scoring_features(spark_session(settings, "propensity-monitoring"), settings, as_of)
+    features = feature_snapshot(settings, as_of)
+    frame = scoring_features(spark_session(settings, "propensity-monitoring"), settings, features)
     numeric = [c for c in MONITORED_NUMERIC if c in frame.columns]
     profile = profile_spark(frame, numeric, MONITORED_CATEGORICAL)
     if profile.rows < settings.drift_min_rows:

@@ -1,16 +1,17 @@
-"""The offline feature table: snapshot features by date, written by Spark, read where they live.
+"""The offline feature table: snapshot features by date, an Iceberg table written by Spark.
 
-Parquet partitioned by `snapshot_date` under `settings.offline_features_path`, with a manifest of
-when each snapshot was computed and with which feature definition. `build_feature_table` computes
-only the snapshots that are missing or whose input days changed in the lake since (incremental); a
-recomputed snapshot replaces its partition whole. When the definition changes (a new feature), every
-snapshot in the table is recomputed, so that the table never mixes two schemas.
+Partitioned by `snapshot_date`. Every commit records, in its snapshot summary, which dates it
+computed, when their computation began and with which feature definition: the table's own metadata
+says what is in it, no manifest beside it. `build_feature_table` computes only the snapshots that
+are missing or whose input days changed in the lake since (incremental); a recomputed snapshot
+replaces its date whole, in one commit with the others computed with it. When the definition
+changes (a new feature), every snapshot in the table is recomputed in one commit, so that the table
+never mixes two schemas.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -20,11 +21,21 @@ from propensity import features as F
 from propensity.errors import PropensityError
 from propensity.lake import lake_changes, read_customers, read_transactions
 from propensity.settings import Settings
-from propensity.tables import partition_name, read_manifest, replace_partitions, staging_dir, write_manifest
+from propensity.tables import (
+    TableSnapshot,
+    current_snapshot,
+    overwrite_where,
+    partition_updates,
+    read_snapshot,
+    snapshot_history,
+)
 
+FEATURE_SNAPSHOTS = "feature_snapshots"
 SNAPSHOT_PARTITION = "snapshot_date"
-SNAPSHOTS_MANIFEST = "_snapshots.json"
-DEFINITION_MANIFEST = "_definition.json"
+# What each commit of the table records in its snapshot summary.
+COMPUTED_DATES = "snapshot-dates"  # the dates it computed, comma-separated (an empty one has no rows)
+COMPUTED_FROM = "computed-from"  # when their computation began (UTC ISO): later lake changes make them stale
+DEFINITION = "feature-definition"  # propensity.features.FEATURE_DEFINITION
 
 
 def snapshot_key(date: pd.Timestamp) -> str:
@@ -32,13 +43,24 @@ def snapshot_key(date: pd.Timestamp) -> str:
 
 
 def computed_snapshots(settings: Settings) -> dict[str, str]:
-    """When each snapshot in the table was computed (UTC ISO), by snapshot date."""
-    return dict(read_manifest(settings.offline_features_path / SNAPSHOTS_MANIFEST))
+    """When the computation of each snapshot in the table began (UTC ISO), by snapshot date, from
+    the table's commits. A date whose commit the maintenance step has expired counts from that
+    commit's time (when its computation ended); an empty snapshot whose commit was expired is
+    forgotten (and computed again when asked for)."""
+    computed = {}
+    for commit in snapshot_history(settings, FEATURE_SNAPSHOTS):
+        if COMPUTED_DATES in commit.properties:
+            dates = [d for d in commit.properties[COMPUTED_DATES].split(",") if d]
+            computed.update(dict.fromkeys(dates, commit.properties[COMPUTED_FROM]))
+    for date, (_, committed_at) in partition_updates(settings, FEATURE_SNAPSHOTS, SNAPSHOT_PARTITION).items():
+        computed.setdefault(date, committed_at.isoformat())
+    return dict(sorted(computed.items()))
 
 
 def table_definition(settings: Settings) -> str | None:
     """The feature definition the table's snapshots were computed with (None: an empty table)."""
-    return read_manifest(settings.offline_features_path / DEFINITION_MANIFEST).get("features")
+    snapshot = current_snapshot(settings, FEATURE_SNAPSHOTS)
+    return snapshot.properties.get(DEFINITION) if snapshot is not None else None
 
 
 def stale_snapshots(settings: Settings, dates: list[pd.Timestamp]) -> list[pd.Timestamp]:
@@ -62,50 +84,36 @@ def stale_snapshots(settings: Settings, dates: list[pd.Timestamp]) -> list[pd.Ti
 
 
 def build_feature_table(spark: SparkSession, settings: Settings, dates: list[pd.Timestamp]) -> list[str]:
-    """Compute the stale snapshots among `dates` into the offline table; return the keys computed."""
+    """Compute the stale snapshots among `dates` into the offline table, in one commit; return the
+    keys computed."""
     stale = stale_snapshots(settings, dates)
     if not stale:
         return []
     started = datetime.now(UTC).isoformat()  # changes after this moment make these snapshots stale again
-    table = settings.offline_features_path
-    frame = F.snapshot_features(read_customers(spark, settings), read_transactions(spark, settings), stale)
-    staged = staging_dir(table)
-    (
-        frame.withColumn(SNAPSHOT_PARTITION, sf.date_format(F.EVENT_TIMESTAMP, "yyyy-MM-dd"))
-        .repartition(SNAPSHOT_PARTITION)
-        .write.partitionBy(SNAPSHOT_PARTITION)
-        .parquet(str(staged))
-    )
-    written = set(replace_partitions(staged, table, SNAPSHOT_PARTITION))
     keys = [snapshot_key(d) for d in stale]
-    manifest = computed_snapshots(settings)
-    # A snapshot without a single customer writes no partition; it is still computed (and empty).
-    manifest.update(dict.fromkeys(keys, started))
-    write_manifest(table / DEFINITION_MANIFEST, {"features": F.FEATURE_DEFINITION})
-    write_manifest(table / SNAPSHOTS_MANIFEST, manifest)
-    assert written <= set(keys)
+    frame = F.snapshot_features(read_customers(spark, settings), read_transactions(spark, settings), stale)
+    rows = frame.withColumn(SNAPSHOT_PARTITION, sf.date_format(F.EVENT_TIMESTAMP, "yyyy-MM-dd"))
+    properties = {COMPUTED_DATES: ",".join(keys), COMPUTED_FROM: started, DEFINITION: F.FEATURE_DEFINITION}
+    # A date without a single customer is still computed: its old rows, if any, are removed.
+    overwrite_where(rows, settings, FEATURE_SNAPSHOTS, SNAPSHOT_PARTITION, keys, properties)
     return keys
 
 
-def snapshot_partition(settings: Settings, date: pd.Timestamp) -> Path:
-    return settings.offline_features_path / partition_name(SNAPSHOT_PARTITION, snapshot_key(date))
+def feature_snapshot(settings: Settings, date: pd.Timestamp) -> TableSnapshot:
+    """One date's snapshot of features, pinned to the table's current snapshot."""
+    key = snapshot_key(date)
+    current = current_snapshot(settings, FEATURE_SNAPSHOTS)
+    if current is None or key not in computed_snapshots(settings):
+        raise PropensityError(f"no feature snapshot for {key}; run the materialize step for that date first")
+    return TableSnapshot(FEATURE_SNAPSHOTS, current.snapshot_id, current.properties, (SNAPSHOT_PARTITION, key))
 
 
-def read_snapshot(spark: SparkSession, settings: Settings, date: pd.Timestamp) -> DataFrame:
-    """One snapshot of the offline feature table, read straight from its partition."""
-    return spark.read.parquet(str(snapshot_partition(settings, date)))
-
-
-def scoring_features(spark: SparkSession, settings: Settings, as_of: pd.Timestamp) -> DataFrame:
-    """The batch model's inputs for the known customers as of a date: the date's feature snapshot,
-    read from its partition, with each customer's profile from the lake."""
-    if not snapshot_partition(settings, as_of).is_dir():
-        raise PropensityError(
-            f"no feature snapshot for {snapshot_key(as_of)}; run the materialize step for that date first"
-        )
+def scoring_features(spark: SparkSession, settings: Settings, snapshot: TableSnapshot) -> DataFrame:
+    """The batch model's inputs for the known customers as of a date: the date's feature snapshot
+    (`feature_snapshot`) with each customer's profile from the lake."""
     profiles = read_customers(spark, settings).select(F.ENTITY, *F.PROFILE_FEATURES)
     return (
-        read_snapshot(spark, settings, as_of)
+        read_snapshot(spark, settings, snapshot)
         .where(sf.col("days_since_last_order") <= F.ACTIVE_WINDOW_DAYS)
         .join(profiles, F.ENTITY, "left")
         .fillna(F.UNKNOWN, subset=F.PROFILE_FEATURES)

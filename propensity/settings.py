@@ -371,11 +371,6 @@ class Settings(BaseSettings):
         return self.data_root / "feature_store"
 
     @property
-    def offline_features_path(self) -> Path:
-        """The offline feature table: Parquet partitioned by `snapshot_date`, written by Spark."""
-        return self.feature_store_dir / "offline" / "customer_activity"
-
-    @property
     def online_pushes_key(self) -> str:
         """Storage key of what was last pushed to this online store, per feature view (never roll it
         back). One record per store: pointing the settings at another store pushes everything again."""

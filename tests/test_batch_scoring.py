@@ -143,21 +143,23 @@ def test_a_failed_reconciliation_leaves_both_tables_as_they_were(
     assert latest_scores(settings) == latest_before
 
 
-def test_a_run_killed_while_writing_its_files_changes_nothing_and_a_rerun_completes(scored_world: Settings) -> None:
-    """The whole run (Python and its JVM) killed after it wrote data files of the historic table and
-    before its commit: readers see the previous snapshot, and the rerun commits a clean one."""
-    settings = scored_world
-    before, latest_before = historic(settings), latest_scores(settings)
-    files_before = data_files(settings, HISTORIC_SCORES)
-    env = {**os.environ, **settings.as_env()}
-    # The write's second task holds off (one file written, the commit still to come) until it is killed.
-    code = textwrap.dedent(
-        """
-        import time
-        import components.batch_scoring as step
-        from propensity.settings import get_settings
+RESCORE = """
+from propensity.settings import get_settings
+step.score_customers(get_settings())
+"""
 
-        real = step.overwrite_partitions
+
+def kill_while_writing(settings: Settings, table: str, module: str, writer: str, run: str) -> None:
+    """Run `run` in a child process (Python and its JVM) whose `module.writer` (a table write) holds
+    its second task off, one data file written and the commit still to come; kill the child as soon
+    as a new data file of `table` appears. `run` sees `module` as `step`."""
+    files_before = data_files(settings, table)
+    code = textwrap.dedent(
+        f"""
+        import time
+        import {module} as step
+
+        real = step.{writer}
 
         def slowed(frame, *args, **kwargs):
             def hold_second(batches):
@@ -168,26 +170,34 @@ def test_a_run_killed_while_writing_its_files_changes_nothing_and_a_rerun_comple
                         time.sleep(600)
                     yield batch
 
-            # No shuffle before the write (Iceberg would add one by score date), so the held task
+            # No shuffle before the write (Iceberg would add one by partition), so the held task
             # is a writing task: the first task's file is written while the second one waits.
             frame.sparkSession.conf.set("spark.sql.iceberg.distribution-mode", "none")
             frame = frame.repartition(2, "customer_id").mapInPandas(hold_second, frame.schema)
             return real(frame, *args, **kwargs)
 
-        step.overwrite_partitions = slowed
-        step.score_customers(get_settings())
+        step.{writer} = slowed
         """
     )
-    process = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    env = {**os.environ, **settings.as_env()}
+    process = subprocess.Popen([sys.executable, "-c", code + run], env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while not data_files(settings, HISTORIC_SCORES) - files_before:
+        while not data_files(settings, table) - files_before:
             assert process.poll() is None, "the run ended before it wrote a data file"
             assert time.monotonic() < deadline, "the run never wrote a data file"
             time.sleep(0.05)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def test_a_run_killed_while_writing_its_files_changes_nothing_and_a_rerun_completes(scored_world: Settings) -> None:
+    """The whole run (Python and its JVM) killed after it wrote data files of the historic table and
+    before its commit: readers see the previous snapshot, and the rerun commits a clean one."""
+    settings = scored_world
+    before, latest_before = historic(settings), latest_scores(settings)
+    kill_while_writing(settings, HISTORIC_SCORES, "components.batch_scoring", "overwrite_partitions", RESCORE)
     pd.testing.assert_frame_equal(historic(settings), before)
     assert latest_scores(settings) == latest_before
 

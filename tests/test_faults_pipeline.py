@@ -5,7 +5,7 @@ result of an uninterrupted run.
 
 * batch scoring (Iceberg tables): killed before it commits the historic partition, and before it
   replaces the latest table (a kill while the JVM writes data files: tests/test_batch_scoring.py);
-* the offline feature table: killed when it commits its snapshots, and after its first snapshot moved;
+* the offline feature table (Iceberg): killed before its one commit, and while its data files are written;
 * `replace_partitions` itself: killed at every one of its file-system steps in turn;
 * model registration: killed between the two registrations, before the pairing tag, and between the
   two `challenger` aliases.
@@ -32,7 +32,13 @@ from components.registry import Decision, register_models
 from propensity import features as F
 from propensity.catalog import table_name
 from propensity.errors import PropensityError
-from propensity.feature_table import SNAPSHOT_PARTITION, build_feature_table, computed_snapshots, stale_snapshots
+from propensity.feature_table import FEATURE_SNAPSHOTS as FEATURE_TABLE
+from propensity.feature_table import (
+    SNAPSHOT_PARTITION,
+    build_feature_table,
+    computed_snapshots,
+    stale_snapshots,
+)
 from propensity.lake import ingest, last_data_date
 from propensity.settings import Settings, get_settings
 from propensity.spark import spark_session
@@ -43,9 +49,9 @@ from propensity.tables import (
     SCORE_DATE,
     current_snapshot,
     current_version,
-    partition_values,
     partitions,
     replace_partitions,
+    scan_batches,
     switch_version,
 )
 from propensity.tracking import (
@@ -60,7 +66,7 @@ from propensity.tracking import (
     rolled_back_versions,
     served_realtime_model,
 )
-from tests.test_batch_scoring import table_frame
+from tests.test_batch_scoring import kill_while_writing, table_frame
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,7 +180,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     from sklearn.utils import shuffle
 
     from components.training import make_model
-    from propensity.feature_table import scoring_features
+    from propensity.feature_table import feature_snapshot, scoring_features
     from propensity.tracking import is_trusted_model_type
 
     root = tmp_path_factory.mktemp("faults")
@@ -193,7 +199,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         assert build_feature_table(spark, settings, dates)
 
         # A champion: any model of the batch features that scores every row (its quality is not the point).
-        rows = scoring_features(spark, settings, as_of).toPandas()
+        rows = scoring_features(spark, settings, feature_snapshot(settings, as_of)).toPandas()
         labels = shuffle(np.arange(len(rows)) % 2, random_state=0)
         model = make_model(F.BATCH_MODEL_FEATURES, {"max_iter": 5}).fit(rows[F.BATCH_MODEL_FEATURES], labels)
         with mlflow.start_run(experiment_id=configure(settings)) as run:
@@ -308,17 +314,8 @@ def test_an_unpublished_version_never_takes_the_place_of_the_served_one(tmp_path
 
 
 def feature_rows(settings: Settings) -> pd.DataFrame:
-    frame = pd.read_parquet(settings.offline_features_path).astype({SNAPSHOT_PARTITION: str})
+    frame = pd.concat(scan_batches(settings, FEATURE_TABLE, 10**6))
     return frame.sort_values([SNAPSHOT_PARTITION, F.ENTITY]).reset_index(drop=True)
-
-
-def partition_files(settings: Settings) -> dict[str, set[str]]:
-    """The data files of each committed snapshot partition (a new computation writes new names)."""
-    table = settings.offline_features_path
-    return {
-        value: {p.name for p in (table / f"{SNAPSHOT_PARTITION}={value}").glob("*.parquet")}
-        for value in partition_values(table, SNAPSHOT_PARTITION)
-    }
 
 
 def rebuild_killed(settings: Settings, definition: str, kill: str) -> None:
@@ -352,8 +349,7 @@ def rebuild(
     after = feature_rows(settings)
     pd.testing.assert_frame_equal(after, expected)  # same lake, same features: the same rows
     assert not after.duplicated([SNAPSHOT_PARTITION, F.ENTITY]).any()
-    assert len(partition_values(settings.offline_features_path, SNAPSHOT_PARTITION)) == FEATURE_SNAPSHOTS
-    assert not [p for p in settings.offline_features_path.iterdir() if p.name.startswith(".")]
+    assert len(partitions(settings, FEATURE_TABLE, SNAPSHOT_PARTITION)) == FEATURE_SNAPSHOTS
     assert not build_feature_table(spark, settings, feature_dates(settings))  # and it is complete
 
 
@@ -361,35 +357,41 @@ def test_feature_table_killed_before_its_commit_is_unchanged_and_a_rerun_complet
     world: Settings, spark: SparkSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = world
-    before, files, manifest = feature_rows(settings), partition_files(settings), computed_snapshots(settings)
+    before, snapshot = feature_rows(settings), current_snapshot(settings, FEATURE_TABLE)
+    computed = computed_snapshots(settings)
     definition = F.FEATURE_DEFINITION + ",fault-1"
-    rebuild_killed(settings, definition, "feature_table.replace_partitions = die")
+    rebuild_killed(settings, definition, "feature_table.overwrite_where = die")
     pd.testing.assert_frame_equal(feature_rows(settings), before)
-    assert partition_files(settings) == files and computed_snapshots(settings) == manifest
+    assert current_snapshot(settings, FEATURE_TABLE) == snapshot and computed_snapshots(settings) == computed
     rebuild(spark, settings, definition, monkeypatch, before)
 
 
-def test_feature_table_killed_in_the_middle_of_its_commit_shows_whole_snapshots_and_a_rerun_repairs(
+def test_feature_table_killed_while_writing_its_files_is_unchanged_and_a_rerun_completes(
     world: Settings, spark: SparkSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Snapshots are committed one by one: a kill after the first leaves every snapshot whole (old or
-    new, never missing, never mixed within), the manifest unchanged, so the rerun recomputes them all."""
+    """The whole run (Python and its JVM) killed after it wrote data files of its one commit: readers
+    see the previous snapshot, whole (every date old, none missing or mixed); the rerun's code sees
+    every snapshot as stale until it has recomputed them all."""
     settings = world
-    before, files, manifest = feature_rows(settings), partition_files(settings), computed_snapshots(settings)
+    before, snapshot = feature_rows(settings), current_snapshot(settings, FEATURE_TABLE)
+    computed = computed_snapshots(settings)
     definition = F.FEATURE_DEFINITION + ",fault-2"
-    second = f"{SNAPSHOT_PARTITION}={sorted(files)[1]}"
-    rebuild_killed(settings, definition, f"die_in_commit(touching={second!r}, importers=[feature_table])")
-    now = partition_files(settings)
-    assert sorted(now) == sorted(files), "a snapshot partition is missing after a kill in the commit"
-    replaced = [value for value in now if now[value] != files[value]]
-    assert replaced == sorted(files)[:1]  # the first snapshot is new, the others are the old ones
-    pd.testing.assert_frame_equal(feature_rows(settings), before)  # and each is whole
-    assert computed_snapshots(settings) == manifest
-    # The rerun's code (with the new definition) sees every snapshot as stale: building a training
-    # set from the mixed table is refused until the rerun has recomputed them all.
+    dates = [str(d.date()) for d in feature_dates(settings)]
+    recompute = f"""
+import pandas as pd
+from propensity import features as F
+from propensity.settings import get_settings
+from propensity.spark import spark_session
+F.FEATURE_DEFINITION = {definition!r}
+settings = get_settings()
+step.build_feature_table(spark_session(settings, "killed-features"), settings, [pd.Timestamp(d) for d in {dates!r}])
+"""
+    kill_while_writing(settings, FEATURE_TABLE, "propensity.feature_table", "overwrite_where", recompute)
+    pd.testing.assert_frame_equal(feature_rows(settings), before)
+    assert current_snapshot(settings, FEATURE_TABLE) == snapshot and computed_snapshots(settings) == computed
     with monkeypatch.context() as new_code:
         new_code.setattr(F, "FEATURE_DEFINITION", definition)
-        assert stale_snapshots(settings, []) == sorted(pd.Timestamp(key) for key in manifest)
+        assert stale_snapshots(settings, []) == sorted(pd.Timestamp(key) for key in computed)
     rebuild(spark, settings, definition, monkeypatch, before)
 
 

@@ -13,9 +13,10 @@ from feature_repo.definitions import ONLINE_SERVICE, SCORE_VIEW
 from feature_repo.store import feature_store
 from propensity import features as F
 from propensity.errors import PropensityError
-from propensity.feature_table import computed_snapshots
+from propensity.feature_table import FEATURE_SNAPSHOTS, computed_snapshots
 from propensity.lake import ingest
 from propensity.settings import Settings, get_settings
+from propensity.tables import load_table
 from propensity.training_set import read_training_set
 from serving.online import OnlineReader, RedisReader, online_reader
 from tests import reference
@@ -203,4 +204,4 @@ def test_an_unreachable_redis_is_named_and_nothing_is_written(lake: Settings) ->
     on_redis = lake.model_copy(update={"online_store": "redis", "redis_connection": address})
     with pytest.raises(PropensityError, match=f"cannot reach the Redis online store at {address}"):
         materialize_features(on_redis)
-    assert computed_snapshots(lake) == {} and not lake.offline_features_path.exists()
+    assert computed_snapshots(lake) == {} and load_table(lake, FEATURE_SNAPSHOTS) is None

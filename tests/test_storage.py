@@ -13,8 +13,10 @@ import pytest
 
 from components.features import materialize_features
 from propensity.errors import PropensityError
+from propensity.feature_table import FEATURE_SNAPSHOTS
 from propensity.settings import Settings, get_settings
 from propensity.storage import Storage
+from propensity.tables import load_table
 from serving import inference_log
 from serving.inference_log import InferenceLogger, read_records
 from tests.services import free_port
@@ -58,7 +60,7 @@ def test_materialize_stops_before_writing_when_the_object_store_is_down(lake: Se
     )
     with pytest.raises(PropensityError, match="s3://propensity/prod"):
         materialize_features(settings)
-    assert not settings.offline_features_path.exists()
+    assert load_table(settings, FEATURE_SNAPSHOTS) is None
     assert not (settings.feature_store_dir / "registry.db").exists()
 
 

@@ -183,15 +183,17 @@ def test_features_the_spark_cluster_computed_equal_the_reference(loop: Loop) -> 
     import pandas as pd
 
     from propensity import features as F
-    from propensity.feature_table import computed_snapshots, snapshot_partition
+    from propensity.feature_table import computed_snapshots, feature_snapshot
     from propensity.settings import get_settings
+    from propensity.tables import scan_batches
     from tests import reference
     from tests.test_ingest import lake_customers, lake_transactions
 
     settings = get_settings(home=loop.home, tables=loop.shared)
     as_of = pd.Timestamp(max(computed_snapshots(settings)))
     expected = reference.activity_features(lake_customers(settings), lake_transactions(settings), [as_of])
-    got = pd.read_parquet(snapshot_partition(settings, as_of))
+    snapshot = feature_snapshot(settings, as_of)
+    got = pd.concat(scan_batches(settings, snapshot.name, 10**6, None, snapshot.snapshot_id, snapshot.partition))
     assert len(got) > CUSTOMERS / 2
     # The same customers, each once, before the same values: a dropped or repeated one fails here.
     assert got[F.ENTITY].is_unique and set(got[F.ENTITY]) == set(expected[F.ENTITY])

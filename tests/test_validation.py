@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
@@ -196,7 +195,9 @@ def test_the_data_behind_a_training_set_is_validated_and_a_broken_table_stops_th
     lake: Settings, tmp_path: Path
 ) -> None:
     from components.features import build_training_set, materialize_features
-    from propensity.feature_table import snapshot_partition
+    from propensity.catalog import table_name
+    from propensity.feature_table import FEATURE_SNAPSHOTS, SNAPSHOT_PARTITION
+    from propensity.spark import spark_session
 
     materialize_features(lake)
     path = tmp_path / "training.parquet"
@@ -207,13 +208,12 @@ def test_the_data_behind_a_training_set_is_validated_and_a_broken_table_stops_th
     page = result.html()
     assert "Data validation: passed" in page and page.count("<iframe") == 4
 
-    # A snapshot of the window loses customers (a partial write): the coverage check sees it.
-    partition = snapshot_partition(lake, pd.Timestamp(info.first_snapshot))
-    [part] = [p for p in partition.glob("*.parquet")]
-    rows = pq.read_table(part)
-    pq.write_table(rows.slice(0, rows.num_rows // 2), partition / "part-halved.parquet")
-    part.unlink()
-    part.with_name(f".{part.name}.crc").unlink(missing_ok=True)
+    # A snapshot of the window loses customers (a bad write by hand): the coverage check sees it.
+    spark = spark_session(lake, "test")
+    spark.sql(
+        f"DELETE FROM {table_name(lake, FEATURE_SNAPSHOTS)} WHERE {SNAPSHOT_PARTITION} = '{info.first_snapshot}' "
+        "AND hash(customer_id) % 2 = 0"
+    )
     broken = V.validate_data(lake, path)
     assert not broken.success
     assert broken.failed == ["snapshot_coverage: expect_column_pair_values_to_be_equal feature_rows"]
