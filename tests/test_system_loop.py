@@ -189,7 +189,7 @@ def test_features_the_spark_cluster_computed_equal_the_reference(loop: Loop) -> 
     from tests import reference
     from tests.test_ingest import lake_customers, lake_transactions
 
-    settings = get_settings(home=loop.home, tables=loop.shared)
+    settings = get_settings(home=loop.home, tables=loop.shared, catalog=loop.env["PROPENSITY_CATALOG"])
     as_of = pd.Timestamp(max(computed_snapshots(settings)))
     expected = reference.activity_features(lake_customers(settings), lake_transactions(settings), [as_of])
     snapshot = feature_snapshot(settings, as_of)
