@@ -180,12 +180,18 @@ def kill_while_writing(settings: Settings, table: str, module: str, writer: str,
         """
     )
     env = {**os.environ, **settings.as_env()}
-    process = subprocess.Popen([sys.executable, "-c", code + run], env=env, start_new_session=True)
+    log = settings.home / "killed-run.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code + run], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
-        deadline = time.monotonic() + 240
+        # Idle, the file appears within half a minute; CI runs two suites and their JVMs on two
+        # cores, where it once took more than four. The held task sleeps ten.
+        deadline = time.monotonic() + 540
         while not data_files(settings, table) - files_before:
-            assert process.poll() is None, "the run ended before it wrote a data file"
-            assert time.monotonic() < deadline, "the run never wrote a data file"
+            assert process.poll() is None, f"the run ended before it wrote a data file:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"the run never wrote a data file:\n{log.read_text()[-3000:]}"
             time.sleep(0.05)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
