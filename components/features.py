@@ -38,20 +38,20 @@ from propensity.feature_table import (
     snapshot_key,
     stale_snapshots,
 )
-from propensity.lake import first_data_date, read_customers, read_transactions, resolve_date
+from propensity.lake import CUSTOMERS, first_data_date, read_customers, read_transactions, resolve_date
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.storage import Storage
-from propensity.tables import TableSnapshot, current_version, parquet_batches, read_snapshot, scan_batches
+from propensity.tables import TableSnapshot, current_snapshot, read_snapshot, scan_batches
 from propensity.training_set import TrainingSetInfo, write_training_set
 
 # ---------------------------------------------------------------------------------------------------
 # Online store
 
 
-def push_online(settings: Settings, view: str, source: Path | TableSnapshot, columns: list[str] | None = None) -> int:
-    """Write a table to a view of the online store through Feast, in batches; returns rows. The
-    source is a Parquet folder or one snapshot of an Iceberg table (exactly that snapshot is read).
+def push_online(settings: Settings, view: str, source: TableSnapshot, columns: list[str] | None = None) -> int:
+    """Write one snapshot of a table (or one partition of it) to a view of the online store through
+    Feast, in batches; returns rows.
 
     SQLite is one file with one writer: the driver streams the table's batches into it. Any other
     store (Redis) takes concurrent writers, so each Spark partition writes its own rows from the
@@ -64,7 +64,7 @@ def push_online(settings: Settings, view: str, source: Path | TableSnapshot, col
             rows += len(batch)
         return rows
     spark = spark_session(settings, "propensity-online-push")
-    frame = spark.read.parquet(str(source)) if isinstance(source, Path) else read_snapshot(spark, settings, source)
+    frame = read_snapshot(spark, settings, source)
     writers = settings.online_push_partitions or spark.sparkContext.defaultParallelism
     if frame.rdd.getNumPartitions() < writers:
         frame = frame.repartition(writers)
@@ -73,10 +73,8 @@ def push_online(settings: Settings, view: str, source: Path | TableSnapshot, col
     return int(total[0] or 0) if total is not None else 0
 
 
-def _batches(settings: Settings, source: Path | TableSnapshot, columns: list[str] | None) -> Iterator[pd.DataFrame]:
+def _batches(settings: Settings, source: TableSnapshot, columns: list[str] | None) -> Iterator[pd.DataFrame]:
     rows = settings.online_push_batch_rows
-    if isinstance(source, Path):
-        return parquet_batches(source, rows, columns)
     return scan_batches(settings, source.name, rows, columns, source.snapshot_id, source.partition)
 
 
@@ -99,7 +97,7 @@ def push_snapshot_online(
     view: str,
     date: pd.Timestamp,
     version: str,
-    source: Path | TableSnapshot,
+    source: TableSnapshot,
     columns: list[str] | None = None,
 ) -> int:
     """Push a whole snapshot of a view unless the online store already holds a newer one (or this
@@ -117,15 +115,15 @@ def push_snapshot_online(
 
 
 def push_profiles_online(settings: Settings) -> int:
-    """Push the customers table's profiles when its version changed since the last push."""
-    version = current_version(settings.customers_path)
+    """Push the customers table's profiles when the table changed since the last push."""
+    snapshot = current_snapshot(settings, CUSTOMERS)
     records = Storage(settings)
     pushes = records.read_json(settings.online_pushes_key, {})
-    if version is None or pushes.get(PROFILE_VIEW, {}).get("version") == version.name:
+    if snapshot is None or pushes.get(PROFILE_VIEW, {}).get("version") == str(snapshot.snapshot_id):
         return 0
     columns = [F.ENTITY, "signup_date", *F.PROFILE_FEATURES]
-    rows = push_online(settings, PROFILE_VIEW, version, columns)
-    pushes[PROFILE_VIEW] = {"version": version.name, "pushed_at": datetime.now(UTC).isoformat()}
+    rows = push_online(settings, PROFILE_VIEW, snapshot, columns)
+    pushes[PROFILE_VIEW] = {"version": str(snapshot.snapshot_id), "pushed_at": datetime.now(UTC).isoformat()}
     records.write_json(settings.online_pushes_key, pushes)
     return rows
 

@@ -54,7 +54,7 @@ class Sources:
     """Where each view's offline rows live: tables written by Spark, not by Feast."""
 
     activity: str  # the offline feature table (Iceberg, partitioned by snapshot date), as Spark names it
-    profile: Path  # the current version of the lake's customers table (Parquet)
+    profile: str  # the lake's customers table (Iceberg)
     score: Path  # an empty Parquet file: scores reach the online store by push only
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -14,8 +15,9 @@ from propensity import features as F
 from propensity.catalog import table_name
 from propensity.errors import PropensityError
 from propensity.feature_table import FEATURE_SNAPSHOTS
+from propensity.lake import CUSTOMERS
 from propensity.settings import Settings
-from propensity.tables import atomic_path, current_version
+from propensity.tables import load_table
 
 
 def registry_config(settings: Settings) -> RegistryConfig:
@@ -64,18 +66,21 @@ def _empty_score_source(settings: Settings) -> Path:
                 "scored_at": pd.Series(dtype=str),
             }
         )
-        with atomic_path(path) as tmp:
-            empty.to_parquet(tmp, index=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        empty.to_parquet(tmp, index=False)
+        tmp.replace(path)  # whole or not at all, also with a concurrent writer
     return path
 
 
 def feature_repo(settings: Settings) -> FeatureRepo:
     """The Feast objects over this deployment's tables (apply them after the customers table changes)."""
-    profile = current_version(settings.customers_path)
-    if profile is None:
-        raise PropensityError(f"no customers table in {settings.lake_dir}; ingest data first")
+    if load_table(settings, CUSTOMERS) is None:
+        raise PropensityError("no customers table in the lake; ingest data first")
     sources = Sources(
-        activity=table_name(settings, FEATURE_SNAPSHOTS), profile=profile, score=_empty_score_source(settings)
+        activity=table_name(settings, FEATURE_SNAPSHOTS),
+        profile=table_name(settings, CUSTOMERS),
+        score=_empty_score_source(settings),
     )
     return build_repo(sources, settings.snapshot_every_days)
 

@@ -50,7 +50,7 @@ from propensity.lake import resolve_date
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.storage import Storage
-from propensity.tables import HISTORIC_SCORES, SCORE_DATE, partition_name, partitions
+from propensity.tables import HISTORIC_SCORES, SCORE_DATE, partitions
 from propensity.tracking import CHAMPION, ModelRef, alias_version, configure
 
 INFERENCE_DRIFT, SCORING_DRIFT, PREDICTION_DRIFT, REALISED_ACCURACY = (
@@ -272,7 +272,7 @@ def _window_keys(storage: Storage, start: datetime, end: datetime) -> Iterator[s
     opened, so one opened the day before the window may hold its first records."""
     day = start.date() - timedelta(days=1)
     while day <= end.date():
-        yield from storage.keys(f"{INFERENCE_PREFIX}/{partition_name('date', str(day))}")
+        yield from storage.keys(f"{INFERENCE_PREFIX}/date={day}")  # as serving.inference_log names them
         day += timedelta(days=1)
 
 

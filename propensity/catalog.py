@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
 
 NAMESPACE = "propensity"
+EMBEDDED_CATALOG = "catalog.db"  # the embedded mode's catalog: a SQLite file beside the tables
 EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
 
 
@@ -42,7 +43,7 @@ def catalog_url(settings: Settings) -> str:
     """The catalog database as a SQLAlchemy URL."""
     if settings.catalog is not None:
         return settings.catalog.get_secret_value()
-    return f"sqlite:///{settings.data_root / 'catalog.db'}"
+    return f"sqlite:///{settings.data_root / EMBEDDED_CATALOG}"
 
 
 def warehouse(settings: Settings) -> str:
@@ -84,9 +85,31 @@ def spark_catalog_conf(settings: Settings) -> dict[str, str]:
         # The schema PyIceberg's SQL catalog reads and writes too (it has the iceberg_type column).
         f"{prefix}.jdbc.schema-version": "V1",
         f"{prefix}.warehouse": warehouse(settings),
+        # Every query sees the newest commit, also one another process made: no cached table
+        # (Iceberg's default keeps a loaded table for 30 seconds in a long-lived session).
+        f"{prefix}.cache-enabled": "false",
     }
     conf.update({f"{prefix}.{key}": value for key, value in credentials.items()})
     return conf
+
+
+def _sqlite_file(settings: Settings) -> Path | None:
+    url = catalog_url(settings)
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def catalog_exists(settings: Settings) -> bool:
+    """False for a SQLite catalog whose file is not there yet (no table was ever written): readers
+    then see no table, without creating the file."""
+    path = _sqlite_file(settings)
+    return path is None or path.is_file()
+
+
+def prepare_catalog(settings: Settings) -> None:
+    """Before a first write: the folder of a SQLite catalog (the database creates its file)."""
+    path = _sqlite_file(settings)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def python_catalog(settings: Settings) -> SqlCatalog:

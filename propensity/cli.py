@@ -86,13 +86,15 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         "Validating and ingesting (Spark)",
         lambda: ingest(settings, Path(args.transactions), Path(args.customers) if args.customers else None),
     )
-    summary = {**asdict(result), "lake": str(settings.lake_dir)}
+    from propensity.catalog import warehouse
+
+    summary = {**asdict(result), "lake": warehouse(settings)}
     _emit(
         args,
         summary,
         [
             f"Ingested {result.transactions} transactions over {result.days} day(s) "
-            f"({result.first_day} to {result.last_day}) into {settings.lake_dir}; "
+            f"({result.first_day} to {result.last_day}) into the lake in {summary['lake']}; "
             f"{result.customers_total} customers ({result.customers_changed} new or changed)"
         ],
     )

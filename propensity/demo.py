@@ -28,17 +28,20 @@ import httpx
 import pandas as pd
 from rich.console import Console
 
+from propensity.catalog import EMBEDDED_CATALOG, warehouse
 from propensity.errors import PropensityError
-from propensity.lake import ingest, resolve_date
+from propensity.lake import TRANSACTIONS, ingest, resolve_date
 from propensity.progress import StepProgress
 from propensity.settings import Settings
 from propensity.spark import release_executors
 from propensity.storage import Storage
 from propensity.synthetic import COUNTRIES, DEFAULT_START, generate
+from propensity.tables import load_table
 
 DEMO_MARKER = ".propensity-demo"
 SUMMARY_KEY = "reports/demo-summary.json"
 STATE_DIRS = (
+    "warehouse",
     "lake",
     "feature_store",
     "mlflow",
@@ -76,10 +79,13 @@ def prepare_home(settings: Settings) -> None:
         raise PropensityError(
             f"{home} holds state the demo did not create; set PROPENSITY_HOME to an empty folder for the demo"
         )
-    if settings.data_root != home and settings.lake_dir.exists() and any(settings.lake_dir.iterdir()):
-        raise PropensityError(f"the demo starts from an empty lake, and {settings.lake_dir} holds one")
+    # Tables the demo did not create (PROPENSITY_TABLES or PROPENSITY_CATALOG elsewhere) are never wiped.
+    embedded = settings.catalog is None and settings.data_root == home
+    if not embedded and load_table(settings, TRANSACTIONS) is not None:
+        raise PropensityError(f"the demo starts from an empty lake, and {warehouse(settings)} holds one")
     for name in STATE_DIRS:
         shutil.rmtree(home / name, ignore_errors=True)
+    (home / EMBEDDED_CATALOG).unlink(missing_ok=True)
     home.mkdir(parents=True, exist_ok=True)
     (home / DEMO_MARKER).write_text("created by `propensity demo`; the demo may wipe this folder\n")
 

@@ -28,6 +28,7 @@ from propensity.tables import (
     partition_updates,
     read_snapshot,
     snapshot_history,
+    timestamp,
 )
 
 FEATURE_SNAPSHOTS = "feature_snapshots"
@@ -53,7 +54,7 @@ def computed_snapshots(settings: Settings) -> dict[str, str]:
             dates = [d for d in commit.properties[COMPUTED_DATES].split(",") if d]
             computed.update(dict.fromkeys(dates, commit.properties[COMPUTED_FROM]))
     for date, (_, committed_at) in partition_updates(settings, FEATURE_SNAPSHOTS, SNAPSHOT_PARTITION).items():
-        computed.setdefault(date, committed_at.isoformat())
+        computed.setdefault(date, timestamp(committed_at))
     return dict(sorted(computed.items()))
 
 
@@ -89,7 +90,7 @@ def build_feature_table(spark: SparkSession, settings: Settings, dates: list[pd.
     stale = stale_snapshots(settings, dates)
     if not stale:
         return []
-    started = datetime.now(UTC).isoformat()  # changes after this moment make these snapshots stale again
+    started = timestamp(datetime.now(UTC))  # changes after this moment make these snapshots stale again
     keys = [snapshot_key(d) for d in stale]
     frame = F.snapshot_features(read_customers(spark, settings), read_transactions(spark, settings), stale)
     rows = frame.withColumn(SNAPSHOT_PARTITION, sf.date_format(F.EVENT_TIMESTAMP, "yyyy-MM-dd"))

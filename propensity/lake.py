@@ -3,10 +3,11 @@
 The lake holds two canonical tables, whatever produced the data (`propensity generate` or a user's
 own files):
 
-* `transactions` (transaction_id, customer_id, timestamp, amount, items): Parquet partitioned by
-  `date`. Ingest appends days; a day that is ingested again replaces that day, never duplicates it.
-* `customers` (customer_id, signup_date, country, channel): a versioned table (see
-  `propensity.tables`); ingest upserts by customer id and switches the version atomically.
+* `transactions` (transaction_id, customer_id, timestamp, amount, items): an Iceberg table
+  partitioned by `date`. Ingest appends days; a day that is ingested again replaces that day, never
+  duplicates it (one commit for the whole file).
+* `customers` (customer_id, signup_date, country, channel): an Iceberg table; ingest upserts by
+  customer id and replaces the table in one commit.
 
 Customer ids are identifiers: they are read as strings exactly as written (`00042` stays `00042`).
 What a row must be: ids of UTF-8 text without control characters, a timestamp from 1678 to 2261
@@ -14,18 +15,16 @@ What a row must be: ids of UTF-8 text without control characters, a timestamp fr
 whole non-negative number. A CSV is UTF-8 RFC 4180 (commas; a quote in a quoted value doubled) and
 every row has as many fields as its header.
 Ingest validates a whole file with Spark before writing anything, so a large file is never held in
-one process's memory, and a bad file leaves the lake as it was. The days each ingest touched are
-recorded (`_changes.json`) so that feature snapshots computed before can be recomputed.
+one process's memory, and a bad file leaves the lake as it was. The tables' metadata says when each
+day last changed (`lake_changes`), so that feature snapshots computed before can be recomputed.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -37,26 +36,28 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as sf
 from pyspark.sql.types import ArrayType, MapType, StructType
 
+from propensity.catalog import table_name
 from propensity.errors import PropensityError, shown
 from propensity.features import UNKNOWN
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.tables import (
-    current_version,
-    new_version,
-    partition_values,
-    read_manifest,
-    replace_partitions,
-    staging_dir,
-    switch_version,
-    write_manifest,
+    load_table,
+    overwrite_partitions,
+    partition_updates,
+    replace_table,
+    snapshot_history,
+    timestamp,
 )
 
 CUSTOMER_COLUMNS = ["customer_id", "signup_date", "country", "channel"]
 CUSTOMER_SCHEMA = "customer_id string, signup_date timestamp_ntz, country string, channel string"
 TRANSACTION_COLUMNS = ["transaction_id", "customer_id", "timestamp", "amount", "items"]
 DATE_PARTITION = "date"
-CHANGES_FILE = "_changes.json"
+TRANSACTIONS, CUSTOMERS = "transactions", "customers"  # the lake's Iceberg tables
+# Recorded by each customers commit: the signup days (old and new) of the customers it added or
+# changed, comma-separated; from those days on, feature snapshots count them differently.
+CHANGED_DAYS = "changed-days"
 # Timestamps pandas and Feast can hold (nanoseconds since 1970 in 64 bits), with a margin for the
 # day after the last transaction that pipelines default to.
 FIRST_TIMESTAMP, END_TIMESTAMP = "1678-01-01", "2262-01-01"
@@ -414,16 +415,15 @@ def _validate_customers(customers: DataFrame, settings: Settings) -> None:
 
 
 def require_lake(settings: Settings) -> None:
-    if not partition_values(settings.transactions_path, DATE_PARTITION):
+    if not transaction_days(settings):
         raise PropensityError(
-            f"no data in {settings.lake_dir}; run `propensity generate --out DIR` and `propensity ingest`, "
-            "or `propensity demo`"
+            "no data in the lake yet; run `propensity generate --out DIR` and `propensity ingest`, or `propensity demo`"
         )
 
 
 def transaction_days(settings: Settings) -> list[str]:
-    """The days the lake holds transactions for (ISO dates, sorted); read from the layout alone."""
-    return partition_values(settings.transactions_path, DATE_PARTITION)
+    """The days the lake holds transactions for (ISO dates, sorted); from the table's metadata."""
+    return list(partition_updates(settings, TRANSACTIONS, DATE_PARTITION))
 
 
 def last_data_date(settings: Settings) -> pd.Timestamp:
@@ -450,22 +450,28 @@ def first_data_date(settings: Settings) -> pd.Timestamp:
 def read_transactions(spark: SparkSession, settings: Settings) -> DataFrame:
     """The transactions table (with its `date` partition column), read lazily by Spark."""
     require_lake(settings)
-    return spark.read.parquet(str(settings.transactions_path))
+    return spark.table(table_name(settings, TRANSACTIONS))
 
 
 def read_customers(spark: SparkSession, settings: Settings) -> DataFrame:
-    """The current version of the customers table, read lazily by Spark."""
+    """The customers table, read lazily by Spark."""
     require_lake(settings)
-    current = current_version(settings.customers_path)
-    if current is None:
-        raise PropensityError(f"no customers table in {settings.lake_dir}; ingest data first")
-    return spark.read.parquet(str(current))
+    if load_table(settings, CUSTOMERS) is None:
+        raise PropensityError("no customers table in the lake; ingest data first")
+    return spark.table(table_name(settings, CUSTOMERS))
 
 
 def lake_changes(settings: Settings) -> dict[str, str]:
     """For every day whose data changed, when it last changed (UTC ISO): what feature snapshots after
-    that day were computed from may be out of date."""
-    return dict(read_manifest(settings.lake_dir / CHANGES_FILE).get("days", {}))
+    that day were computed from may be out of date. From the tables' metadata: each transactions
+    day's last commit, and the signup days each customers commit changed (as far back as the
+    table keeps its commits)."""
+    updates = partition_updates(settings, TRANSACTIONS, DATE_PARTITION)
+    changes = {day: timestamp(committed_at) for day, (_, committed_at) in updates.items()}
+    for commit in snapshot_history(settings, CUSTOMERS):
+        for day in filter(None, commit.properties.get(CHANGED_DAYS, "").split(",")):
+            changes[day] = max(changes.get(day, ""), commit.committed_at)
+    return dict(sorted(changes.items()))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -477,8 +483,7 @@ def _merge_customers(
 ) -> tuple[DataFrame, DataFrame]:
     """(the new customers table, the rows that are new or changed): existing customers, updated by
     the customers file, plus every customer the transactions name that neither knows."""
-    current = current_version(settings.customers_path)
-    existing = spark.read.parquet(str(current)) if current is not None else None
+    existing = spark.table(table_name(settings, CUSTOMERS)) if load_table(settings, CUSTOMERS) is not None else None
     first_purchase = tx.groupBy("customer_id").agg(sf.min("timestamp").alias("_first_purchase"))
     if file_customers is not None:
         incoming = file_customers.drop("_signup_raw")
@@ -568,46 +573,23 @@ def ingest(settings: Settings, transactions_file: Path, customers_file: Path | N
 
 
 def _write_lake(settings: Settings, tx: DataFrame, customers: DataFrame, changed: DataFrame) -> IngestResult:
-    """Stage everything, then commit: transaction days replaced whole, customers switched, changes recorded."""
-    lake = settings.lake_dir
-    lake.mkdir(parents=True, exist_ok=True)
-    staged = staging_dir(settings.transactions_path)
-    version = new_version()
-    try:
-        # One task per day: each day partition is written as one file, whatever the input's layout.
-        (
-            tx.withColumn(DATE_PARTITION, sf.to_date("timestamp").cast("string"))
-            .repartition(DATE_PARTITION)
-            .sortWithinPartitions("timestamp", "customer_id")
-            .write.partitionBy(DATE_PARTITION)
-            .parquet(str(staged))
-        )
-        customers.orderBy("customer_id").write.parquet(str(settings.customers_path / version))
-        # A customer's signup date decides from which snapshot on they count: both old and new dates change.
-        changed_by_day = (
-            changed.groupBy(
-                sf.to_date(sf.least("signup_date", sf.coalesce("_previous_signup", "signup_date"))).alias("day")
-            )
-            .count()
-            .collect()
-        )
-        changed_days = {str(row["day"]) for row in changed_by_day}
-        changed_count = sum(int(row["count"]) for row in changed_by_day)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.rmtree(settings.customers_path / version, ignore_errors=True)
-        raise
-    days = replace_partitions(staged, settings.transactions_path, DATE_PARTITION)
-    switch_version(settings.customers_path, version)
-    now = datetime.now(UTC).isoformat()
-    changes = lake_changes(settings)
-    changes.update(dict.fromkeys([*days, *changed_days], now))
-    write_manifest(lake / CHANGES_FILE, {"days": changes})
+    """Commit the customers table, then the file's days of transactions, each in one commit. A run
+    killed between the two leaves customers that no transaction names yet, which nothing counts
+    before their signup, and its rerun commits the same rows again."""
+    # A customer's signup date decides from which snapshot on they count: both old and new dates change.
+    # Collected before anything is written: it compares with the customers table as it was.
+    signup_day = sf.to_date(sf.least("signup_date", sf.coalesce("_previous_signup", "signup_date")))
+    changed_by_day = changed.groupBy(signup_day.alias("day")).count().collect()
+    changed_days = sorted(str(row["day"]) for row in changed_by_day)
+    replace_table(customers.orderBy("customer_id"), settings, CUSTOMERS, {CHANGED_DAYS: ",".join(changed_days)})
+    by_day = tx.withColumn(DATE_PARTITION, sf.to_date("timestamp").cast("string"))
+    days = sorted(str(row[DATE_PARTITION]) for row in by_day.select(DATE_PARTITION).distinct().collect())
+    overwrite_partitions(by_day, settings, TRANSACTIONS, DATE_PARTITION)
     return IngestResult(
         transactions=tx.count(),
         days=len(days),
         first_day=days[0],
         last_day=days[-1],
-        customers_total=tx.sparkSession.read.parquet(str(settings.customers_path / version)).count(),
-        customers_changed=changed_count,
+        customers_total=tx.sparkSession.table(table_name(settings, CUSTOMERS)).count(),
+        customers_changed=sum(int(row["count"]) for row in changed_by_day),
     )

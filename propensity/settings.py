@@ -353,20 +353,6 @@ class Settings(BaseSettings):
         return self.storage or str(self.home)
 
     @property
-    def lake_dir(self) -> Path:
-        return self.data_root / "lake"
-
-    @property
-    def customers_path(self) -> Path:
-        """Versioned table (see propensity.tables)."""
-        return self.lake_dir / "customers"
-
-    @property
-    def transactions_path(self) -> Path:
-        """Parquet partitioned by `date`."""
-        return self.lake_dir / "transactions"
-
-    @property
     def feature_store_dir(self) -> Path:
         return self.data_root / "feature_store"
 

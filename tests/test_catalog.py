@@ -108,3 +108,12 @@ def test_overwrite_where_empties_a_value_that_comes_out_empty_and_keeps_the_othe
     assert [r.customer_id for r in read_snapshot(spark, settings, d2).collect()] == ["b"]
     batches = scan_batches(settings, "t", 10, None, d2.snapshot_id, d2.partition)
     assert [list(batch["customer_id"]) for batch in batches] == [["b"]]
+
+    # A commit by another writer (here PyIceberg) is seen by the session's next query, not 30 s later.
+    import pyarrow as pa
+
+    from propensity.catalog import NAMESPACE, python_catalog
+
+    table = python_catalog(settings).load_table(f"{NAMESPACE}.t")
+    table.append(pa.Table.from_pylist([{"customer_id": "d", "value": 4.0, "day": "d4"}], table.schema().as_arrow()))
+    assert spark.table(table_name(settings, "t")).count() == 3

@@ -5,8 +5,8 @@ result of an uninterrupted run.
 
 * batch scoring (Iceberg tables): killed before it commits the historic partition, and before it
   replaces the latest table (a kill while the JVM writes data files: tests/test_batch_scoring.py);
+* ingest: killed between its customers and its transactions commits;
 * the offline feature table (Iceberg): killed before its one commit, and while its data files are written;
-* `replace_partitions` itself: killed at every one of its file-system steps in turn;
 * model registration: killed between the two registrations, before the pairing tag, and between the
   two `challenger` aliases.
 """
@@ -21,9 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
@@ -39,7 +36,7 @@ from propensity.feature_table import (
     computed_snapshots,
     stale_snapshots,
 )
-from propensity.lake import ingest, last_data_date
+from propensity.lake import TRANSACTIONS, ingest, last_data_date
 from propensity.settings import Settings, get_settings
 from propensity.spark import spark_session
 from propensity.synthetic import generate
@@ -48,11 +45,8 @@ from propensity.tables import (
     LATEST_SCORES,
     SCORE_DATE,
     current_snapshot,
-    current_version,
     partitions,
-    replace_partitions,
     scan_batches,
-    switch_version,
 )
 from propensity.tracking import (
     CHALLENGER,
@@ -67,6 +61,7 @@ from propensity.tracking import (
     served_realtime_model,
 )
 from tests.test_batch_scoring import kill_while_writing, table_frame
+from tests.test_ingest import lake_customers, lake_transactions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,41 +86,6 @@ def die_on_call(owner, name, call):
         return real(*args, **kwargs)
 
     setattr(owner, name, wrapper)
-
-
-def die_in_commit(step=None, touching=None, importers=()):
-    """`replace_partitions` (also as imported by `importers`) kills the process at its `step`-th
-    file-system change (a rename, an exchange, a removal), or at the first one whose paths contain
-    `touching`: after the changes before it took effect."""
-    import propensity.tables as tables
-
-    state = {"inside": False, "steps": 0}
-
-    def counted(real):
-        def change(*args, **kwargs):
-            if state["inside"]:
-                state["steps"] += 1
-                if state["steps"] == step or (touching and any(touching in str(a) for a in args)):
-                    die()
-            return real(*args, **kwargs)
-
-        return change
-
-    os.replace = counted(os.replace)
-    shutil.rmtree = counted(shutil.rmtree)
-    if hasattr(tables, "exchange_paths"):
-        tables.exchange_paths = counted(tables.exchange_paths)
-    real_replace = tables.replace_partitions
-
-    def replace_partitions(*args, **kwargs):
-        state["inside"] = True
-        try:
-            return real_replace(*args, **kwargs)
-        finally:
-            state["inside"] = False
-
-    for module in (tables, *importers):
-        module.replace_partitions = replace_partitions
 '''
 
 
@@ -158,13 +118,6 @@ def run_forked(body: str, **names: object) -> int:
 def run_killed(body: str, **names: object) -> None:
     code = run_forked(body, **names)
     assert code == -signal.SIGKILL, f"the step was not killed (exit {code}; its error is above)"
-
-
-def hidden_leftovers(table: Path) -> list[Path]:
-    """What a killed run can leave: staging folders beside the table, dot-entries inside it."""
-    beside = list(table.parent.glob(f".staging-{table.name}-*"))
-    inside = [p for p in table.iterdir() if p.name.startswith(".")] if table.is_dir() else []
-    return beside + inside
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -291,22 +244,45 @@ def test_scoring_killed_before_the_latest_commit_keeps_the_latest_snapshot(world
     pd.testing.assert_frame_equal(latest(settings, latest_before.snapshot_id), latest_rows)
 
 
-def test_an_unpublished_version_never_takes_the_place_of_the_served_one(tmp_path: Path) -> None:
-    """`switch_version` keeps the `keep` newest versions: a killed run's version (never switched to)
-    must not count as the previous one readers may still be reading; the next switch drops it."""
-    table = tmp_path / "latest"
-    names = [f"v-2024010{i}" for i in range(1, 5)]
+# ---------------------------------------------------------------------------------------------------
+# Ingest (Iceberg: the customers table, then the file's days of transactions, one commit each)
 
-    def write_and_switch(name: str) -> None:
-        (table / name).mkdir(parents=True)
-        switch_version(table, name)
 
-    write_and_switch(names[0])
-    (table / names[1]).mkdir()  # written by a run killed before its switch: never seen
-    write_and_switch(names[2])
-    assert sorted(p.name for p in table.glob("v-*")) == names[:3] and current_version(table) == table / names[2]
-    write_and_switch(names[3])
-    assert sorted(p.name for p in table.glob("v-*")) == names[2:]
+def test_ingest_killed_before_its_transactions_commit_keeps_the_days_and_a_rerun_completes(
+    world: Settings, tmp_path: Path
+) -> None:
+    """A day ingested again, killed between its two commits: readers see the transactions as they
+    were, whole; the rerun replaces the day once, as an uninterrupted run does."""
+    settings = world.with_values(home=tmp_path / "home")
+    first = pd.DataFrame(
+        {"customer_id": ["a", "b", "a"], "timestamp": ["2025-01-02", "2025-01-03", "2025-01-03"], "amount": [1.0, 2, 3]}
+    )
+    again = pd.DataFrame({"customer_id": ["c", "a"], "timestamp": ["2025-01-03", "2025-01-04"], "amount": [5.0, 6]})
+    first.to_csv(tmp_path / "first.csv", index=False)
+    again.to_csv(tmp_path / "again.csv", index=False)
+    ingest(settings, tmp_path / "first.csv")
+    before, rows = current_snapshot(settings, TRANSACTIONS), lake_transactions(settings)
+    run_killed(
+        """
+        import propensity.lake as lake
+        lake.overwrite_partitions = die  # customers committed (c is new), transactions not yet
+        lake.ingest(settings, path)
+        """,
+        settings=settings,
+        path=tmp_path / "again.csv",
+    )
+    assert current_snapshot(settings, TRANSACTIONS) == before
+    pd.testing.assert_frame_equal(lake_transactions(settings), rows)
+    assert sorted(lake_customers(settings)["customer_id"]) == ["a", "b", "c"]
+
+    result = ingest(settings, tmp_path / "again.csv")
+    assert (result.days, result.customers_total) == (2, 3)
+    after = lake_transactions(settings)
+    assert after[["customer_id", "amount", "date"]].values.tolist() == [
+        ["a", 1.0, "2025-01-02"],
+        ["c", 5.0, "2025-01-03"],
+        ["a", 6.0, "2025-01-04"],
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -393,76 +369,6 @@ step.build_feature_table(spark_session(settings, "killed-features"), settings, [
         new_code.setattr(F, "FEATURE_DEFINITION", definition)
         assert stale_snapshots(settings, []) == sorted(pd.Timestamp(key) for key in computed)
     rebuild(spark, settings, definition, monkeypatch, before)
-
-
-# ---------------------------------------------------------------------------------------------------
-# replace_partitions, killed at each of its steps
-
-
-def write_partitions(folder: Path, run: str, values: list[str], rows: int = 4) -> None:
-    for value in values:
-        part = folder / f"d={value}"
-        part.mkdir(parents=True)
-        for i in range(2):  # two files a partition: a half-moved partition would show one
-            pq.write_table(pa.table({"run": [run] * rows, "i": list(range(rows))}), part / f"part-{i}.parquet")
-
-
-def read_runs(table: Path) -> dict[str, list[str]]:
-    """Per partition, the run of each row, as a reader of the table sees it."""
-    frame = ds.dataset(str(table), format="parquet", partitioning="hive").to_table().to_pandas()
-    frame["d"] = frame["d"].astype(str)
-    return {str(d): sorted(group["run"]) for d, group in frame.groupby("d")}
-
-
-@pytest.mark.parametrize("exchange", ["atomic exchange", "two renames"])
-def test_replace_partitions_killed_at_every_step_shows_whole_partitions_and_a_rerun_repairs(
-    tmp_path: Path, exchange: str
-) -> None:
-    """With an atomic exchange (Linux) a reader sees every partition old or new, never missing. With
-    two renames (other file systems) a kill between them hides that partition until the next write
-    of the table puts its old copy back; either way a rerun leaves every partition new, once."""
-    values = ["1", "2", "3"]
-    whole = {"old": ["old"] * 8, "new": ["new"] * 8}
-    step, finished = 0, False
-    while not finished:
-        step += 1
-        assert step < 30
-        root = tmp_path / str(step)
-        table, staged = root / "table", root / ".staging-table-x"
-        write_partitions(table, "old", values)
-        write_partitions(staged, "new", values)
-        no_exchange = "tables.exchange_paths = lambda a, b: False" if exchange == "two renames" else ""
-        body = f"""
-        from pathlib import Path
-        import propensity.tables as tables
-        {no_exchange}
-        die_in_commit({step})
-        tables.replace_partitions(Path({str(staged)!r}), Path({str(table)!r}), "d")
-        """
-        code = run_forked(body)
-        finished = code == 0
-        assert finished or code == -signal.SIGKILL, f"step {step}: exit {code}"
-        seen = read_runs(table)
-        assert all(runs in whole.values() for runs in seen.values()), f"killed at step {step}: {seen}"
-        hidden = sorted(set(values) - set(seen))
-        if exchange == "atomic exchange":
-            assert not hidden, f"killed at step {step}: partitions {hidden} are not visible"
-        elif hidden:  # killed between the two renames of the partition being replaced
-            assert len(hidden) == 1 and list(table.glob(f".d={hidden[0]}.*.old")), (step, hidden)
-            # The next write of the table, even of another partition, puts the old one back.
-            write_partitions(root / ".staging-table-z", "new", ["9"])
-            replace_partitions(root / ".staging-table-z", table, "d")
-            assert read_runs(table)[hidden[0]] == whole["old"]
-        if finished:
-            assert seen == dict.fromkeys(values, whole["new"])
-            assert not hidden_leftovers(table), hidden_leftovers(table)
-            continue
-        # The rerun of the same write: every partition new, once; nothing left inside the table.
-        write_partitions(root / ".staging-table-y", "new", values)
-        assert replace_partitions(root / ".staging-table-y", table, "d") == values
-        assert {k: v for k, v in read_runs(table).items() if k in values} == dict.fromkeys(values, whole["new"])
-        assert not [p for p in table.iterdir() if p.name.startswith(".")]
-    assert step > len(values)  # a step per partition at least
 
 
 # ---------------------------------------------------------------------------------------------------

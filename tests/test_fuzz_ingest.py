@@ -32,9 +32,11 @@ from hypothesis import strategies as st
 from pyspark.sql import functions as sf
 
 from propensity.errors import PropensityError
-from propensity.lake import ingest, normalize_transactions, read_file, transaction_row_rules
+from propensity.lake import CUSTOMERS, TRANSACTIONS, ingest, normalize_transactions, read_file, transaction_row_rules
 from propensity.settings import Settings, get_settings
 from propensity.spark import spark_session
+from propensity.tables import current_snapshot
+from tests.test_ingest import lake_transactions
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAKS = ("Traceback", "org.apache", "at org.", "java.", "py4j", "Py4J", "\tat ", "scala.")
@@ -57,6 +59,12 @@ def snapshot(lake: Path) -> dict[str, tuple[int, int, str]]:
     return found
 
 
+def lake_state(settings: Settings) -> tuple[object, ...]:
+    """Every table file, and the snapshot each lake table's readers see."""
+    tables = (current_snapshot(settings, TRANSACTIONS), current_snapshot(settings, CUSTOMERS))
+    return (snapshot(settings.data_root / "warehouse"), *tables)
+
+
 def assert_one_line(message: str) -> None:
     assert message and "\n" not in message and "\r" not in message, repr(message[:500])
     assert len(message) < 600, f"{len(message)} characters: {message[:200]!r}"
@@ -66,16 +74,16 @@ def assert_one_line(message: str) -> None:
 
 def rejected(settings: Settings, transactions: Path, customers: Path | None = None) -> str:
     """Ingest must fail with one clear line and leave the lake exactly as it was."""
-    before = snapshot(settings.lake_dir)
+    before = lake_state(settings)
     with pytest.raises(PropensityError) as caught:
         ingest(settings, transactions, customers)
-    assert snapshot(settings.lake_dir) == before, f"partial write for {transactions.name}"
+    assert lake_state(settings) == before, f"partial write for {transactions.name}"
     assert_one_line(str(caught.value))
     return str(caught.value)
 
 
 def lake_ids(settings: Settings) -> set[str]:
-    return set(pd.read_parquet(settings.transactions_path, columns=["transaction_id"])["transaction_id"])
+    return set(lake_transactions(settings)["transaction_id"])
 
 
 SEED = TX_HEADER + "seed-1,a,2024-06-01T10:00:00,10,2\nseed-2,b,2024-06-02,5.5,\nseed-3,a,2024-06-03,0,1\n"
@@ -567,7 +575,7 @@ def test_valid_edge_cases_are_accepted_after_rejections(lake: Settings, tmp_path
     )
     assert ingest(lake, path).transactions == 4
     assert ingest(lake, parquet).transactions == 1
-    tx = pd.read_parquet(lake.transactions_path).set_index("transaction_id")
+    tx = lake_transactions(lake).set_index("transaction_id")
     assert tx.loc["e-1", "customer_id"] == 'x,"y"' and tx.loc["e-1", "items"] == 3
     assert tx.loc["e-2", "customer_id"] == "00042" and tx.loc["e-2", "items"] == 1
     assert tx.loc["e-3", "customer_id"] == "café"
@@ -590,5 +598,5 @@ def test_cli_prints_one_error_line_and_no_stack_trace(cli_runs: list[CliRun]) ->
         assert expected[run.name] in errors[0], errors[0]
         leaked = [leak for leak in LEAKS if leak in err]
         assert not leaked, (run.name, leaked, err[-2000:])
-        lake_dir = run.home / "lake"
-        assert not lake_dir.exists() or not any(lake_dir.rglob("*.parquet")), run.name
+        tables = run.home / "warehouse"
+        assert not tables.exists() or not any(tables.rglob("*.parquet")), run.name

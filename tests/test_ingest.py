@@ -8,9 +8,9 @@ import pytest
 
 from propensity.cli import main
 from propensity.errors import PropensityError
-from propensity.lake import ingest, lake_changes
+from propensity.lake import CUSTOMERS, TRANSACTIONS, ingest, lake_changes
 from propensity.settings import Settings, get_settings
-from propensity.tables import STALE_STAGING_HOURS, current_version, staging_dir
+from propensity.tables import load_table
 
 
 def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "tx.csv") -> Path:
@@ -19,15 +19,27 @@ def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "tx.csv") -> Path:
     return path
 
 
+def lake_table(settings: Settings, name: str) -> pd.DataFrame:
+    """A lake table read whole through PyIceberg (small test data); empty before its first write."""
+    table = load_table(settings, name)
+    return table.scan().to_pandas() if table is not None else pd.DataFrame()
+
+
 def lake_transactions(settings: Settings) -> pd.DataFrame:
-    frame = pd.read_parquet(settings.transactions_path)
+    frame = lake_table(settings, TRANSACTIONS)
     return frame.sort_values(["timestamp", "transaction_id"]).reset_index(drop=True)
 
 
 def lake_customers(settings: Settings) -> pd.DataFrame:
-    version = current_version(settings.customers_path)
-    assert version is not None
-    return pd.read_parquet(version).sort_values("customer_id").reset_index(drop=True)
+    frame = lake_table(settings, CUSTOMERS)
+    assert len(frame)
+    return frame.sort_values("customer_id").reset_index(drop=True)
+
+
+def lake_is_empty(settings: Settings) -> bool:
+    """No lake table and no table file: nothing was written."""
+    files = [p for p in (settings.data_root / "warehouse").rglob("*") if p.is_file()]
+    return load_table(settings, TRANSACTIONS) is None and load_table(settings, CUSTOMERS) is None and not files
 
 
 def error_line(err: str) -> str:
@@ -121,7 +133,7 @@ def test_bad_input_is_rejected_and_nothing_written(
 ) -> None:
     with pytest.raises(PropensityError, match=re.escape(message)):
         ingest(settings, _write(tmp_path, frame))
-    assert not settings.lake_dir.exists() or not any(settings.lake_dir.iterdir())
+    assert lake_is_empty(settings)
 
 
 def test_failed_ingest_keeps_the_previous_lake(settings: Settings, tmp_path: Path) -> None:
@@ -131,7 +143,6 @@ def test_failed_ingest_keeps_the_previous_lake(settings: Settings, tmp_path: Pat
         ingest(settings, _write(tmp_path, GOOD.assign(amount=[1.0, -1.0, 1.0]), "bad.csv"))
     pd.testing.assert_frame_equal(lake_transactions(settings), before)
     pd.testing.assert_frame_equal(lake_customers(settings), customers_before)
-    assert not [p for p in settings.lake_dir.iterdir() if p.name.startswith(".staging")]
 
 
 def test_customers_file_must_cover_transactions(settings: Settings, tmp_path: Path) -> None:
@@ -152,28 +163,9 @@ def test_cli_reports_one_line_and_exits_non_zero(
     path = _write(tmp_path, GOOD.assign(amount=["x", "1", "2"]))
     assert main(["ingest", "--transactions", str(path)]) == 2
     assert "non-numeric" in error_line(capsys.readouterr().err)
-    assert not settings.transactions_path.exists()
+    assert lake_is_empty(settings)
 
 
 def test_cli_ingest_json_summary(settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ingest", "--transactions", str(_write(tmp_path, GOOD)), "--json"]) == 0
     assert '"transactions": 3' in capsys.readouterr().out
-
-
-def test_a_killed_runs_staging_folder_is_swept_by_the_next_write(tmp_path: Path) -> None:
-    import os
-    import time
-
-    table = tmp_path / "historic_scores"
-    killed = tmp_path / ".staging-historic_scores-0"
-    live = tmp_path / ".staging-historic_scores-1"
-    other = tmp_path / ".staging-lake-0"
-    for folder in (killed, live, other):
-        (folder / "part").mkdir(parents=True)
-    long_ago = time.time() - (STALE_STAGING_HOURS + 1) * 3600
-    for folder in (killed, other):
-        os.utime(folder, (long_ago, long_ago))
-    fresh = staging_dir(table)
-    assert not killed.exists()  # left by a killed run: swept
-    assert live.exists() and other.exists()  # a concurrent writer's, and another table's: kept
-    assert not fresh.exists() and fresh.name.startswith(".staging-historic_scores-")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from propensity.catalog import catalog_url
+from propensity.catalog import catalog_url, warehouse
 from propensity.errors import PropensityError
 from propensity.settings import get_settings
 from propensity.spark import spark_conf
@@ -15,7 +15,7 @@ def test_defaults_put_all_state_under_home(tmp_path: Path, monkeypatch: pytest.M
     settings = get_settings()
     assert settings.home == tmp_path / ".propensity"
     assert settings.tracking_uri == f"sqlite:///{tmp_path / '.propensity' / 'mlflow' / 'mlflow.db'}"
-    for path in (settings.lake_dir, settings.feature_store_dir, settings.local_pipeline_root):
+    for path in (settings.data_root / "warehouse", settings.feature_store_dir, settings.local_pipeline_root):
         assert path.is_relative_to(settings.home)
     assert settings.storage_url == str(settings.home)
 
@@ -25,7 +25,7 @@ def test_tables_and_storage_move_state_out_of_the_work_dir(tmp_path: Path, monke
     monkeypatch.setenv("PROPENSITY_STORAGE", "s3://bucket/prefix/")
     monkeypatch.setenv("PROPENSITY_KFP_PIPELINE_ROOT", "s3://bucket/kfp")
     settings = get_settings(home=tmp_path / "home")
-    assert settings.lake_dir == tmp_path / "shared" / "lake"
+    assert warehouse(settings) == (tmp_path / "shared" / "warehouse").as_uri()
     assert catalog_url(settings) == f"sqlite:///{tmp_path / 'shared' / 'catalog.db'}"
     assert settings.storage_url == "s3://bucket/prefix"
     assert settings.local_pipeline_root == tmp_path / "home" / "kfp"  # kfp.local writes only to a local disk

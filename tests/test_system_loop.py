@@ -173,7 +173,10 @@ def test_nothing_but_logs_was_written_to_the_work_dir(loop: Loop) -> None:
     )
     assert written == [".propensity-demo"]
     assert (loop.home / "logs" / "pipelines.log").is_file()
-    assert (loop.shared / "lake").is_dir() and (loop.shared / "warehouse" / "propensity" / "latest_scores").is_dir()
+    tables = loop.shared / "warehouse" / "propensity"
+    assert sorted(p.name for p in tables.iterdir()) == sorted(
+        ["customers", "transactions", "feature_snapshots", "historic_scores", "latest_scores"]
+    )
     assert not (loop.shared / "catalog.db").exists()  # the Iceberg catalog is the PostgreSQL database
 
 
