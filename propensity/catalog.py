@@ -11,6 +11,8 @@ writers safe on object storage, where nothing can be renamed.
 from __future__ import annotations
 
 import hashlib
+import os
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -47,8 +49,39 @@ def catalog_url(settings: Settings) -> str:
 
 
 def warehouse(settings: Settings) -> str:
-    """Where new tables put their files."""
+    """Where new tables put their files: `warehouse` under the tables' root, a folder or an S3 prefix."""
+    if settings.tables is not None and settings.tables_on_object_store:
+        return f"{settings.tables}/warehouse"
     return (settings.data_root / "warehouse").as_uri()
+
+
+def object_store_properties(settings: Settings) -> dict[str, str]:
+    """The catalog's file IO for tables on an S3-compatible store, as Iceberg (Java's S3FileIO) and
+    PyIceberg (Arrow's S3 client) both read them; none for tables on a file system. Credentials come
+    from the AWS_* variables (the Secret on a cluster) and travel with the tables Spark sends its
+    executors; without them the AWS SDKs' own chains apply (instance or pod identity)."""
+    if not settings.tables_on_object_store:
+        return {}
+    properties = {
+        "io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
+        "http-client.type": "urlconnection",  # the one HTTP client the jar lock carries
+    }
+    region = settings.s3_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if settings.s3_endpoint_url:
+        properties["s3.endpoint"] = settings.s3_endpoint_url
+        properties["s3.path-style-access"] = "true"  # bucket in the path: no DNS name per bucket
+        properties["s3.force-virtual-addressing"] = "false"
+        region = region or "us-east-1"  # S3-compatible stores take any region; the SDKs need one
+    if region:
+        properties["client.region"] = region
+    for variable, key in (
+        ("AWS_ACCESS_KEY_ID", "s3.access-key-id"),
+        ("AWS_SECRET_ACCESS_KEY", "s3.secret-access-key"),
+        ("AWS_SESSION_TOKEN", "s3.session-token"),
+    ):
+        if os.environ.get(variable):
+            properties[key] = os.environ[variable]
+    return properties
 
 
 def jdbc(url: str) -> tuple[str, dict[str, str]]:
@@ -90,6 +123,7 @@ def spark_catalog_conf(settings: Settings) -> dict[str, str]:
         f"{prefix}.cache-enabled": "false",
     }
     conf.update({f"{prefix}.{key}": value for key, value in credentials.items()})
+    conf.update({f"{prefix}.{key}": value for key, value in object_store_properties(settings).items()})
     return conf
 
 
@@ -106,10 +140,30 @@ def catalog_exists(settings: Settings) -> bool:
 
 
 def prepare_catalog(settings: Settings) -> None:
-    """Before a first write: the folder of a SQLite catalog (the database creates its file)."""
+    """Before a write: the folder of a SQLite catalog (the database creates its file); tables on an
+    object store are checked to be writable, so that a wrong endpoint, bucket or key is one line
+    naming the store before Spark starts writing."""
     path = _sqlite_file(settings)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    if settings.tables_on_object_store:
+        check_object_store(settings)
+
+
+def check_object_store(settings: Settings) -> None:
+    """Write and delete an empty object under the warehouse with the catalog's own file IO."""
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    io = PyArrowFileIO(object_store_properties(settings))
+    probe = f"{warehouse(settings)}/.write-check-{uuid.uuid4().hex}"
+    try:
+        with io.new_output(probe).create(overwrite=True) as output:
+            output.write(b"")
+        io.delete(probe)
+    except (OSError, ValueError) as error:
+        reason = " ".join(str(error).split())[:300]
+        store = settings.s3_endpoint_url or "AWS S3"
+        raise PropensityError(f"cannot write the tables at {warehouse(settings)} ({store}): {reason}") from error
 
 
 def python_catalog(settings: Settings) -> SqlCatalog:
@@ -117,4 +171,9 @@ def python_catalog(settings: Settings) -> SqlCatalog:
     snapshots, without a JVM."""
     from pyiceberg.catalog.sql import SqlCatalog
 
-    return SqlCatalog(catalog_name(settings), uri=catalog_url(settings), warehouse=warehouse(settings))
+    return SqlCatalog(
+        catalog_name(settings),
+        uri=catalog_url(settings),
+        warehouse=warehouse(settings),
+        **object_store_properties(settings),
+    )

@@ -29,10 +29,10 @@ class Settings(BaseSettings):
         description="Local work dir: logs and scratch; also the tables and records unless `tables` and "
         "`storage` say otherwise.",
     )
-    tables: Path | None = Field(
+    tables: str | None = Field(
         None,
-        description="Root of the Spark tables (lake, offline feature table, historic and latest scores): a file "
-        "system every step and every Spark executor mounts at this path, a ReadWriteMany volume on a cluster "
+        description="Root of the Spark tables (lake, feature table, historic and latest scores; Iceberg): "
+        "s3://bucket/prefix on any S3-compatible store (a cluster; `catalog` must be set too), or a path "
         "(default: the work dir).",
     )
     storage: str | None = Field(
@@ -87,11 +87,6 @@ class Settings(BaseSettings):
     spark_executor_memory: str = Field("2g", description="Memory of each executor (cluster masters only).")
     spark_executor_instances: int = Field(2, ge=1, description="Executors Spark on Kubernetes starts.")
     spark_executor_image: str | None = Field(None, description="Image of Spark executor pods (default: image).")
-    tables_claim: str | None = Field(
-        None,
-        description="PersistentVolumeClaim (ReadWriteMany) holding `tables`: Spark on Kubernetes mounts it into "
-        "executor pods at the same path.",
-    )
     spark_namespace: str | None = Field(
         None, description="Namespace of Spark executor pods (default: the namespace of the driver's pod)."
     )
@@ -284,19 +279,16 @@ class Settings(BaseSettings):
             raise ValueError("must be local[*], spark://host:port (standalone) or k8s://https://host (Kubernetes)")
         return value
 
-    @field_validator("home", "tables")
+    @field_validator("home")
     @classmethod
-    def _absolute_path(cls, value: Path | None) -> Path | None:
-        if value is not None and str(value).startswith(("s3:/", "s3a:/", "gs:/")):
-            raise ValueError(
-                "Spark tables need a shared file system path (a ReadWriteMany volume on a cluster); "
-                "put object-store records in `storage` instead"
-            )
-        return value.expanduser().resolve() if value is not None else None
+    def _absolute_path(cls, value: Path) -> Path:
+        if str(value).startswith(("s3:/", "s3a:/", "gs:/")):
+            raise ValueError("the work dir is a local path; put tables in `tables` and records in `storage`")
+        return value.expanduser().resolve()
 
-    @field_validator("storage")
+    @field_validator("tables", "storage")
     @classmethod
-    def _storage_uri(cls, value: str | None) -> str | None:
+    def _path_or_s3(cls, value: str | None) -> str | None:
         if value is None:
             return None
         scheme, sep, rest = value.partition("://")
@@ -307,6 +299,20 @@ class Settings(BaseSettings):
         if scheme != "s3" or not rest.strip("/"):
             raise ValueError("must be a path or s3://bucket[/prefix]")
         return f"s3://{rest.strip('/')}"
+
+    @model_validator(mode="after")
+    def _tables_on_object_store(self) -> Settings:
+        if self.tables_on_object_store and self.catalog is None:
+            raise ValueError(
+                "tables on an object store need `catalog`, the database of their Iceberg catalog "
+                "(postgresql+psycopg://user@host:5432/db on a cluster)"
+            )
+        if self.spark_master.startswith("k8s://") and not self.tables_on_object_store:
+            raise ValueError(
+                f"spark_master {self.spark_master} starts executor pods that share no disk with the driver: "
+                "put the tables on an object store (tables = s3://bucket/prefix)"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -345,8 +351,14 @@ class Settings(BaseSettings):
     # Derived locations. Spark tables under `data_root`; shared records under `storage_url`
     # (propensity.storage); only logs and scratch stay in `home`.
     @property
+    def tables_on_object_store(self) -> bool:
+        return self.tables is not None and self.tables.startswith("s3://")
+
+    @property
     def data_root(self) -> Path:
-        return self.tables or self.home
+        """The local folder of the tables (their warehouse, the embedded catalog) and of Feast's local
+        files: `tables`, or the work dir when it is unset or on an object store."""
+        return Path(self.tables) if self.tables is not None and not self.tables_on_object_store else self.home
 
     @property
     def storage_url(self) -> str:

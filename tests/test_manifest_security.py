@@ -267,8 +267,8 @@ def spark_settings(tmp_path: Path, objects: tuple[Obj, ...]) -> Settings:
     data = the(objects, "ConfigMap", "propensity-config")["data"]
     return get_settings(
         home=tmp_path / "home",
-        tables=tmp_path / "tables",
-        tables_claim=data["PROPENSITY_TABLES_CLAIM"],
+        tables=data["PROPENSITY_TABLES"],
+        catalog="postgresql+psycopg://catalog@db:5432/catalog",
         spark_master=data["PROPENSITY_SPARK_MASTER"],
         spark_driver_host="10.1.2.3",
         spark_namespace=NAMESPACE,

@@ -609,7 +609,8 @@ def test_settings_config_map(overlay: str) -> None:
 
     fields = {f"PROPENSITY_{name.upper()}" for name in Settings.model_fields}
     assert set(data) <= fields, f"not settings: {set(data) - fields}"
-    Settings(**{k.removeprefix("PROPENSITY_").lower(): v for k, v in data.items()})  # values parse
+    # The values parse, with the Iceberg catalog's database from the Secret.
+    Settings(**{k.removeprefix("PROPENSITY_").lower(): v for k, v in data.items()}, catalog="postgresql://db/iceberg")
     assert all(isinstance(value, str) for value in data.values())
     # The work directory must be writable under a read-only root filesystem.
     mounts = {m["mountPath"] for m in predictor_container(objects).get("volumeMounts", [])}

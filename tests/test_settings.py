@@ -31,10 +31,35 @@ def test_tables_and_storage_move_state_out_of_the_work_dir(tmp_path: Path, monke
     assert settings.local_pipeline_root == tmp_path / "home" / "kfp"  # kfp.local writes only to a local disk
 
 
+def test_tables_on_an_object_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from propensity.catalog import object_store_properties, spark_catalog_conf
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")  # pragma: allowlist secret
+    settings = get_settings(
+        home=tmp_path / "home",
+        tables="s3://bucket/tables/",
+        catalog="postgresql+psycopg://u@db:5432/catalog",
+        s3_endpoint_url="http://seaweedfs:8333",
+    )
+    assert warehouse(settings) == "s3://bucket/tables/warehouse"
+    assert settings.data_root == tmp_path / "home"  # Feast's local files; no table
+    properties = object_store_properties(settings)
+    assert properties["io-impl"] == "org.apache.iceberg.aws.s3.S3FileIO"
+    assert properties["s3.endpoint"] == "http://seaweedfs:8333" and properties["s3.path-style-access"] == "true"
+    assert properties["s3.access-key-id"] == "key" and properties["client.region"]
+    conf = spark_catalog_conf(settings)
+    secret = [key for key, value in conf.items() if value == "secret"]  # pragma: allowlist secret
+    assert secret and all(re.search(spark_conf(settings)["spark.redaction.regex"], key) for key in secret)
+    assert object_store_properties(get_settings(home=tmp_path / "home")) == {}
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
         ("PROPENSITY_TABLES", "s3a://bucket/tables"),
+        ("PROPENSITY_TABLES", "s3://bucket/tables"),  # without a catalog every pod would keep its own
+        ("PROPENSITY_SPARK_MASTER", "k8s://https://kubernetes.default.svc"),  # tables on a local disk
         ("PROPENSITY_STORAGE", "gs://bucket"),
         ("PROPENSITY_STORAGE", "s3://"),
     ],
@@ -98,7 +123,13 @@ def test_spark_on_a_cluster_gets_the_driver_address_and_the_settings(tmp_path: P
 
 
 def test_spark_on_kubernetes_runs_executor_pods_of_the_project_image(tmp_path: Path) -> None:
-    cluster = {"home": tmp_path, "spark_master": "k8s://https://kubernetes.default.svc", "image": "reg/p:1"}
+    cluster = {
+        "home": tmp_path,
+        "spark_master": "k8s://https://kubernetes.default.svc",
+        "image": "reg/p:1",
+        "tables": "s3://propensity/tables",
+        "catalog": "postgresql+psycopg://catalog@db:5432/catalog",
+    }
     with pytest.raises(PropensityError, match="PROPENSITY_SPARK_DRIVER_HOST"):
         spark_conf(get_settings(**cluster))
     with pytest.raises(PropensityError, match="PROPENSITY_SPARK_NAMESPACE"):
@@ -109,7 +140,7 @@ def test_spark_on_kubernetes_runs_executor_pods_of_the_project_image(tmp_path: P
     assert conf["spark.executor.instances"] == "2"
 
 
-def test_executor_pods_mount_the_tables_and_read_credentials_from_the_secret(tmp_path: Path) -> None:
+def test_executor_pods_mount_nothing_and_read_credentials_from_the_secret(tmp_path: Path) -> None:
     import kubernetes_validate
     import yaml
 
@@ -117,8 +148,8 @@ def test_executor_pods_mount_the_tables_and_read_credentials_from_the_secret(tmp
 
     settings = get_settings(
         home=tmp_path / "home",
-        tables=tmp_path / "tables",
-        tables_claim="propensity-tables",
+        tables="s3://propensity/tables",
+        catalog="postgresql+psycopg://catalog@db:5432/catalog",
         spark_master="k8s://https://kubernetes.default.svc",
         spark_driver_host="10.1.2.3",
         spark_namespace="ml",
@@ -126,13 +157,12 @@ def test_executor_pods_mount_the_tables_and_read_credentials_from_the_secret(tmp
     )
     conf = spark_conf(settings)
     assert not [key for key, value in conf.items() if "s3cret" in value]  # not in the pod spec Spark writes
-    assert conf["spark.executorEnv.PROPENSITY_TABLES"] == str(tmp_path / "tables")
+    assert conf["spark.executorEnv.PROPENSITY_TABLES"] == "s3://propensity/tables"
     template = yaml.safe_load(Path(conf["spark.kubernetes.executor.podTemplateFile"]).read_text())
     for version in KUBERNETES_VERSIONS:
         kubernetes_validate.validate(template, version, strict=True)
     spec = template["spec"]
-    assert spec["volumes"] == [{"name": "tables", "persistentVolumeClaim": {"claimName": "propensity-tables"}}]
     (container,) = spec["containers"]
-    assert container["volumeMounts"] == [{"name": "tables", "mountPath": str(tmp_path / "tables")}]
+    assert "volumes" not in spec and "volumeMounts" not in container  # the tables are on the object store
     assert container["envFrom"] == [{"secretRef": {"name": "propensity-secrets", "optional": True}}]
     assert spec["automountServiceAccountToken"] is False and container["securityContext"]["runAsNonRoot"]
