@@ -7,8 +7,8 @@ Every step gets:
 * the credentials: the keys of the Secret `propensity-secrets` that exist (object storage, Redis,
   MLflow), as environment variables, never in the IR or the ConfigMap;
 * a writable work directory (`PROPENSITY_HOME`, an emptyDir) for scratch space and logs;
-* the Spark tables: the ReadWriteMany claim `propensity-tables` at `PROPENSITY_TABLES` (Spark on
-  Kubernetes mounts the same claim into its executors, see propensity.spark);
+* no volume for the Spark tables: they are Iceberg tables on the object store (`PROPENSITY_TABLES`,
+  s3://...), committed through their catalog's database (`PROPENSITY_CATALOG`, in the Secret);
 * resource requests and limits, retries where a rerun is safe, and caching only where a step's
   result depends on nothing but its inputs (anything that reads the lake, the registry or "today"
   must really rerun: a cached nightly scoring run would score nothing).
@@ -36,8 +36,6 @@ SECRET_KEYS = (
     *(f"PROPENSITY_{name.upper()}" for name in SECRET_SETTINGS),
 )
 WORK_DIR = "/var/lib/propensity"  # PROPENSITY_HOME in manifests/base/configmap.yaml
-TABLES_CLAIM = "propensity-tables"  # PROPENSITY_TABLES_CLAIM, manifests/base/tables-volume.yaml
-TABLES_DIR = "/mnt/propensity-tables"  # PROPENSITY_TABLES
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,6 @@ def on_cluster(task: PipelineTask, resources: Resources) -> PipelineTask:
         kubernetes.use_field_path_as_env(task, "PROPENSITY_SPARK_DRIVER_HOST", "status.podIP")
     kubernetes.use_secret_as_env(task, SECRET, {key: key for key in SECRET_KEYS}, optional=True)
     kubernetes.empty_dir_mount(task, volume_name="work", mount_path=WORK_DIR)
-    kubernetes.mount_pvc(task, pvc_name=TABLES_CLAIM, mount_path=TABLES_DIR)
     task.set_cpu_request(resources.cpu).set_memory_request(resources.memory).set_memory_limit(resources.memory_limit)
     if resources.retries:
         task.set_retry(num_retries=resources.retries, backoff_duration="60s", backoff_factor=2)

@@ -96,7 +96,9 @@ def write_and_ingest(
     """Generate `days` days, write the days from `since_day` on (as a shop's daily export would) and
     ingest them: the lake appends those days. Returns the transactions ingested."""
     data = generate(customers=customers, days=days, drift=drift, seed=seed)
-    folder = settings.data_root / "demo-data" / name  # where every Spark executor can read it
+    # The shop's export, on the driver's disk (as a user's file is): Spark local or a cluster's
+    # executors on this machine read it. Gone once ingested: the lake holds the data.
+    folder = settings.scratch_dir / "demo-data" / name
     folder.mkdir(parents=True, exist_ok=True)
     since = DEFAULT_START + pd.Timedelta(days=since_day)
     data.customers.to_parquet(folder / "customers.parquet", index=False)
@@ -104,6 +106,7 @@ def write_and_ingest(
     try:
         return ingest(settings, folder / "transactions.parquet", folder / "customers.parquet").transactions
     finally:
+        shutil.rmtree(folder, ignore_errors=True)
         release_executors()  # the pipeline steps that follow are Spark applications of their own
 
 

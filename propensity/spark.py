@@ -45,7 +45,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()} {AWS_SDK_OPTIONS}",
         "spark.executor.extraJavaOptions": AWS_SDK_OPTIONS,
         # Credentials reach executors as settings: keep them out of Spark's UI and event logs.
-        "spark.redaction.regex": "(?i)secret|password|token|access[.]key|cookies|feast_registry|propensity_catalog",
+        "spark.redaction.regex": "(?i)secret|password|token|access[.-]key|cookies|feast_registry|propensity_catalog",
         # The table format, its catalog and S3 clients (propensity/jvm.lock), sent to every executor.
         "spark.jars": ",".join(str(path) for path in class_path()),
         "spark.sql.extensions": EXTENSIONS,  # Iceberg's SQL: maintenance procedures (expire snapshots)
@@ -99,7 +99,7 @@ def kubernetes_conf(settings: Settings) -> dict[str, str]:
     }
     template = settings.scratch_dir / "spark-executor-pod.yaml"
     template.parent.mkdir(parents=True, exist_ok=True)
-    template.write_text(yaml.safe_dump(executor_pod_template(settings), sort_keys=False))
+    template.write_text(yaml.safe_dump(executor_pod_template(), sort_keys=False))
     conf["spark.kubernetes.executor.podTemplateFile"] = str(template)
     # Executors are owned by the step's pod (its name is the hostname) and go away with it.
     if os.environ.get("HOSTNAME"):
@@ -111,14 +111,13 @@ def kubernetes_conf(settings: Settings) -> dict[str, str]:
 
 
 EXECUTOR_SERVICE_ACCOUNT = "propensity-spark-executor"  # manifests/base/serviceaccounts.yaml: no token, no Role
-TABLES_VOLUME = "tables"
 
 
-def executor_pod_template(settings: Settings) -> dict[str, Any]:
+def executor_pod_template() -> dict[str, Any]:
     """What Spark adds to every executor pod it creates: the project's non-root security context
     (Pod Security "restricted"), its own ServiceAccount without a token, the credentials from the
-    Secret (optional keys, as the pipeline steps get them) and the shared tables volume at the path
-    the driver uses."""
+    Secret (optional keys, as the pipeline steps get them: the object store's keys reach the tables).
+    No volume: the tables are on the object store."""
     container: dict[str, Any] = {
         "name": "spark-executor",
         "envFrom": [{"secretRef": {"name": SECRET, "optional": True}}],
@@ -137,9 +136,6 @@ def executor_pod_template(settings: Settings) -> dict[str, Any]:
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
     }
-    if settings.tables_claim:
-        pod["volumes"] = [{"name": TABLES_VOLUME, "persistentVolumeClaim": {"claimName": settings.tables_claim}}]
-        container["volumeMounts"] = [{"name": TABLES_VOLUME, "mountPath": str(settings.data_root)}]
     return {
         "apiVersion": "v1",
         "kind": "Pod",

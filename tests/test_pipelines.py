@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from pipelines.platform import CONFIG_MAP, SECRET, TABLES_CLAIM, TABLES_DIR, WORK_DIR
+from pipelines.platform import CONFIG_MAP, SECRET, WORK_DIR
 from pipelines.runner import compile_all, parse_params, read_compiled, schedule, submit
 from propensity.errors import PropensityError
 from propensity.settings import Settings
@@ -65,11 +65,8 @@ def test_every_step_gets_the_settings_credentials_and_a_work_dir(
             assert from_secret["secretName"] == SECRET and from_secret["optional"] is True
             assert secret_keys <= {m["secretKey"] for m in from_secret["keyToEnv"]}
             assert config["emptyDirMounts"] == [{"volumeName": "work", "mountPath": WORK_DIR}]
-            # The Spark tables: one ReadWriteMany claim, at the path the settings name.
-            (claim,) = config["pvcMount"]
-            assert claim["mountPath"] == TABLES_DIR == config_map["data"]["PROPENSITY_TABLES"]
-            assert claim["pvcNameParameter"]["runtimeValue"]["constant"] == TABLES_CLAIM
-            assert config_map["data"]["PROPENSITY_TABLES_CLAIM"] == TABLES_CLAIM
+            # No shared volume: the Spark tables are on the object store.
+            assert "pvcMount" not in config and config_map["data"]["PROPENSITY_TABLES"].startswith("s3://")
             # Spark steps advertise their pod's IP to the executors; no step reads it from the ConfigMap.
             assert "PROPENSITY_SPARK_DRIVER_HOST" not in mapped
             spark_steps = (

@@ -4,11 +4,11 @@ cluster's services, really started on 127.0.0.1: an S3-compatible object store (
 Redis as the online store, and a Spark standalone master and worker in their own JVMs.
 
 `propensity demo` runs as a user would start it, in a process of its own, from an empty work dir.
-Two stand-ins remain, because this machine cannot run what they stand for: the Spark tables live in
-a shared directory (a ReadWriteMany volume on a cluster; Spark's s3a connector jars come from Maven,
-which is out of reach here), and kfp.local keeps step artifacts in a local folder outside the work
-dir (KFP's own artifact store on a cluster). Everything else goes through the services, and the
-test proves that nothing but logs was written to the work dir.
+Every Spark table is an Iceberg table on the object store, its catalog a PostgreSQL database: no
+path is shared between the driver and the executors. One stand-in remains, because this machine
+cannot run what it stands for: kfp.local keeps step artifacts in a local folder outside the work dir
+(KFP's own artifact store on a cluster). Everything else goes through the services, and the test
+proves that nothing but logs was written to the work dir and no table byte to the local disk.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.system, pytest.mark.integration, pytest.mark.timeout(4
 # a deploy, take about 30 minutes on 2 cores (up to half as long again beside `make test` in CI).
 CUSTOMERS, DAYS = 1000, 480
 KNOWN_REQUESTS, NEW_REQUESTS = 120, 60  # the demo's defaults
+TABLES = "loop-tables"  # the tables' prefix in the bucket
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Loop:
     summary: dict[str, Any]
     env: dict[str, str]
     home: Path
-    shared: Path
+    root: Path
     store: ObjectStore
     executor_logs: list[Path]
     redis_keys: int
@@ -62,7 +63,7 @@ def loop(
             **os.environ,
             **store.env,
             "PROPENSITY_HOME": str(root / "home"),
-            "PROPENSITY_TABLES": str(root / "shared"),
+            "PROPENSITY_TABLES": f"s3://propensity/{TABLES}",
             "PROPENSITY_STORAGE": "s3://propensity/loop",
             "PROPENSITY_S3_ENDPOINT_URL": store.endpoint,
             "PROPENSITY_S3_REGION": store.region,
@@ -111,7 +112,7 @@ def loop(
             json.loads(demo.stdout),
             env,
             root / "home",
-            root / "shared",
+            root,
             store,
             sorted(spark_cluster.work_dir.glob("app-*/*/stderr")),
             int(keys),
@@ -173,11 +174,20 @@ def test_nothing_but_logs_was_written_to_the_work_dir(loop: Loop) -> None:
     )
     assert written == [".propensity-demo"]
     assert (loop.home / "logs" / "pipelines.log").is_file()
-    tables = loop.shared / "warehouse" / "propensity"
-    assert sorted(p.name for p in tables.iterdir()) == sorted(
-        ["customers", "transactions", "feature_snapshots", "historic_scores", "latest_scores"]
-    )
-    assert not (loop.shared / "catalog.db").exists()  # the Iceberg catalog is the PostgreSQL database
+
+
+def test_every_table_is_on_the_object_store_and_none_on_the_local_disk(loop: Loop) -> None:
+    assert loop.env["PROPENSITY_TABLES"].startswith("s3://")  # no shared path configured
+    prefix = f"{TABLES}/warehouse/propensity/"
+    keys = loop.store.keys("propensity", prefix)
+    tables = {key.removeprefix(prefix).split("/")[0] for key in keys}
+    assert tables == {"customers", "transactions", "feature_snapshots", "historic_scores", "latest_scores"}
+    for table in tables:
+        assert any(key.startswith(f"{prefix}{table}/data/") and key.endswith(".parquet") for key in keys), table
+    # Not a data file, manifest or metadata file of a table anywhere on this machine's side of the
+    # test (work dir, kfp.local's artifacts, the services' folders), and no embedded catalog.
+    local = [p for p in loop.root.rglob("*") if p.is_file() and p.name.endswith((".avro", ".metadata.json"))]
+    assert local == [] and not list(loop.root.rglob("catalog.db")) and not list(loop.root.rglob("warehouse"))
 
 
 def test_features_the_spark_cluster_computed_equal_the_reference(loop: Loop) -> None:
@@ -192,11 +202,15 @@ def test_features_the_spark_cluster_computed_equal_the_reference(loop: Loop) -> 
     from tests import reference
     from tests.test_ingest import lake_customers, lake_transactions
 
-    settings = get_settings(home=loop.home, tables=loop.shared, catalog=loop.env["PROPENSITY_CATALOG"])
-    as_of = pd.Timestamp(max(computed_snapshots(settings)))
-    expected = reference.activity_features(lake_customers(settings), lake_transactions(settings), [as_of])
-    snapshot = feature_snapshot(settings, as_of)
-    got = pd.concat(scan_batches(settings, snapshot.name, 10**6, None, snapshot.snapshot_id, snapshot.partition))
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in loop.env.items():  # the object store's keys, read by PyIceberg
+            mp.setenv(name, value)
+        settings = get_settings()  # the demo's: tables on the object store, catalog in PostgreSQL
+        as_of = pd.Timestamp(max(computed_snapshots(settings)))
+        expected = reference.activity_features(lake_customers(settings), lake_transactions(settings), [as_of])
+        snapshot = feature_snapshot(settings, as_of)
+        batches = scan_batches(settings, snapshot.name, 10**6, None, snapshot.snapshot_id, snapshot.partition)
+        got = pd.concat(batches)
     assert len(got) > CUSTOMERS / 2
     # The same customers, each once, before the same values: a dropped or repeated one fails here.
     assert got[F.ENTITY].is_unique and set(got[F.ENTITY]) == set(expected[F.ENTITY])
