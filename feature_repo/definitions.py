@@ -11,7 +11,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, ValueType
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
@@ -55,7 +54,7 @@ class Sources:
 
     activity: str  # the offline feature table (Iceberg, partitioned by snapshot date), as Spark names it
     profile: str  # the lake's customers table (Iceberg)
-    score: Path  # an empty Parquet file: scores reach the online store by push only
+    score: str  # the latest scores table (Iceberg); scores reach the online store by push
 
 
 # Feast warns that its Spark source and store are experimental on every construction, which includes
@@ -63,15 +62,15 @@ class Sources:
 warnings.filterwarnings("ignore", r"The spark (data source API|offline store) is an experimental", RuntimeWarning)
 
 
-def _spark_source(name: str, where: str | Path, timestamp_field: str) -> SparkSource:
-    if isinstance(where, Path):
-        return SparkSource(name=name, path=str(where), file_format="parquet", timestamp_field=timestamp_field)
-    return SparkSource(name=name, table=where, timestamp_field=timestamp_field)
+def _spark_source(name: str, table: str, timestamp_field: str) -> SparkSource:
+    """A view's offline rows: a table of our catalog, read by Feast's Spark offline store (Feast
+    touches it only to read, and the score view's never: its rows arrive by push)."""
+    return SparkSource(name=name, table=table, timestamp_field=timestamp_field)
 
 
 def build_repo(sources: Sources, snapshot_every_days: int) -> FeatureRepo:
     customer = Entity(name="customer", join_keys=[ENTITY], value_type=ValueType.STRING, description="A shopper")
-    where: dict[str, tuple[str | Path, str]] = {
+    where: dict[str, tuple[str, str]] = {
         ACTIVITY_VIEW: (sources.activity, EVENT_TIMESTAMP),
         PROFILE_VIEW: (sources.profile, "signup_date"),
         SCORE_VIEW: (sources.score, EVENT_TIMESTAMP),

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
-from pathlib import Path
-
-import pandas as pd
 from feast import FeatureStore, RepoConfig
 from feast.infra.registry.sql import SqlRegistryConfig
 from feast.repo_config import RegistryConfig
 
 from feature_repo.definitions import FeatureRepo, Sources, build_repo
-from propensity import features as F
 from propensity.catalog import table_name
 from propensity.errors import PropensityError
 from propensity.feature_table import FEATURE_SNAPSHOTS
 from propensity.lake import CUSTOMERS
 from propensity.settings import Settings
-from propensity.tables import load_table
+from propensity.tables import LATEST_SCORES, load_table
 
 
 def registry_config(settings: Settings) -> RegistryConfig:
@@ -53,26 +48,6 @@ def repo_config(settings: Settings) -> RepoConfig:
     )
 
 
-def _empty_score_source(settings: Settings) -> Path:
-    """Scores reach the online store by push; the view still needs an offline source with its schema."""
-    path = settings.feature_store_dir / "offline" / "customer_score.parquet"
-    if not path.exists():
-        empty = pd.DataFrame(
-            {
-                F.ENTITY: pd.Series(dtype=str),
-                F.EVENT_TIMESTAMP: pd.Series(dtype="datetime64[ns]"),
-                "score": pd.Series(dtype=float),
-                "model_version": pd.Series(dtype=str),
-                "scored_at": pd.Series(dtype=str),
-            }
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        empty.to_parquet(tmp, index=False)
-        tmp.replace(path)  # whole or not at all, also with a concurrent writer
-    return path
-
-
 def feature_repo(settings: Settings) -> FeatureRepo:
     """The Feast objects over this deployment's tables (apply them after the customers table changes)."""
     if load_table(settings, CUSTOMERS) is None:
@@ -80,7 +55,7 @@ def feature_repo(settings: Settings) -> FeatureRepo:
     sources = Sources(
         activity=table_name(settings, FEATURE_SNAPSHOTS),
         profile=table_name(settings, CUSTOMERS),
-        score=_empty_score_source(settings),
+        score=table_name(settings, LATEST_SCORES),
     )
     return build_repo(sources, settings.snapshot_every_days)
 

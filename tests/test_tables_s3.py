@@ -72,23 +72,28 @@ def test_the_lake_and_the_feature_table_live_on_the_object_store_only(on_s3: Set
     result = ingest(settings, tx, customers)
     as_of = last_data_date(settings)
     built = materialize_features(settings, str(as_of.date()))
-    info = build_training_set(settings, settings.home / "training.parquet", str(as_of.date()))
+    training = settings.home.parent / "artifacts" / "training.parquet"  # a step artifact, not a table
+    info = build_training_set(settings, training, str(as_of.date()))
 
     # Spark wrote them and PyIceberg reads them back, without a JVM, from the store.
     assert rows(settings, TRANSACTIONS) == result.transactions == len(pd.read_parquet(tx))
     assert rows(settings, CUSTOMERS) == len(pd.read_parquet(customers))
     assert rows(settings, FEATURE_SNAPSHOTS) > 0 and built.snapshots_computed > 0
     # Feast's point-in-time join read the feature table through the same catalog.
-    assert info.rows > 0 and pd.read_parquet(settings.home / "training.parquet")["customer_id"].notna().all()
+    assert info.rows > 0 and pd.read_parquet(training)["customer_id"].notna().all()
     prefix = warehouse(settings).removeprefix("s3://propensity/")
     keys = store.keys("propensity", prefix)
     for name in (TRANSACTIONS, CUSTOMERS, FEATURE_SNAPSHOTS):
         assert any(key.startswith(f"{prefix}/propensity/{name}/data/") for key in keys), name
         assert any(key.startswith(f"{prefix}/propensity/{name}/metadata/") for key in keys), name
     assert not any(".write-check-" in key for key in keys)
-    # Nothing of a table on local disk: not in the work dir, not beside the input.
+    # Nothing of a table on local disk: not in the work dir, not beside the input and the artifact.
     assert local_table_files(settings.home) == []
-    assert {path.name for path in local_table_files(settings.home.parent)} == {"tx.parquet", "customers.parquet"}
+    assert {path.name for path in local_table_files(settings.home.parent)} == {
+        "tx.parquet",
+        "customers.parquet",
+        "training.parquet",
+    }
 
 
 def test_a_store_that_refuses_the_key_is_one_line_and_nothing_is_written(
