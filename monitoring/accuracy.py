@@ -230,9 +230,10 @@ def realised_accuracy(
         fingerprint = str(snapshot)
         start = pd.Timestamp(score_date)
         window_end = start + pd.Timedelta(days=settings.label_horizon_days)
-        transactions = everything.where(  # partition pruning: only the label window's days are read
-            (sf.col(DATE_PARTITION) >= sf.lit(str(start.date())).cast("date"))
-            & (sf.col(DATE_PARTITION) < sf.lit(str(window_end.date())).cast("date"))
+        # Partition pruning: only the label window's days are read (the partition values are
+        # YYYY-MM-DD text, compared as text so that Iceberg gets the filter as it is).
+        transactions = everything.where(
+            (sf.col(DATE_PARTITION) >= str(start.date())) & (sf.col(DATE_PARTITION) < str(window_end.date()))
         )
         labelled = _labelled_scores(spark, settings, score_date, snapshot, transactions, customers).persist()
         try:

@@ -53,7 +53,7 @@ from propensity.tables import (
 CUSTOMER_COLUMNS = ["customer_id", "signup_date", "country", "channel"]
 CUSTOMER_SCHEMA = "customer_id string, signup_date timestamp_ntz, country string, channel string"
 TRANSACTION_COLUMNS = ["transaction_id", "customer_id", "timestamp", "amount", "items"]
-DATE_PARTITION = "date"
+DATE_PARTITION = "date"  # the transactions' partition: the day of `timestamp` as YYYY-MM-DD text
 TRANSACTIONS, CUSTOMERS = "transactions", "customers"  # the lake's Iceberg tables
 # Recorded by each customers commit: the signup days (old and new) of the customers it added or
 # changed, comma-separated; from those days on, feature snapshots count them differently.
