@@ -39,7 +39,14 @@ from propensity.metrics import calibration_bin_column, calibration_error_from_bi
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.storage import Storage
-from propensity.tables import HISTORIC_SCORES, SCORE_DATE, TableSnapshot, partitions, read_snapshot
+from propensity.tables import (
+    HISTORIC_SCORES,
+    SCORE_DATE,
+    TableSnapshot,
+    current_snapshot,
+    partitions,
+    read_snapshot,
+)
 
 SERIES_KEY = "monitoring/realised_accuracy.json"
 PLOT_KEY = "monitoring/realised_accuracy.png"
@@ -130,13 +137,13 @@ def _labelled_scores(
     spark: SparkSession,
     settings: Settings,
     score_date: str,
-    snapshot: int,
+    snapshot: TableSnapshot,
     transactions: DataFrame,
     customers: DataFrame,
 ) -> DataFrame:
-    """One partition's scores, as of the snapshot that last changed it, with their label and segment,
+    """One partition's scores in that snapshot of the historic table, with their label and segment,
     each row twice: its country and "all"."""
-    historic = read_snapshot(spark, settings, TableSnapshot(HISTORIC_SCORES, snapshot, {}))
+    historic = read_snapshot(spark, settings, snapshot)
     entities = historic.where((sf.col(SCORE_DATE) == score_date) & sf.col("score").isNotNull()).select(
         F.ENTITY,
         sf.col("score").cast("double").alias("score"),
@@ -218,6 +225,13 @@ def realised_accuracy(
         dates = sorted(set(score_dates))
     if not dates:
         return []
+    # Every date is read from the table's current snapshot, taken after the listing: a date's rows
+    # there are those of the snapshot that last changed it, which the maintenance step may have
+    # expired by now (a complete date is at least the label horizon old). A date rescored since the
+    # listing is read new under its old fingerprint, so the next run computes it again.
+    current = current_snapshot(settings, HISTORIC_SCORES)
+    if current is None:  # deleted since the listing
+        raise PropensityError("the historic scores table is gone; run batch scoring first")
     customers = read_customers(spark, settings).select(F.ENTITY, SEGMENT)
     everything = read_transactions(spark, settings).where(
         sf.col("timestamp") < sf.lit(as_of.to_pydatetime()).cast("timestamp_ntz")
@@ -235,7 +249,7 @@ def realised_accuracy(
         transactions = everything.where(
             (sf.col(DATE_PARTITION) >= str(start.date())) & (sf.col(DATE_PARTITION) < str(window_end.date()))
         )
-        labelled = _labelled_scores(spark, settings, score_date, snapshot, transactions, customers).persist()
+        labelled = _labelled_scores(spark, settings, score_date, current, transactions, customers).persist()
         try:
             summaries, aucs = _summaries(labelled), _aucs(labelled)
         finally:
