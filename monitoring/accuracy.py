@@ -226,8 +226,8 @@ def realised_accuracy(
     if not dates:
         return []
     # Every date is read from the table's current snapshot, taken after the listing: a date's rows
-    # there are those of the snapshot that last changed it, which the maintenance step may have
-    # expired by now (a complete date is at least the label horizon old). A date rescored since the
+    # there are those of the snapshot that last changed it, which is old enough (at least the label
+    # horizon) for a retention to have expired it. A date rescored since the
     # listing is read new under its old fingerprint, so the next run computes it again.
     current = current_snapshot(settings, HISTORIC_SCORES)
     if current is None:  # deleted since the listing

@@ -45,9 +45,9 @@ def snapshot_key(date: pd.Timestamp) -> str:
 
 def computed_snapshots(settings: Settings) -> dict[str, str]:
     """When the computation of each snapshot in the table began (UTC ISO), by snapshot date, from
-    the table's commits. A date whose commit the maintenance step has expired counts from that
-    commit's time (when its computation ended); an empty snapshot whose commit was expired is
-    forgotten (and computed again when asked for)."""
+    the table's commits. A date whose commit is no longer in the table's history counts from its
+    partition's last commit time (when its computation ended); an empty snapshot whose commit is
+    gone is forgotten (and computed again when asked for)."""
     computed = {}
     for commit in snapshot_history(settings, FEATURE_SNAPSHOTS):
         if COMPUTED_DATES in commit.properties:

@@ -162,7 +162,7 @@ def _properties(snapshot: Any) -> dict[str, str]:
 
 def snapshot_history(settings: Settings, name: str) -> list[TableSnapshot]:
     """The snapshots readers of the table have seen, oldest first, as far back as the table keeps them
-    (the maintenance step expires old ones); empty before its first write."""
+    (all of them: nothing expires snapshots yet); empty before its first write."""
     from pyiceberg.table.snapshots import ancestors_of
 
     table = load_table(settings, name)
