@@ -415,7 +415,11 @@ def _validate_customers(customers: DataFrame, settings: Settings) -> None:
 
 
 def require_lake(settings: Settings) -> None:
-    if not transaction_days(settings):
+    """A one-line error unless the transactions table has rows: from its current snapshot's summary,
+    one metadata file, where listing the days reads every manifest."""
+    table = load_table(settings, TRANSACTIONS)
+    snapshot = table.current_snapshot() if table is not None else None
+    if snapshot is None or snapshot.summary is None or int(snapshot.summary["total-records"] or 0) == 0:
         raise PropensityError(
             "no data in the lake yet; run `propensity generate --out DIR` and `propensity ingest`, or `propensity demo`"
         )
