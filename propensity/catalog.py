@@ -50,7 +50,7 @@ def catalog_url(settings: Settings) -> str:
 
 def warehouse(settings: Settings) -> str:
     """Where new tables put their files: `warehouse` under the tables' root, a folder or an S3 prefix."""
-    if settings.tables is not None and settings.tables_on_object_store:
+    if settings.tables_on_object_store:
         return f"{settings.tables}/warehouse"
     return (settings.data_root / "warehouse").as_uri()
 
