@@ -209,6 +209,17 @@ def publish_latest_scores() -> int:
 
 
 @component
+def maintain_tables() -> str:
+    """Expire table snapshots older than the retention setting and delete orphan files (JSON summary)."""
+    import json
+
+    from components.maintenance import maintain_tables as step
+    from propensity.settings import get_settings
+
+    return json.dumps(step(get_settings()), sort_keys=True)
+
+
+@component
 def check_inference_drift(as_of_date: str, report: Output[HTML], metrics: Output[Metrics]) -> bool:
     """Drift of what the predictor saw and answered (the inference log's recent window) vs the reference."""
     from monitoring.checks import check_inference_drift as step

@@ -106,11 +106,12 @@ def _naive(as_of: pd.Timestamp | str) -> pd.Timestamp:
     return value.tz_convert("UTC").tz_localize(None) if value.tzinfo is not None else value
 
 
-def complete_score_dates(settings: Settings, as_of: pd.Timestamp) -> dict[str, int]:
+def complete_score_dates(settings: Settings, as_of: pd.Timestamp) -> dict[str, int | None]:
     """Score dates whose label window closed by `as_of` and by the end of the lake's data (a window
     past the last ingested day is not complete: missing data would read as "did not buy"), each with
     the historic table's snapshot that last changed it: a rescored date has a new one, so its
-    realised accuracy is computed again (from the table's metadata, no JVM)."""
+    realised accuracy is computed again (from the table's metadata, no JVM). None once maintenance
+    has expired that snapshot: the date's accuracy is computed once more, as "None", then kept."""
     as_of = _naive(as_of)
     first = first_data_date(settings)
     if as_of <= first:

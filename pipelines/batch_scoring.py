@@ -1,4 +1,5 @@
-"""Nightly batch scoring: features as of the date, Spark scoring, latest scores to the online store."""
+"""Nightly batch scoring: features as of the date, Spark scoring, latest scores to the online store,
+then table maintenance (old snapshots expired, orphan files deleted)."""
 
 from typing import NamedTuple
 
@@ -11,7 +12,7 @@ from pipelines.platform import SPARK_DRIVER, on_cluster
 @dsl.pipeline(
     name="propensity-batch-scoring",
     description="Score every known customer with the champion into the historic and latest tables, "
-    "then push the latest scores to the online store.",
+    "then push the latest scores to the online store; then expire old table snapshots.",
 )
 def batch_scoring_pipeline(
     score_date: str = "",
@@ -23,6 +24,10 @@ def batch_scoring_pipeline(
     scored = on_cluster(c.score_customers(score_date=features.outputs["as_of_date"]), SPARK_DRIVER).set_display_name(
         "Score customers (Spark)"
     )
-    on_cluster(c.publish_latest_scores(), SPARK_DRIVER).after(scored).set_display_name("Publish latest scores online")
+    published = on_cluster(c.publish_latest_scores(), SPARK_DRIVER).after(scored)
+    published.set_display_name("Publish latest scores online")
+    on_cluster(c.maintain_tables(), SPARK_DRIVER).after(published).set_display_name(
+        "Expire old table snapshots, delete orphan files"
+    )
     outputs = NamedTuple("ScoringOutputs", rows_scored=int, latest_rows=int, model_version=str)
     return outputs(scored.outputs["rows_scored"], scored.outputs["latest_rows"], scored.outputs["model_version"])

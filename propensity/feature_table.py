@@ -18,6 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 
 from propensity import features as F
+from propensity.catalog import table_name
 from propensity.errors import PropensityError
 from propensity.lake import lake_changes, read_customers, read_transactions
 from propensity.settings import Settings
@@ -36,6 +37,7 @@ SNAPSHOT_PARTITION = "snapshot_date"
 # What each commit of the table records in its snapshot summary.
 COMPUTED_DATES = "snapshot-dates"  # the dates it computed, comma-separated (an empty one has no rows)
 COMPUTED_FROM = "computed-from"  # when their computation began (UTC ISO): later lake changes make them stale
+FORGOTTEN_DATES = "forgotten-dates"  # the stale dates it deleted before maintenance expired their lineage
 DEFINITION = "feature-definition"  # propensity.features.FEATURE_DEFINITION
 
 
@@ -45,16 +47,18 @@ def snapshot_key(date: pd.Timestamp) -> str:
 
 def computed_snapshots(settings: Settings) -> dict[str, str]:
     """When the computation of each snapshot in the table began (UTC ISO), by snapshot date, from
-    the table's commits. A date whose commit is no longer in the table's history counts from its
-    partition's last commit time (when its computation ended); an empty snapshot whose commit is
-    gone is forgotten (and computed again when asked for)."""
-    computed = {}
+    the table's commits. A date whose commit maintenance has expired counts as computed before
+    anything the tables still know changed ("", see `forget_stale_snapshots`); an empty snapshot
+    whose commit is gone is forgotten (and computed again when asked for)."""
+    computed: dict[str, str] = {}
     for commit in snapshot_history(settings, FEATURE_SNAPSHOTS):
         if COMPUTED_DATES in commit.properties:
             dates = [d for d in commit.properties[COMPUTED_DATES].split(",") if d]
             computed.update(dict.fromkeys(dates, commit.properties[COMPUTED_FROM]))
+        for date in commit.properties.get(FORGOTTEN_DATES, "").split(","):
+            computed.pop(date, None)
     for date, (_, committed_at) in partition_updates(settings, FEATURE_SNAPSHOTS, SNAPSHOT_PARTITION).items():
-        computed.setdefault(date, timestamp(committed_at))
+        computed.setdefault(date, committed_at)
     return dict(sorted(computed.items()))
 
 
@@ -98,6 +102,24 @@ def build_feature_table(spark: SparkSession, settings: Settings, dates: list[pd.
     # A date without a single customer is still computed: its old rows, if any, are removed.
     overwrite_where(rows, settings, FEATURE_SNAPSHOTS, SNAPSHOT_PARTITION, keys, properties)
     return keys
+
+
+def forget_stale_snapshots(spark: SparkSession, settings: Settings) -> list[str]:
+    """Delete, in one commit, every snapshot in the table that is stale now; return their keys.
+
+    Run by maintenance before it expires old commits: once a commit is expired, when it changed a
+    lake day or computed a snapshot is no longer known (`partition_updates`), and an unknown change
+    counts as older than every snapshot. That is true only if nothing stale is left when the
+    commits expire: what is deleted here is computed again when next asked for."""
+    computed = computed_snapshots(settings)
+    stale = [snapshot_key(d) for d in stale_snapshots(settings, [pd.Timestamp(k) for k in computed])]
+    current = current_snapshot(settings, FEATURE_SNAPSHOTS)
+    if not stale or current is None:
+        return []
+    nothing = spark.table(table_name(settings, FEATURE_SNAPSHOTS)).limit(0)
+    properties = {FORGOTTEN_DATES: ",".join(stale), DEFINITION: current.properties.get(DEFINITION, "")}
+    overwrite_where(nothing, settings, FEATURE_SNAPSHOTS, SNAPSHOT_PARTITION, stale, properties)
+    return stale
 
 
 def feature_snapshot(settings: Settings, date: pd.Timestamp) -> TableSnapshot:

@@ -47,7 +47,6 @@ from propensity.tables import (
     partition_updates,
     replace_table,
     snapshot_history,
-    timestamp,
 )
 
 CUSTOMER_COLUMNS = ["customer_id", "signup_date", "country", "channel"]
@@ -471,7 +470,7 @@ def lake_changes(settings: Settings) -> dict[str, str]:
     day's last commit, and the signup days each customers commit changed (as far back as the
     table keeps its commits)."""
     updates = partition_updates(settings, TRANSACTIONS, DATE_PARTITION)
-    changes = {day: timestamp(committed_at) for day, (_, committed_at) in updates.items()}
+    changes = {day: committed_at for day, (_, committed_at) in updates.items()}
     for commit in snapshot_history(settings, CUSTOMERS):
         for day in filter(None, commit.properties.get(CHANGED_DAYS, "").split(",")):
             changes[day] = max(changes.get(day, ""), commit.committed_at)

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     scoring_partitions: int | None = Field(
         None, ge=1, description="Partitions batch scoring repartitions to (default: as the feature table is laid out)."
     )
+    table_retention_days: int = Field(
+        30,
+        ge=1,
+        description="Table snapshots older than this are expired by the nightly maintenance step, with the files "
+        "only they referenced: time travel (rebuilding a training set from its recorded snapshots) reaches back "
+        "this far. The current snapshot of a table is always kept.",
+    )
     online_push_batch_rows: int = Field(10_000, ge=1, description="Rows per write when pushing to the online store.")
     online_push_partitions: int | None = Field(
         None, ge=1, description="Parallel writers of a push to Redis (default: Spark's default parallelism)."

@@ -112,10 +112,11 @@ def load_table(settings: Settings, name: str) -> Table | None:
         return None
 
 
-def partition_updates(settings: Settings, name: str, column: str) -> dict[str, tuple[int, datetime]]:
-    """Each partition's value (as text), sorted, with the snapshot that last changed it and when
-    (UTC), from the table's metadata (no data file is read, no JVM started); empty before the
-    table's first write."""
+def partition_updates(settings: Settings, name: str, column: str) -> dict[str, tuple[int | None, str]]:
+    """Each partition's value (as text), sorted, with the snapshot that last changed it and when (UTC
+    ISO, `timestamp`), from the table's metadata (no data file is read, no JVM started); empty before
+    the table's first write. Once maintenance has expired that snapshot, neither is known any more:
+    (None, "") — the change is older than every snapshot the table keeps."""
     table = load_table(settings, name)
     if table is None or table.current_snapshot() is None:
         return {}
@@ -124,12 +125,15 @@ def partition_updates(settings: Settings, name: str, column: str) -> dict[str, t
     return dict(sorted(found.items()))
 
 
-def _update(row: dict[str, Any]) -> tuple[int, datetime]:
-    return int(row["last_updated_snapshot_id"]), row["last_updated_at"].replace(tzinfo=UTC)
+def _update(row: dict[str, Any]) -> tuple[int | None, str]:
+    if row["last_updated_snapshot_id"] is None:  # expired
+        return None, ""
+    return int(row["last_updated_snapshot_id"]), timestamp(row["last_updated_at"].replace(tzinfo=UTC))
 
 
-def partitions(settings: Settings, name: str, column: str) -> dict[str, int]:
-    """Each partition's value (as text), sorted, and the snapshot that last changed it."""
+def partitions(settings: Settings, name: str, column: str) -> dict[str, int | None]:
+    """Each partition's value (as text), sorted, and the snapshot that last changed it (None once
+    expired)."""
     return {value: snapshot for value, (snapshot, _) in partition_updates(settings, name, column).items()}
 
 
@@ -162,7 +166,7 @@ def _properties(snapshot: Any) -> dict[str, str]:
 
 def snapshot_history(settings: Settings, name: str) -> list[TableSnapshot]:
     """The snapshots readers of the table have seen, oldest first, as far back as the table keeps them
-    (all of them: nothing expires snapshots yet); empty before its first write."""
+    (back to the oldest the maintenance step kept); empty before its first write."""
     from pyiceberg.table.snapshots import ancestors_of
 
     table = load_table(settings, name)
@@ -221,3 +225,35 @@ def scan_batches(
             part = batch.slice(start, batch_rows)
             if part.num_rows:
                 yield part.to_pandas()
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """What one table's maintenance removed."""
+
+    snapshots_kept: int  # the snapshots left, the current one among them
+    files_expired: int  # data and manifest files only expired snapshots referenced, deleted
+    orphan_files: int  # files no snapshot references (a killed writer's), deleted
+
+
+def maintain_table(spark: SparkSession, settings: Settings, name: str, older_than: datetime) -> Maintenance:
+    """Expire the table's snapshots committed before `older_than` (never the current one) with the
+    files only they referenced, then delete orphan files: files under the table that no snapshot
+    references, left by writers killed before their commit, once older than three days (Iceberg's
+    default, so a write still running is never touched). Through Iceberg's Spark procedures; the
+    table's files are listed with its own file IO (`prefix_listing`: no Hadoop S3 connector)."""
+    catalog, table = catalog_name(settings), f"{NAMESPACE}.{name}"
+    cutoff = older_than.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # Security lint (B608): names of ours and a formatted timestamp, nothing a user typed.
+    expired = spark.sql(
+        f"CALL {catalog}.system.expire_snapshots(table => '{table}', "  # nosec B608
+        f"older_than => TIMESTAMP_LTZ '{cutoff}', retain_last => 1)"
+    ).first()
+    orphans = spark.sql(f"CALL {catalog}.system.remove_orphan_files(table => '{table}', prefix_listing => true)")
+    files = ("deleted_data_files_count", "deleted_manifest_files_count", "deleted_manifest_lists_count")
+    kept = load_table(settings, name)
+    return Maintenance(
+        snapshots_kept=len(kept.snapshots()) if kept is not None else 0,
+        files_expired=sum(int(expired[column]) for column in files) if expired is not None else 0,
+        orphan_files=orphans.count(),
+    )

@@ -3,6 +3,7 @@ trigger condition against the floor and the model's own test AUC."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,22 @@ def test_the_plot_spans_the_score_dates_it_shows() -> None:
     low, high = span([point("2025-03-01", 0.70), point("2025-05-30", 0.66, version="2")])
     assert low < pd.Timestamp("2025-03-01") and pd.Timestamp("2025-05-30") < high
     assert high - low <= pd.Timedelta(days=100)
+
+
+def test_accuracy_is_the_same_after_maintenance_expired_the_snapshots_it_came_from(
+    world: Settings, spark: SparkSession
+) -> None:
+    """A complete date is at least the label horizon old, older than the retention may be: its
+    rows are read from the current snapshot, not from the expired one that last changed it. Its
+    fingerprint (that snapshot) is unknown from then on: "None", until the date is rescored."""
+    from dataclasses import replace
+
+    from components.maintenance import maintain_tables
+
+    before = realised_accuracy(spark, world, pd.Timestamp("2025-04-01"))
+    done = maintain_tables(world, now=datetime.now(UTC) + timedelta(days=world.table_retention_days + 1))
+    assert set(done) == {"transactions", "customers", HISTORIC_SCORES}
+    assert done[HISTORIC_SCORES]["snapshots_kept"] == 1 and done[HISTORIC_SCORES]["files_expired"] > 0
+    after = realised_accuracy(spark, world, pd.Timestamp("2025-04-01"))
+    assert {p.fingerprint for p in after} == {"None"} and {p.fingerprint for p in before} != {"None"}
+    assert [replace(p, fingerprint="") for p in after] == [replace(p, fingerprint="") for p in before]

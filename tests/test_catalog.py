@@ -118,3 +118,42 @@ def test_overwrite_where_empties_a_value_that_comes_out_empty_and_keeps_the_othe
     table = python_catalog(settings).load_table(f"{NAMESPACE}.t")
     table.append(pa.Table.from_pylist([{"customer_id": "d", "value": 4.0, "day": "d4"}], table.schema().as_arrow()))
     assert spark.table(table_name(settings, "t")).count() == 3
+
+
+def test_maintenance_expires_old_snapshots_and_deletes_a_killed_writers_files(tmp_path: Path) -> None:
+    """Snapshots older than the cutoff go with the files only they referenced; the current one
+    stays whole; a data file no snapshot references (a writer killed before its commit) is deleted
+    once older than three days, and a fresh one (a write that may still be running) is kept."""
+    import os
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from pyspark.errors import PySparkException
+
+    from propensity.spark import spark_session
+    from propensity.tables import current_snapshot, maintain_table, overwrite_partitions, snapshot_history
+
+    settings = get_settings(home=tmp_path, spark_shuffle_partitions=2)
+    spark = spark_session(settings, "propensity-tests")
+    schema = "customer_id string, value double, day string"
+    for run in range(3):  # each run replaces d1
+        frame = spark.createDataFrame([("a", float(run), "d1"), ("b", 1.0, f"d{run + 2}")], schema)
+        overwrite_partitions(frame, settings, "t", "day")
+    first = snapshot_history(settings, "t")[1]
+    data = tmp_path / "warehouse" / "propensity" / "t" / "data"
+    old_orphan, new_orphan = data / "day=d1" / "killed-old.parquet", data / "day=d1" / "killed-new.parquet"
+    for orphan in (old_orphan, new_orphan):
+        orphan.write_bytes(b"PAR1")
+    four_days_ago = time.time() - 4 * 86400
+    os.utime(old_orphan, (four_days_ago, four_days_ago))
+    current = current_snapshot(settings, "t")
+    rows = sorted(map(tuple, spark.table(table_name(settings, "t")).collect()))
+
+    done = maintain_table(spark, settings, "t", datetime.now(UTC) + timedelta(seconds=1))
+
+    assert done.snapshots_kept == 1 and current_snapshot(settings, "t") == current
+    assert done.files_expired >= 2  # the two replaced d1 files, and manifests
+    assert done.orphan_files == 1 and not old_orphan.exists() and new_orphan.exists()
+    assert sorted(map(tuple, spark.table(table_name(settings, "t")).collect())) == rows
+    with pytest.raises(PySparkException):  # time travel ends at the cutoff
+        spark.sql(f"SELECT * FROM {table_name(settings, 't')} VERSION AS OF {first.snapshot_id}").collect()

@@ -111,6 +111,44 @@ def test_changing_the_future_does_not_change_the_past(lake: Settings, tmp_path: 
     assert not before.equals(after)  # later snapshots did change
 
 
+def test_maintenance_deletes_stale_snapshots_before_their_lineage_expires(lake: Settings, tmp_path: Path) -> None:
+    """Once maintenance expires old commits, when a lake day changed or a snapshot was computed is
+    no longer known: the snapshots stale by then are deleted first (and computed again when asked),
+    the fresh ones stay fresh, and a change after the expiry makes them stale as before."""
+    from datetime import UTC, datetime, timedelta
+
+    from components.maintenance import maintain_tables
+    from propensity.feature_table import stale_snapshots
+    from propensity.lake import lake_changes
+
+    materialize_features(lake)
+    computed = computed_snapshots(lake)
+    transactions = lake_transactions(lake).drop(columns="date")
+    middle = pd.Timestamp(sorted(computed)[len(computed) // 2])
+    last_day = transactions["timestamp"].max().normalize()
+    _ingest(lake, tmp_path / "rewrite", transactions[transactions["timestamp"] >= middle], lake_customers(lake))
+    # Another ingest after it: the rewrite is no longer the lake's current commit, so it expires.
+    _ingest(lake, tmp_path / "last", transactions[transactions["timestamp"] >= last_day], lake_customers(lake))
+    dates = [pd.Timestamp(key) for key in computed]
+    stale = [str(d.date()) for d in stale_snapshots(lake, dates)]
+    assert stale == [key for key in computed if key > str(middle.date())]
+
+    later = datetime.now(UTC) + timedelta(days=lake.table_retention_days + 1)
+    done = maintain_tables(lake, now=later)
+
+    assert done[FEATURE_SNAPSHOTS]["stale_snapshots_deleted"] == stale
+    assert all(table["snapshots_kept"] == 1 for table in done.values())
+    # Only the last day's change is known still; when the rewrite changed the others has expired.
+    assert [day for day, when in lake_changes(lake).items() if when] == [str(last_day.date())]
+    assert set(computed_snapshots(lake)) == set(computed) - set(stale)
+    assert stale_snapshots(lake, dates) == [pd.Timestamp(key) for key in stale]
+    assert materialize_features(lake).snapshots_computed == len(stale)
+    assert stale_snapshots(lake, dates) == []
+    # A change after the expiry is known: the snapshots after that day are stale again.
+    _ingest(lake, tmp_path / "again", transactions[transactions["timestamp"] >= last_day], lake_customers(lake))
+    assert stale_snapshots(lake, dates) == [d for d in dates if d > last_day]
+
+
 def test_a_second_run_computes_and_pushes_nothing(lake: Settings) -> None:
     first = materialize_features(lake)
     again = materialize_features(lake)

@@ -78,6 +78,7 @@ def test_every_step_gets_the_settings_credentials_and_a_work_dir(
                 "check-scoring-drift",
                 "check-prediction-drift",
                 "check-realised-accuracy",
+                "maintain-tables",
             )
             spark_step = any(s in executor_name for s in spark_steps)
             driver_host = [{"name": "PROPENSITY_SPARK_DRIVER_HOST", "fieldPath": "status.podIP"}]
