@@ -37,8 +37,9 @@ from propensity.tables import (
     SCORE_DATE,
     TableSnapshot,
     current_snapshot,
+    newest_partition,
     overwrite_partitions,
-    partitions,
+    read_snapshot,
     replace_table,
     scan_batches,
 )
@@ -163,13 +164,37 @@ def score_customers(settings: Settings, score_date: str | None = None) -> Scorin
 def write_latest(spark: SparkSession, settings: Settings) -> int:
     """Latest = the newest score date's partition (the current active base, one row per customer),
     replacing the whole table in one commit. Taking the newest date, not this run's, keeps a backfill
-    of an older date from going live; customers who lapsed out of the active base drop out."""
-    newest = list(partitions(settings, HISTORIC_SCORES, SCORE_DATE))[-1]
-    latest = spark.table(table_name(settings, HISTORIC_SCORES)).where(sf.col(SCORE_DATE) == newest)
-    # Online rows are stamped with the scoring time: a rescored date replaces what serving holds.
-    latest = latest.withColumn(F.EVENT_TIMESTAMP, sf.to_timestamp("scored_at").cast("timestamp_ntz"))
-    replace_table(latest.select(*LATEST_COLUMNS), settings, LATEST_SCORES, {SCORE_DATE: newest})
-    return int(spark.table(table_name(settings, LATEST_SCORES)).count())
+    of an older date from going live; customers who lapsed out of the active base drop out.
+
+    A run that scored at the same time may have committed a newer date between our look at the
+    newest date and our commit, and written its latest before ours: so after our commit we look
+    again, and write again while the newest date moved. The last run to write latest looks last."""
+    written = None
+    for _ in range(LATEST_ATTEMPTS):
+        newest = historic_snapshot(settings)
+        if newest == written:
+            return int(spark.table(table_name(settings, LATEST_SCORES)).count())
+        snapshot_id, date = newest
+        historic = read_snapshot(spark, settings, TableSnapshot(HISTORIC_SCORES, snapshot_id, {}, (SCORE_DATE, date)))
+        # Online rows are stamped with the scoring time: a rescored date replaces what serving holds.
+        latest = historic.withColumn(F.EVENT_TIMESTAMP, sf.to_timestamp("scored_at").cast("timestamp_ntz"))
+        replace_table(latest.select(*LATEST_COLUMNS), settings, LATEST_SCORES, {SCORE_DATE: date})
+        written = newest
+    raise PropensityError(
+        f"the historic scores table kept changing while the latest table was written ({LATEST_ATTEMPTS} times); "
+        "rerun the scoring"
+    )
+
+
+LATEST_ATTEMPTS = 5
+
+
+def historic_snapshot(settings: Settings) -> tuple[int, str]:
+    """The historic table's current snapshot and the newest score date in it."""
+    newest = newest_partition(settings, HISTORIC_SCORES, SCORE_DATE)
+    if newest is None:
+        raise PropensityError("no historic scores yet; run the batch-scoring pipeline first")
+    return newest
 
 
 def latest_scores(settings: Settings) -> TableSnapshot:

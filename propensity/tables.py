@@ -10,17 +10,19 @@ Spark. Commits, snapshots, concurrent writers and old-file cleanup belong to the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from pyspark.errors import AnalysisException
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 
 from propensity.catalog import NAMESPACE, catalog_exists, catalog_name, prepare_catalog, python_catalog, table_name
+from propensity.errors import PropensityError
 from propensity.settings import Settings
 
 if TYPE_CHECKING:
@@ -62,9 +64,33 @@ def _ensure_table(frame: DataFrame, settings: Settings, name: str, column: str) 
     try:
         empty = frame.limit(0).writeTo(table_name(settings, name)).partitionedBy(sf.col(column))
         empty.tableProperty("write.spark.fanout.enabled", "false").create()
-    except AnalysisException as error:
+    except (AnalysisException, Py4JJavaError) as error:  # Iceberg's AlreadyExistsException reaches Python unconverted
         if "already exists" not in str(error).lower():
             raise
+
+
+# Iceberg's exceptions when a concurrent commit won and retrying ours could not reconcile with it.
+_CONFLICTS = (
+    "org.apache.iceberg.exceptions.CommitFailedException",
+    "org.apache.iceberg.exceptions.ValidationException",
+)
+
+
+def _commit(name: str, write: Callable[[], None]) -> None:
+    """Run a write; a commit another writer's commit to the same table defeated (after Iceberg's own
+    retries) is one line: nothing of this write is in the table, and a rerun is safe."""
+    try:
+        write()
+    except (Py4JJavaError, PySparkException) as error:
+        text = str(error)
+        conflict = next((kind for kind in _CONFLICTS if kind in text), None)
+        if conflict is None:
+            raise
+        reason = text.split(conflict, 1)[1].lstrip(": ").splitlines()[0]
+        raise PropensityError(
+            f"another run committed to the table {name} at the same time and this commit conflicts with it "
+            f"({reason}); nothing of this run was committed to it: run it again"
+        ) from None
 
 
 def overwrite_partitions(
@@ -75,7 +101,7 @@ def overwrite_partitions(
     its first write. `properties` are recorded in the commit's snapshot summary (lineage)."""
     writer = _writer(frame, settings, name, properties)
     _ensure_table(frame, settings, name, column)
-    writer.overwritePartitions()
+    _commit(name, writer.overwritePartitions)
 
 
 def overwrite_where(
@@ -92,12 +118,12 @@ def overwrite_where(
     its first write."""
     writer = _writer(frame, settings, name, properties)
     _ensure_table(frame, settings, name, column)
-    writer.overwrite(sf.col(column).isin(values))
+    _commit(name, lambda: writer.overwrite(sf.col(column).isin(values)))
 
 
 def replace_table(frame: DataFrame, settings: Settings, name: str, properties: dict[str, str] | None = None) -> None:
     """The whole table replaced by `frame` in one commit: readers see the old rows or the new ones."""
-    _writer(frame, settings, name, properties).createOrReplace()
+    _commit(name, _writer(frame, settings, name, properties).createOrReplace)
 
 
 def load_table(settings: Settings, name: str) -> Table | None:
@@ -135,6 +161,18 @@ def partitions(settings: Settings, name: str, column: str) -> dict[str, int | No
     """Each partition's value (as text), sorted, and the snapshot that last changed it (None once
     expired)."""
     return {value: snapshot for value, (snapshot, _) in partition_updates(settings, name, column).items()}
+
+
+def newest_partition(settings: Settings, name: str, column: str) -> tuple[int, str] | None:
+    """The table's current snapshot and the greatest partition value (as text) in it, both from one
+    read of its metadata; None while the table is empty or not there."""
+    table = load_table(settings, name)
+    snapshot = table.current_snapshot() if table is not None else None
+    if table is None or snapshot is None:
+        return None
+    rows = table.inspect.partitions(snapshot_id=snapshot.snapshot_id).select(["partition"]).to_pylist()
+    values = [str(row["partition"][column]) for row in rows]
+    return (snapshot.snapshot_id, max(values)) if values else None
 
 
 @dataclass(frozen=True)
@@ -186,6 +224,12 @@ def current_snapshot(settings: Settings, name: str) -> TableSnapshot | None:
     if snapshot is None:
         return None
     return TableSnapshot(name, snapshot.snapshot_id, _properties(snapshot), committed_at=_committed_at(snapshot))
+
+
+def snapshot_table_name(settings: Settings, name: str, snapshot_id: int) -> str:
+    """How Spark names one snapshot of a table (Iceberg's `snapshot_id_<id>` suffix): for readers,
+    such as Feast's Spark offline store, that take a table name and nothing else."""
+    return f"{table_name(settings, name)}.snapshot_id_{int(snapshot_id)}"
 
 
 def read_snapshot(spark: SparkSession, settings: Settings, snapshot: TableSnapshot) -> DataFrame:

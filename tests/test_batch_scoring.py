@@ -229,3 +229,89 @@ def test_latest_scores_reach_the_online_store(scored_world: Settings) -> None:
 def test_scoring_a_date_without_a_snapshot_says_what_to_do(scored_world: Settings, tmp_path: Path) -> None:
     with pytest.raises(PropensityError, match="no feature snapshot for 2020-01-01; run the materialize step"):
         score_customers(scored_world, "2020-01-01")
+
+
+# Two scoring runs in two processes (each its Python and JVM), held at their historic commit until
+# both are there. A run that loses a commit conflict prints its one-line error and exits 2.
+GATED_RUN = """
+import sys
+import time
+from pathlib import Path
+
+import components.batch_scoring as step
+from propensity.errors import PropensityError
+from propensity.settings import get_settings
+
+real = step.overwrite_partitions
+
+
+def gated(*args, **kwargs):
+    Path(sys.argv[1] + ".ready").touch()
+    while not Path(sys.argv[2]).exists():
+        time.sleep(0.02)
+    return real(*args, **kwargs)
+
+
+step.overwrite_partitions = gated
+try:
+    step.score_customers(get_settings(), sys.argv[3])
+except PropensityError as error:
+    print("ERROR", error)
+    sys.exit(2)
+"""
+
+
+def test_a_backfill_and_the_nightly_run_committing_at_once_both_land_and_latest_is_the_newest(
+    scored_world: Settings,
+) -> None:
+    """Last in this module: it adds a backfilled date to the world. Both runs commit to the historic
+    table (Iceberg orders the commits), or one fails in one line and its rerun lands; the table holds
+    each date once, and the latest table is the newest date whatever order the runs finished in."""
+    from propensity.feature_table import computed_snapshots
+
+    settings = scored_world
+    newest = str(last_data_date(settings).date())
+    backfill = sorted(computed_snapshots(settings))[-3]
+    go = settings.home / "go"
+    env = {**os.environ, **settings.as_env()}
+    runs = {}
+    for name, date in (("backfill", backfill), ("nightly", "")):
+        log = (settings.home / f"{name}.log").open("wb")
+        argv = [sys.executable, "-c", GATED_RUN, str(settings.home / name), str(go), date]
+        runs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 540
+        while not all((settings.home / f"{name}.ready").exists() for name in runs):
+            for name, process in runs.items():
+                output = (settings.home / f"{name}.log").read_text()[-3000:]
+                assert process.poll() is None, f"{name} ended before its commit:\n{output}"
+            assert time.monotonic() < deadline, "the runs never reached their commits"
+            time.sleep(0.05)
+        go.touch()
+        codes = {name: process.wait(timeout=540) for name, process in runs.items()}
+    finally:
+        for process in runs.values():
+            process.kill()
+    for name, code in codes.items():
+        output = (settings.home / f"{name}.log").read_text()
+        assert code in (0, 2), f"{name}:\n{output[-3000:]}"
+        if code == 2:  # lost the conflict: one line, then a rerun lands
+            error = [line for line in output.splitlines() if line.startswith("ERROR ")]
+            assert len(error) == 1 and "run it again" in error[0], output[-3000:]
+            score_customers(settings, backfill if name == "backfill" else None)
+
+    rows = historic(settings)
+    assert sorted(rows["score_date"].unique()) == [backfill, newest]
+    for date in (backfill, newest):
+        scored = rows.loc[rows["score_date"] == date, "customer_id"]
+        assert scored.is_unique and set(scored) == eligible(settings, pd.Timestamp(date))
+    latest = latest_scores(settings)
+    assert latest.properties["score_date"] == newest
+    # The nightly run's rows (its scoring time), not those it replaced, whichever run wrote latest last.
+    columns = ["customer_id", "score", "scored_at"]
+    latest_rows = table_frame(settings, LATEST_SCORES, latest.snapshot_id)[columns]
+    nightly_rows = rows.loc[rows["score_date"] == newest, columns]
+    pd.testing.assert_frame_equal(
+        latest_rows.sort_values("customer_id").reset_index(drop=True),
+        nightly_rows.sort_values("customer_id").reset_index(drop=True),
+    )

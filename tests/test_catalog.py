@@ -157,3 +157,29 @@ def test_maintenance_expires_old_snapshots_and_deletes_a_killed_writers_files(tm
     assert sorted(map(tuple, spark.table(table_name(settings, "t")).collect())) == rows
     with pytest.raises(PySparkException):  # time travel ends at the cutoff
         spark.sql(f"SELECT * FROM {table_name(settings, 't')} VERSION AS OF {first.snapshot_id}").collect()
+
+
+def test_a_commit_a_concurrent_writer_defeated_is_one_line_and_other_errors_pass_through() -> None:
+    """What Spark raises when Iceberg gave up reconciling our commit with another writer's."""
+    from pyspark.errors import PySparkException
+
+    from propensity.tables import _commit
+
+    def conflicting() -> None:
+        raise PySparkException(
+            message="An error occurred while calling o136.overwritePartitions.\n"
+            ": org.apache.iceberg.exceptions.CommitFailedException: Table metadata refresh is required\n"
+            "\tat org.apache.iceberg.BaseTransaction.commit(BaseTransaction.java:1)"
+        )
+
+    with pytest.raises(PropensityError) as error:
+        _commit("historic_scores", conflicting)
+    message = str(error.value)
+    assert "\n" not in message and "historic_scores" in message and "run it again" in message
+    assert "Table metadata refresh is required" in message
+
+    def broken() -> None:
+        raise PySparkException(message="something else")
+
+    with pytest.raises(PySparkException):
+        _commit("historic_scores", broken)
