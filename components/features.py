@@ -24,25 +24,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+from feast import FeatureStore
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 
 from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, TRAINING_SERVICE, FeatureRepo
-from feature_repo.store import check_redis, feature_repo, feature_store
+from feature_repo.store import check_redis, feature_repo, feature_store, pinned_feature_store
 from propensity import features as F
 from propensity.errors import PropensityError
 from propensity.feature_table import (
+    FEATURE_SNAPSHOTS,
     build_feature_table,
     computed_snapshots,
     feature_snapshot,
     snapshot_key,
     stale_snapshots,
 )
-from propensity.lake import CUSTOMERS, first_data_date, read_customers, read_transactions, resolve_date
+from propensity.lake import CUSTOMERS, TRANSACTIONS, first_data_date, resolve_date
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.storage import Storage
-from propensity.tables import TableSnapshot, current_snapshot, read_snapshot, scan_batches
+from propensity.tables import TableSnapshot, current_snapshot, load_table, read_snapshot, scan_batches
 from propensity.training_set import TrainingSetInfo, write_training_set
 
 # ---------------------------------------------------------------------------------------------------
@@ -184,11 +186,10 @@ def materialize_features(settings: Settings, as_of_date: str | None = None) -> M
 # Training sets
 
 
-def historical_features(settings: Settings, entity_rows: pd.DataFrame) -> pd.DataFrame:
+def historical_features(store: FeatureStore, entity_rows: pd.DataFrame) -> pd.DataFrame:
     """Point-in-time join of the training feature service onto (customer_id, event_timestamp) rows.
 
     Nothing is filled: a feature the join did not find stays null for validation to see."""
-    store = feature_store(settings)
     service = store.get_feature_service(TRAINING_SERVICE)
     frame = store.get_historical_features(entity_df=entity_rows, features=service).to_df()
     frame[F.EVENT_TIMESTAMP] = pd.to_datetime(frame[F.EVENT_TIMESTAMP], utc=True).dt.tz_convert(None)
@@ -208,10 +209,16 @@ def feature_view_versions(repo: FeatureRepo) -> dict[str, str]:
     return versions
 
 
-def labelled_entities(spark: SparkSession, settings: Settings, dates: list[pd.Timestamp]) -> DataFrame:
-    """(customer, t, label) for every customer signed up before each t, computed by Spark."""
-    entities = F.snapshot_population(read_customers(spark, settings), dates).select(F.ENTITY, F.EVENT_TIMESTAMP)
-    return F.snapshot_labels(entities, read_transactions(spark, settings), settings.label_horizon_days)
+def labelled_entities(
+    spark: SparkSession, settings: Settings, dates: list[pd.Timestamp], snapshots: dict[str, int]
+) -> DataFrame:
+    """(customer, t, label) for every customer signed up before each t, computed by Spark from the
+    customers and transactions tables as of the given snapshots."""
+    customers, transactions = (
+        read_snapshot(spark, settings, TableSnapshot(name, snapshots[name], {})) for name in (CUSTOMERS, TRANSACTIONS)
+    )
+    entities = F.snapshot_population(customers, dates).select(F.ENTITY, F.EVENT_TIMESTAMP)
+    return F.snapshot_labels(entities, transactions, settings.label_horizon_days)
 
 
 def cap_rows(frame: DataFrame, max_rows: int, seed: int = 0) -> tuple[DataFrame, int]:
@@ -227,9 +234,24 @@ def cap_rows(frame: DataFrame, max_rows: int, seed: int = 0) -> tuple[DataFrame,
     return sampled.drop("_stratum"), total
 
 
+# The tables a training set reads: their snapshots are its lineage, and enough to build it again.
+TRAINING_TABLES = (TRANSACTIONS, CUSTOMERS, FEATURE_SNAPSHOTS)
+
+
+def current_snapshots(settings: Settings, names: tuple[str, ...] = TRAINING_TABLES) -> dict[str, int]:
+    """The snapshot of each table that readers see now."""
+    found = {}
+    for name in names:
+        snapshot = current_snapshot(settings, name)
+        if snapshot is None:
+            raise PropensityError(f"no {name} table yet; ingest data and run the materialize step first")
+        found[name] = snapshot.snapshot_id
+    return found
+
+
 def build_training_set(settings: Settings, out_path: Path, as_of_date: str | None = None) -> TrainingSetInfo:
     """Labelled rows (customer, t) with features as known at t, for every t whose label is complete,
-    written with their lineage."""
+    written with their lineage: every table is read as of one snapshot, recorded in the lineage."""
     as_of = resolve_date(settings, as_of_date)
     dates = [d for d in feature_dates(settings, as_of) if d < as_of]
     if not dates:
@@ -237,6 +259,8 @@ def build_training_set(settings: Settings, out_path: Path, as_of_date: str | Non
             f"the data starts {first_data_date(settings).date()}: not enough history before {as_of.date()} for "
             f"{settings.label_horizon_days}-day labels; pass a later as_of_date"
         )
+    # Pinned before the check: the check then speaks for exactly what is read.
+    snapshots = current_snapshots(settings)
     # Never a training set from a table a materialisation left half done (killed between two
     # snapshots, or with a new feature definition) or that the lake has changed under since.
     stale = stale_snapshots(settings, dates)
@@ -245,9 +269,47 @@ def build_training_set(settings: Settings, out_path: Path, as_of_date: str | Non
             f"the offline feature table is not up to date for {len(stale)} snapshot dates (first "
             f"{snapshot_key(stale[0])}): run the materialize step for {snapshot_key(as_of)} first"
         )
+    return _write_training_set(settings, out_path, as_of, dates, snapshots)
+
+
+def rebuild_training_set(settings: Settings, info: TrainingSetInfo, out_path: Path) -> TrainingSetInfo:
+    """The training set `info` describes, built again from the table snapshots it recorded (time
+    travel: whatever was ingested or recomputed since), with its window, horizon, spacing and cap.
+    The snapshots must still be kept (`table_retention_days`)."""
+    missing = sorted(set(TRAINING_TABLES) - set(info.table_snapshots))
+    if missing:
+        raise PropensityError(
+            f"the training set's lineage records no snapshot of {', '.join(missing)}; cannot rebuild it"
+        )
+    for name, snapshot_id in info.table_snapshots.items():
+        table = load_table(settings, name)
+        if table is None or table.snapshot_by_id(snapshot_id) is None:
+            raise PropensityError(
+                f"snapshot {snapshot_id} of the table {name} is no longer kept (expired after "
+                f"{settings.table_retention_days} days); the training set of {info.as_of_date} cannot be rebuilt"
+            )
+    settings = settings.with_values(
+        training_window_days=info.training_window_days,
+        label_horizon_days=info.label_horizon_days,
+        snapshot_every_days=info.snapshot_every_days,
+        **({"training_max_rows": info.max_rows} if info.max_rows else {}),
+    )
+    as_of = pd.Timestamp(info.as_of_date)
+    every = F.training_snapshot_dates(
+        as_of, info.training_window_days, info.label_horizon_days, info.snapshot_every_days
+    )
+    dates = [d for d in every if pd.Timestamp(info.first_snapshot) <= d < as_of]
+    return _write_training_set(settings, out_path, as_of, dates, dict(info.table_snapshots))
+
+
+def _write_training_set(
+    settings: Settings, out_path: Path, as_of: pd.Timestamp, dates: list[pd.Timestamp], snapshots: dict[str, int]
+) -> TrainingSetInfo:
     spark = spark_session(settings, "propensity-training-set")
-    entities, rows_before_cap = cap_rows(labelled_entities(spark, settings, dates), settings.training_max_rows)
-    frame = historical_features(settings, entities.toPandas())
+    labelled = labelled_entities(spark, settings, dates, snapshots)
+    entities, rows_before_cap = cap_rows(labelled, settings.training_max_rows)
+    with pinned_feature_store(settings, snapshots) as (store, repo):
+        frame = historical_features(store, entities.toPandas())
     info = TrainingSetInfo(
         as_of_date=snapshot_key(as_of),
         training_window_days=settings.training_window_days,
@@ -260,7 +322,9 @@ def build_training_set(settings: Settings, out_path: Path, as_of_date: str | Non
         rows_before_cap=rows_before_cap,
         positives=int(frame[F.LABEL].sum()),
         feature_service=TRAINING_SERVICE,
-        feature_views=feature_view_versions(feature_repo(settings)),
+        feature_views=feature_view_versions(repo),
+        table_snapshots=snapshots,
+        max_rows=settings.training_max_rows,
     )
     write_training_set(frame, out_path, info)
     return info

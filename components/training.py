@@ -40,6 +40,7 @@ from components.candidates import (
 from components.report import QUALITY_HEADER, Quality, baseline_model, baseline_scores, quality
 from monitoring.drift import reference_profile
 from propensity import features as F
+from propensity.errors import PropensityError
 from propensity.runtime import choose_runtime
 from propensity.settings import Settings
 from propensity.tracking import configure, is_trusted_model_type, load_sklearn_uri, log_runtime
@@ -220,6 +221,18 @@ class Candidate:
         return cls(**json.loads(text))
 
 
+TRAINING_SET_TAG = "training_set"
+
+
+def training_set_of_run(settings: Settings, run_id: str) -> TrainingSetInfo:
+    """The lineage of the training set an MLflow run trained on (`rebuild_training_set` builds it again)."""
+    configure(settings)
+    tags = mlflow.get_run(run_id).data.tags
+    if TRAINING_SET_TAG not in tags:
+        raise PropensityError(f"MLflow run {run_id} records no training set; was it trained by this pipeline?")
+    return TrainingSetInfo.from_json(tags[TRAINING_SET_TAG])
+
+
 def log_lineage(settings: Settings, info: TrainingSetInfo, split: Split, role: str, pipeline_run_id: str) -> None:
     """What a reviewer needs to trace a model version back: run, data, features, code. The run's
     parameters (as-of date, window, horizon) are logged as MLflow params, the rest as tags/metrics."""
@@ -237,6 +250,9 @@ def log_lineage(settings: Settings, info: TrainingSetInfo, split: Split, role: s
             "data_first_snapshot": info.first_snapshot,
             "data_last_snapshot": info.last_snapshot,
             **{f"{name}_period": period for name, period in periods.items()},
+            # The table snapshots it read, and all it takes to build the same training set again.
+            **{f"table_snapshot.{name}": str(snapshot) for name, snapshot in sorted(info.table_snapshots.items())},
+            TRAINING_SET_TAG: json.dumps(info.as_dict(), sort_keys=True),
         }
     )
     mlflow.log_params(

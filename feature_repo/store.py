@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 from feast import FeatureStore, RepoConfig
 from feast.infra.registry.sql import SqlRegistryConfig
 from feast.repo_config import RegistryConfig
@@ -12,7 +17,7 @@ from propensity.errors import PropensityError
 from propensity.feature_table import FEATURE_SNAPSHOTS
 from propensity.lake import CUSTOMERS
 from propensity.settings import Settings
-from propensity.tables import LATEST_SCORES, load_table
+from propensity.tables import LATEST_SCORES, load_table, snapshot_table_name
 
 
 def registry_config(settings: Settings) -> RegistryConfig:
@@ -89,3 +94,34 @@ def check_redis(settings: Settings) -> None:
         raise PropensityError(f"cannot reach the Redis online store at {address}: {error}") from error
     finally:
         client.close()
+
+
+@contextmanager
+def pinned_feature_store(settings: Settings, snapshots: dict[str, int]) -> Iterator[tuple[FeatureStore, FeatureRepo]]:
+    """A Feast store whose views read the feature table and the customers table exactly as of the
+    given snapshots (Iceberg's `<table>.snapshot_id_<id>`), for a training set that is the same
+    whenever it is built: its registry is a throwaway file (the shared one keeps the live views),
+    its offline store the same Spark session."""
+    missing = sorted({FEATURE_SNAPSHOTS, CUSTOMERS} - set(snapshots))
+    if missing:
+        raise PropensityError(f"no snapshot given for the table(s) {', '.join(missing)}")
+    sources = Sources(
+        activity=snapshot_table_name(settings, FEATURE_SNAPSHOTS, snapshots[FEATURE_SNAPSHOTS]),
+        profile=snapshot_table_name(settings, CUSTOMERS, snapshots[CUSTOMERS]),
+        score=table_name(settings, LATEST_SCORES),
+    )
+    repo = build_repo(sources, settings.snapshot_every_days)
+    settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pinned-feast-", dir=settings.scratch_dir) as folder:
+        config = RepoConfig(
+            project=settings.feast_project,
+            provider="local",
+            registry=RegistryConfig(path=str(Path(folder) / "registry.db")),
+            online_store={"type": "sqlite", "path": str(Path(folder) / "online.db")},
+            offline_store={"type": "spark"},
+            entity_key_serialization_version=3,
+            repo_path=folder,
+        )
+        store = FeatureStore(config=config)
+        store.apply([repo.customer, repo.activity, repo.profile, repo.training_service])
+        yield store, repo

@@ -100,6 +100,26 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_training_set(args: argparse.Namespace) -> None:
+    from components.features import rebuild_training_set
+    from components.training import training_set_of_run
+
+    settings = get_settings()
+    recorded = training_set_of_run(settings, args.run)
+    info = _with_progress(
+        "Rebuilding the training set from its table snapshots (Spark, Feast)",
+        lambda: rebuild_training_set(settings, recorded, Path(args.out)),
+    )
+    _emit(
+        args,
+        {**info.as_dict(), "out": args.out},
+        [
+            f"Rebuilt the training set of MLflow run {args.run} (as of {info.as_of_date}, {info.rows} rows) "
+            f"from the table snapshots it read into {args.out}"
+        ],
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from pipelines.runner import parse_params, run_local
 
@@ -249,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ingest", cmd_ingest, "validate and load your own transactions (CSV or Parquet)")
     p.add_argument("--transactions", required=True)
     p.add_argument("--customers")
+
+    p = add("training-set", cmd_training_set, "build again the training set an MLflow run trained on (time travel)")
+    p.add_argument("--run", required=True, help="the MLflow run id of a trained candidate")
+    p.add_argument("--out", required=True, help="the Parquet file to write")
 
     for name, func, help_text in (
         ("run", cmd_run, "run a pipeline locally (kfp.local)"),

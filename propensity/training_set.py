@@ -35,6 +35,10 @@ class TrainingSetInfo:
     positives: int
     feature_service: str
     feature_views: dict[str, str] = field(default_factory=dict)  # name -> version (hash of its definition)
+    # The snapshot of each table it read (transactions, customers, feature_snapshots): it can be
+    # built again from them (components.features.rebuild_training_set) while they are kept.
+    table_snapshots: dict[str, int] = field(default_factory=dict)
+    max_rows: int = 0  # the cap on rows it was built with (training_max_rows)
 
     @property
     def label_rate(self) -> float:

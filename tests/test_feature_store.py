@@ -111,6 +111,62 @@ def test_changing_the_future_does_not_change_the_past(lake: Settings, tmp_path: 
     assert not before.equals(after)  # later snapshots did change
 
 
+def test_a_training_run_records_its_table_snapshots_and_its_training_set_is_rebuilt_after_more_ingest(
+    lake: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Time travel: the MLflow run records the snapshot of every table its training set read; after
+    the lake changed and the features were recomputed, the same training set is built from them."""
+    from dataclasses import replace
+
+    from components.features import rebuild_training_set
+    from components.training import train_candidates, training_set_of_run
+    from propensity.lake import CUSTOMERS, TRANSACTIONS
+    from propensity.tables import current_snapshot
+
+    materialize_features(lake)
+    info = build_training_set(lake, tmp_path / "first.parquet")
+    assert set(info.table_snapshots) == {TRANSACTIONS, CUSTOMERS, FEATURE_SNAPSHOTS}
+    assert all(current_snapshot(lake, name).snapshot_id == sid for name, sid in info.table_snapshots.items())
+    run_id = train_candidates(lake, tmp_path / "first.parquet", [{"max_iter": 5}])[0].run_id
+
+    # More data: every day from the first snapshot on rewritten, and new customers; features redone.
+    transactions = lake_transactions(lake).drop(columns="date")
+    first = pd.Timestamp(info.first_snapshot)
+    changed = transactions[transactions["timestamp"] >= first].assign(amount=lambda f: f["amount"] * 3)
+    newcomers = changed.head(20).assign(
+        customer_id=lambda f: "new-" + f["customer_id"], transaction_id=lambda f: "n" + f["transaction_id"]
+    )
+    customers = lake_customers(lake)
+    joined = (
+        newcomers[["customer_id"]]
+        .drop_duplicates()
+        .assign(signup_date=first - pd.Timedelta(days=1), country="DE", channel="web")
+    )
+    _ingest(lake, tmp_path / "more", pd.concat([changed, newcomers]), pd.concat([customers, joined]))
+    materialize_features(lake)
+    now = build_training_set(lake, tmp_path / "now.parquet", info.as_of_date)
+    assert not pd.read_parquet(tmp_path / "now.parquet").equals(pd.read_parquet(tmp_path / "first.parquet"))
+
+    recorded = training_set_of_run(lake, run_id)
+    assert recorded == info and now.table_snapshots != info.table_snapshots
+    again = rebuild_training_set(lake, recorded, tmp_path / "again.parquet")
+    assert again == info
+    first_frame = pd.read_parquet(tmp_path / "first.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "again.parquet"), first_frame)
+    # The same from the command line, by run id.
+    from propensity.cli import main
+
+    for key, value in lake.as_env().items():
+        monkeypatch.setenv(key, value)
+    assert main(["training-set", "--run", run_id, "--out", str(tmp_path / "cli.parquet")]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "cli.parquet"), first_frame)
+    # A snapshot no longer kept is one line, and nothing is written.
+    gone = replace(info, table_snapshots={**info.table_snapshots, TRANSACTIONS: 1})
+    with pytest.raises(PropensityError, match=r"^snapshot 1 of the table transactions is no longer kept"):
+        rebuild_training_set(lake, gone, tmp_path / "gone.parquet")
+    assert not (tmp_path / "gone.parquet").exists()
+
+
 def test_maintenance_deletes_stale_snapshots_before_their_lineage_expires(lake: Settings, tmp_path: Path) -> None:
     """Once maintenance expires old commits, when a lake day changed or a snapshot was computed is
     no longer known: the snapshots stale by then are deleted first (and computed again when asked),
