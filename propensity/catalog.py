@@ -140,12 +140,15 @@ def catalog_exists(settings: Settings) -> bool:
 
 
 def prepare_catalog(settings: Settings) -> None:
-    """Before a write: the folder of a SQLite catalog (the database creates its file); tables on an
-    object store are checked to be writable, so that a wrong endpoint, bucket or key is one line
-    naming the store before Spark starts writing."""
+    """Before a write: the folder of a SQLite catalog (the database creates its file), or a
+    connection to the catalog's database server; tables on an object store are checked to be
+    writable. A database not there, or a wrong endpoint, bucket or key, is one line naming it
+    before Spark starts writing."""
     path = _sqlite_file(settings)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        python_catalog(settings)  # a catalog database we cannot reach is one line naming it
     if settings.tables_on_object_store:
         check_object_store(settings)
 
@@ -170,10 +173,17 @@ def python_catalog(settings: Settings) -> SqlCatalog:
     """The same catalog for Python readers (PyIceberg): Arrow scans of a table or of one of its
     snapshots, without a JVM."""
     from pyiceberg.catalog.sql import SqlCatalog
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
 
-    return SqlCatalog(
-        catalog_name(settings),
-        uri=catalog_url(settings),
-        warehouse=warehouse(settings),
-        **object_store_properties(settings),
-    )
+    try:
+        return SqlCatalog(
+            catalog_name(settings),
+            uri=catalog_url(settings),
+            warehouse=warehouse(settings),
+            **object_store_properties(settings),
+        )
+    except DBAPIError as error:  # connecting: the database is not there, or refuses us
+        where = make_url(catalog_url(settings)).render_as_string(hide_password=True)
+        reason = " ".join(str(error.orig).split())[:300]
+        raise PropensityError(f"cannot reach the Iceberg catalog at {where}: {reason}") from None

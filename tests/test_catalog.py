@@ -183,3 +183,20 @@ def test_a_commit_a_concurrent_writer_defeated_is_one_line_and_other_errors_pass
 
     with pytest.raises(PySparkException):
         _commit("historic_scores", broken)
+
+
+def test_a_catalog_database_that_is_not_there_is_one_line_naming_it_and_nothing_is_written(tmp_path: Path) -> None:
+    """Readers and writers alike, before Spark starts; the password is not shown."""
+    from propensity.catalog import prepare_catalog
+    from propensity.demo import free_port
+    from propensity.tables import load_table
+
+    port = free_port()
+    settings = get_settings(home=tmp_path, catalog=f"postgresql+psycopg://ml:s3cret@127.0.0.1:{port}/catalog")
+    for call in (lambda: load_table(settings, "transactions"), lambda: prepare_catalog(settings)):
+        with pytest.raises(PropensityError) as error:
+            call()
+        message = str(error.value)
+        assert message.startswith(f"cannot reach the Iceberg catalog at postgresql+psycopg://ml:***@127.0.0.1:{port}/")
+        assert "\n" not in message and "s3cret" not in message and "refused" in message, message
+    assert not any(tmp_path.rglob("*.parquet"))
