@@ -238,10 +238,10 @@ def cap_rows(frame: DataFrame, max_rows: int, seed: int = 0) -> tuple[DataFrame,
 TRAINING_TABLES = (TRANSACTIONS, CUSTOMERS, FEATURE_SNAPSHOTS)
 
 
-def current_snapshots(settings: Settings, names: tuple[str, ...] = TRAINING_TABLES) -> dict[str, int]:
-    """The snapshot of each table that readers see now."""
+def current_snapshots(settings: Settings) -> dict[str, int]:
+    """The snapshot of each table a training set reads that readers see now."""
     found = {}
-    for name in names:
+    for name in TRAINING_TABLES:
         snapshot = current_snapshot(settings, name)
         if snapshot is None:
             raise PropensityError(f"no {name} table yet; ingest data and run the materialize step first")

@@ -68,10 +68,13 @@ def table_definition(settings: Settings) -> str | None:
     return snapshot.properties.get(DEFINITION) if snapshot is not None else None
 
 
-def stale_snapshots(settings: Settings, dates: list[pd.Timestamp]) -> list[pd.Timestamp]:
+def stale_snapshots(settings: Settings, dates: list[pd.Timestamp] | None = None) -> list[pd.Timestamp]:
     """The dates whose snapshot is missing, or was computed before a day it depends on changed; with
-    a new feature definition, every snapshot in the table as well."""
+    a new feature definition, every snapshot in the table as well. No `dates`: every snapshot in
+    the table."""
     computed = computed_snapshots(settings)
+    if dates is None:
+        dates = [pd.Timestamp(key) for key in computed]
     if computed and table_definition(settings) != F.FEATURE_DEFINITION:
         return sorted(set(dates) | {pd.Timestamp(key) for key in computed})
     changes = sorted(lake_changes(settings).items())
@@ -111,8 +114,7 @@ def forget_stale_snapshots(spark: SparkSession, settings: Settings) -> list[str]
     lake day or computed a snapshot is no longer known (`partition_updates`), and an unknown change
     counts as older than every snapshot. That is true only if nothing stale is left when the
     commits expire: what is deleted here is computed again when next asked for."""
-    computed = computed_snapshots(settings)
-    stale = [snapshot_key(d) for d in stale_snapshots(settings, [pd.Timestamp(k) for k in computed])]
+    stale = [snapshot_key(d) for d in stale_snapshots(settings)]
     current = current_snapshot(settings, FEATURE_SNAPSHOTS)
     if not stale or current is None:
         return []
