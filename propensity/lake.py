@@ -42,9 +42,11 @@ from propensity.features import UNKNOWN
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.tables import (
+    current_snapshot,
     load_table,
     overwrite_partitions,
     partition_updates,
+    read_snapshot,
     replace_table,
     snapshot_history,
 )
@@ -483,10 +485,12 @@ def lake_changes(settings: Settings) -> dict[str, str]:
 
 def _merge_customers(
     spark: SparkSession, settings: Settings, tx: DataFrame, file_customers: DataFrame | None
-) -> tuple[DataFrame, DataFrame]:
-    """(the new customers table, the rows that are new or changed): existing customers, updated by
-    the customers file, plus every customer the transactions name that neither knows."""
-    existing = spark.table(table_name(settings, CUSTOMERS)) if load_table(settings, CUSTOMERS) is not None else None
+) -> tuple[DataFrame, DataFrame, int | None]:
+    """(the new customers table, the rows that are new or changed, the customers snapshot they were
+    merged with): existing customers, updated by the customers file, plus every customer the
+    transactions name that neither knows."""
+    base = current_snapshot(settings, CUSTOMERS)
+    existing = read_snapshot(spark, settings, base) if base is not None else None
     first_purchase = tx.groupBy("customer_id").agg(sf.min("timestamp").alias("_first_purchase"))
     if file_customers is not None:
         incoming = file_customers.drop("_signup_raw")
@@ -530,7 +534,7 @@ def _merge_customers(
     if existing is not None:
         merged = existing.select(*CUSTOMER_COLUMNS).join(incoming.select("customer_id"), "customer_id", "left_anti")
         merged = merged.unionByName(incoming.select(*CUSTOMER_COLUMNS))
-    return merged, changed
+    return merged, changed, (base.snapshot_id if base is not None else None)
 
 
 @contextmanager
@@ -563,8 +567,8 @@ def ingest(settings: Settings, transactions_file: Path, customers_file: Path | N
             if customers_file is not None:
                 file_customers = normalize_customers(read_file(spark, customers_file), settings).persist()
                 _validate_customers(file_customers, settings)
-        customers, changed = _merge_customers(spark, settings, tx, file_customers)
-        return _write_lake(settings, tx.select(*TRANSACTION_COLUMNS), customers, changed)
+        customers, changed, base = _merge_customers(spark, settings, tx, file_customers)
+        return _write_lake(settings, tx.select(*TRANSACTION_COLUMNS), customers, changed, base)
     except (PySparkException, Py4JJavaError) as exc:
         inputs = " or ".join(str(f) for f in (transactions_file, customers_file) if f is not None)
         raise PropensityError(f"{inputs} could not be ingested: {_spark_failure(exc)}") from exc
@@ -575,7 +579,9 @@ def ingest(settings: Settings, transactions_file: Path, customers_file: Path | N
             file_customers.unpersist()
 
 
-def _write_lake(settings: Settings, tx: DataFrame, customers: DataFrame, changed: DataFrame) -> IngestResult:
+def _write_lake(
+    settings: Settings, tx: DataFrame, customers: DataFrame, changed: DataFrame, base: int | None
+) -> IngestResult:
     """Commit the customers table, then the file's days of transactions, each in one commit. A run
     killed between the two leaves customers that no transaction names yet, which nothing counts
     before their signup, and its rerun commits the same rows again."""
@@ -584,7 +590,12 @@ def _write_lake(settings: Settings, tx: DataFrame, customers: DataFrame, changed
     signup_day = sf.to_date(sf.least("signup_date", sf.coalesce("_previous_signup", "signup_date")))
     changed_by_day = changed.groupBy(signup_day.alias("day")).count().collect()
     changed_days = sorted(str(row["day"]) for row in changed_by_day)
-    replace_table(customers.orderBy("customer_id"), settings, CUSTOMERS, {CHANGED_DAYS: ",".join(changed_days)})
+    # Based on the snapshot the merge read: an ingest that committed customers meanwhile fails ours
+    # in one line (its rerun merges with them), instead of our commit dropping its new customers.
+    properties = {CHANGED_DAYS: ",".join(changed_days)}
+    replace_table(
+        customers.orderBy("customer_id"), settings, CUSTOMERS, properties, read_modify_write=True, based_on=base
+    )
     by_day = tx.withColumn(DATE_PARTITION, sf.to_date("timestamp").cast("string"))
     days = sorted(str(row[DATE_PARTITION]) for row in by_day.select(DATE_PARTITION).distinct().collect())
     overwrite_partitions(by_day, settings, TRANSACTIONS, DATE_PARTITION)

@@ -52,17 +52,19 @@ def _writer(frame: DataFrame, settings: Settings, name: str, properties: dict[st
     return writer
 
 
-def _ensure_table(frame: DataFrame, settings: Settings, name: str, column: str) -> None:
-    """Create the table, empty, with `frame`'s columns and partitioned by `column`, unless it exists
-    (or a concurrent writer creates it meanwhile). No fanout writers: each write task sorts its rows
-    by partition and writes one file at a time. With Iceberg's default (fanout) every task keeps a
+def _ensure_table(frame: DataFrame, settings: Settings, name: str, column: str | None) -> None:
+    """Create the table, empty, with `frame`'s columns and partitioned by `column` (if given), unless it
+    exists (or a concurrent writer creates it meanwhile). No fanout writers: each write task sorts its
+    rows by partition and writes one file at a time. With Iceberg's default (fanout) every task keeps a
     Parquet writer open per partition it holds, which runs a 1 GB driver out of memory on a few
     hundred days of transactions. Created empty, so that even the first write is a regular write
     with these requirements (a CREATE TABLE AS SELECT fans out regardless)."""
     if table_exists(frame.sparkSession, settings, name):
         return
     try:
-        empty = frame.limit(0).writeTo(table_name(settings, name)).partitionedBy(sf.col(column))
+        empty = frame.limit(0).writeTo(table_name(settings, name))
+        if column is not None:
+            empty = empty.partitionedBy(sf.col(column))
         empty.tableProperty("write.spark.fanout.enabled", "false").create()
     except (AnalysisException, Py4JJavaError) as error:  # Iceberg's AlreadyExistsException reaches Python unconverted
         if "already exists" not in str(error).lower():
@@ -121,9 +123,29 @@ def overwrite_where(
     _commit(name, lambda: writer.overwrite(sf.col(column).isin(values)))
 
 
-def replace_table(frame: DataFrame, settings: Settings, name: str, properties: dict[str, str] | None = None) -> None:
-    """The whole table replaced by `frame` in one commit: readers see the old rows or the new ones."""
-    _commit(name, _writer(frame, settings, name, properties).createOrReplace)
+def replace_table(
+    frame: DataFrame,
+    settings: Settings,
+    name: str,
+    properties: dict[str, str] | None = None,
+    read_modify_write: bool = False,
+    based_on: int | None = None,
+) -> None:
+    """The whole table replaced by `frame` in one commit: readers see the old rows or the new ones.
+
+    `read_modify_write`: `frame` was derived from the table's snapshot `based_on` (None: the table
+    had no snapshot, or did not exist). The commit then fails, in one line, if another writer
+    committed rows since (Iceberg's serializable validation from that snapshot, or from the table's
+    start), where a plain replace would silently drop them."""
+    writer = _writer(frame, settings, name, properties)
+    if not read_modify_write:
+        _commit(name, writer.createOrReplace)
+        return
+    _ensure_table(frame, settings, name, None)
+    writer = writer.option("isolation-level", "serializable")
+    if based_on is not None:
+        writer = writer.option("validate-from-snapshot-id", str(int(based_on)))
+    _commit(name, lambda: writer.overwrite(sf.lit(True)))
 
 
 def load_table(settings: Settings, name: str) -> Table | None:

@@ -169,3 +169,86 @@ def test_cli_reports_one_line_and_exits_non_zero(
 def test_cli_ingest_json_summary(settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ingest", "--transactions", str(_write(tmp_path, GOOD)), "--json"]) == 0
     assert '"transactions": 3' in capsys.readouterr().out
+
+
+# An ingest in its own process (Python and JVM), held before its customers commit until told to go.
+GATED_INGEST = """
+import sys
+import time
+from pathlib import Path
+
+import propensity.lake as lake
+
+real = lake.replace_table
+
+
+def gated(*args, **kwargs):
+    Path(sys.argv[1] + ".ready").touch()
+    while not Path(sys.argv[2]).exists():
+        time.sleep(0.02)
+    return real(*args, **kwargs)
+
+
+lake.replace_table = gated
+from propensity.cli import main
+
+sys.exit(main(["ingest", "--transactions", sys.argv[3]]))
+"""
+
+
+@pytest.mark.parametrize("first_ever", [False, True], ids=["on-a-lake", "first-ever"])
+def test_two_ingests_at_once_never_lose_each_others_customers(
+    settings: Settings, tmp_path: Path, first_ever: bool
+) -> None:
+    """Both merged their new customers with the same customers snapshot (or with no customers table
+    yet): the first commit lands, the second fails in one line with nothing written (a plain replace
+    would drop the first one's customers), and its rerun lands with both."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    if not first_ever:
+        ingest(settings, _write(tmp_path, GOOD))
+    inputs = {
+        name: _write(
+            tmp_path,
+            pd.DataFrame({"customer_id": [f"{name}-1", f"{name}-2"], "timestamp": [day, day], "amount": [1.0, 2.0]}),
+            f"{name}.csv",
+        )
+        for name, day in (("first", "2025-03-01"), ("second", "2025-03-02"))
+    }
+    go = tmp_path / "go"
+    env = {**os.environ, **settings.as_env()}
+    runs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", GATED_INGEST, str(tmp_path / name), str(go), str(path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, path in inputs.items()
+    }
+    try:
+        deadline = time.monotonic() + 540
+        while not all((tmp_path / f"{name}.ready").exists() for name in runs):
+            assert all(p.poll() is None for p in runs.values()), {n: p.communicate() for n, p in runs.items()}
+            assert time.monotonic() < deadline, "the ingests never reached their commits"
+            time.sleep(0.05)
+        go.touch()
+        outputs = {name: process.communicate(timeout=540) for name, process in runs.items()}
+    finally:
+        for process in runs.values():
+            process.kill()
+    codes = {name: runs[name].returncode for name in runs}
+    assert sorted(codes.values()) == [0, 2], outputs  # the command's exit code for an error
+    loser = next(name for name, code in codes.items() if code == 2)
+    line = error_line(outputs[loser][1])
+    assert "another run committed to the table customers at the same time" in line and "run it again" in line
+    winner_days = {"first": "2025-03-01", "second": "2025-03-02"}
+    earlier = set() if first_ever else {"2025-01-02", "2025-01-03", "2025-02-01"}
+    assert set(lake_transactions(settings)["date"]) == earlier | {winner_days[name] for name in runs if name != loser}
+    ingest(settings, inputs[loser])
+    assert {"first-1", "first-2", "second-1", "second-2"} <= set(lake_customers(settings)["customer_id"])
+    assert {"2025-03-01", "2025-03-02"} <= set(lake_transactions(settings)["date"])
