@@ -72,6 +72,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     home = tmp_path / "home"
     monkeypatch.setenv("PROPENSITY_HOME", str(home))
+    # A deploy's smoke latency under a loaded test machine (CI runs two suites on two cores) is not
+    # what the tests judge: the default second was once exceeded (1.4 s). The latency test sets its own.
+    monkeypatch.setenv("PROPENSITY_DEPLOY_MAX_P95_MS", "60000")
     return get_settings()
 
 
