@@ -10,7 +10,14 @@ All figures of one invocation come from one run on one machine; compare ratios, 
   local store) and on Redis (the cluster store; a redis-server the benchmark starts on a free port).
   The store is emptied before each timed push and must hold every row after it.
 
-Usage: `python benchmarks/data_plane.py [--sizes 10000 100000 1000000] [--repeats 3] [--days 480]`;
+Table formats (`--tables-against REV`): the same ladder (ingest, feature build, training set, batch
+scoring, online push) with the tables of this checkout (Iceberg, on local disk at every size and on
+an S3 store at --s3-at, SeaweedFS and a PostgreSQL catalog the benchmark starts) and with those of
+commit REV (the hand-written tables), exported beside it by `git archive`. Each side runs in its own
+process on the same generated input; the sides alternate within each size.
+
+Usage: `python benchmarks/data_plane.py [--sizes 10000 100000 1000000] [--repeats 3] [--days 480]`
+or `python benchmarks/data_plane.py --tables-against 3edc092 --sizes 100000 1000000 --s3-at 100000`;
 prints Markdown that docs/benchmarks.md records.
 """
 
@@ -26,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +65,7 @@ from propensity.tracking import CHAMPION, alias_version, configure, promote
 
 # The Redis server is started as the tests start theirs (tests/services.py, in the checkout beside).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.services import redis_server
+from tests.services import postgres_server, redis_server, seaweedfs
 
 FLOOR = "identity pandas UDF (floor)"
 ACTIVITY = [F.ENTITY, F.EVENT_TIMESTAMP, *F.SNAPSHOT_FEATURES]  # the activity view's columns
@@ -84,7 +91,7 @@ def prepare(settings: Settings, customers: int, days: int, work: Path) -> dict[s
     data = generate(customers=customers, days=days, seed=7)
     data.transactions.to_parquet(work / "tx.parquet", index=False)
     data.customers.to_parquet(work / "customers.parquet", index=False)
-    facts = {"customers": len(data.customers), "transactions": len(data.transactions)}
+    facts: dict[str, Any] = {"customers": len(data.customers), "transactions": len(data.transactions)}
     del data
     seconds, _ = timed(lambda: ingest(settings, work / "tx.parquet", work / "customers.parquet"))
     facts["ingest_s"] = seconds
@@ -145,7 +152,7 @@ def noop_write(frame: Any) -> None:
     frame.write.format("noop").mode("overwrite").save()
 
 
-def identity(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+def identity(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     for batch in batches:
         yield pd.DataFrame({F.ENTITY: batch[F.ENTITY], "score": 0.0})
 
@@ -274,6 +281,227 @@ def push_only(args: argparse.Namespace) -> None:
         print()
 
 
+# One side of the table-format comparison, in its own process, importing the checkout it is given.
+TABLES_SIDE = """
+import json
+import sys
+from pathlib import Path
+
+checkout, work = sys.argv[1], Path(sys.argv[2])
+size, days, repeats = (int(value) for value in sys.argv[3:6])
+sys.path[:0] = [checkout, checkout + "/benchmarks"]
+import data_plane as bench
+from propensity.settings import get_settings
+
+settings = get_settings(**json.loads(sys.argv[6]))
+facts = bench.prepare(settings, size, days, work)
+times = bench.ladder_stage_times(settings, work, repeats)
+times["ingest"] = [facts.pop("ingest_s")]
+print("RESULT " + json.dumps({"facts": facts, "times": times}))
+"""
+HANDWRITTEN, ICEBERG_LOCAL, ICEBERG_S3 = "hand-written tables", "Iceberg, local disk", "Iceberg, S3 (SeaweedFS)"
+STAGES = ["ingest", "feature build", "training set", "batch scoring", "online push"]
+
+
+def run_side(
+    checkout: Path, work: Path, size: int, args: argparse.Namespace, overrides: dict[str, str], env: dict[str, str]
+) -> dict[str, Any]:
+    """Prepare and time one side's ladder in a fresh process (its own Python driver and JVM). With
+    --profile, the JVM records a Java Flight Recording beside the side's log, summarised after."""
+    work.mkdir(parents=True)
+    recording = work.parent / f"{work.name}.jfr"
+    if args.profile:
+        # Every socket read recorded (the profile's default keeps only those over 10 ms): S3 requests are short.
+        flight = f"settings=profile,dumponexit=true,filename={recording},jdk.SocketRead#threshold=0ms"
+        env = {**env, "JDK_JAVA_OPTIONS": f"-XX:StartFlightRecording={flight}"}
+    # Only what the side is told: a PROPENSITY_* variable of this shell would reach one side and not the other.
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("PROPENSITY_")}
+    command = [
+        sys.executable,
+        "-c",
+        TABLES_SIDE,
+        str(checkout),
+        str(work),
+        str(size),
+        str(args.days),
+        str(args.repeats),
+    ]
+    log = work.parent / f"{work.name}.log"
+    with log.open("w") as err:
+        done = subprocess.run(
+            [*command, json.dumps(overrides)],
+            cwd=checkout,
+            env={**clean, **env},
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not results:
+        raise SystemExit(f"{work.name} failed ({done.returncode}): {log.read_text(errors='replace')[-3000:]}")
+    shutil.rmtree(work, ignore_errors=True)
+    result = dict(json.loads(results[-1].removeprefix("RESULT ")))
+    print(f"{work.name}: {json.dumps(result)}", file=sys.stderr, flush=True)  # kept if a later side fails
+    if args.profile:
+        try:
+            result["profile"] = jvm_profile(recording)
+        except (ValueError, OSError, subprocess.SubprocessError) as error:  # the timings stand without it
+            print(f"{work.name}: its flight recording could not be read: {error}", file=sys.stderr, flush=True)
+    return result
+
+
+# Where a JVM sample is spent: the first frame from the top of its stack in one of these packages.
+PROFILE_AREAS = {
+    "software.amazon.awssdk": "AWS SDK (S3 client)",
+    "org.apache.iceberg.aws": "Iceberg S3FileIO",
+    "org.apache.parquet": "Parquet",
+    "org.apache.iceberg.shaded.org.apache.parquet": "Parquet",
+    "org.apache.iceberg": "Iceberg",
+    "org.sqlite": "catalog (SQLite JDBC)",
+    "org.postgresql": "catalog (PostgreSQL JDBC)",
+    "org.apache.spark.sql.execution.python": "Spark <-> Python (Arrow)",
+    "org.apache.spark": "Spark",
+}
+
+
+# The units of a duration as `jfr print` writes it ("12.3 ms", "1 m 3 s", "2 h 5 m").
+DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def jvm_profile(recording: Path) -> dict[str, Any]:
+    """CPU samples of the JVM by area, and the time its threads waited on sockets by port (the S3
+    endpoint, the catalog's database, Spark's Python workers), from a flight recording."""
+    samples: dict[str, int] = {}
+    waits: dict[str, float] = {}
+
+    def events(kind: str, depth: int) -> Iterator[str]:
+        command = ["jfr", "print", "--events", kind, "--stack-depth", str(depth), str(recording)]
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as printer:
+            assert printer.stdout is not None
+            yield from printer.stdout
+
+    area = None
+    for line in events("jdk.ExecutionSample", 40):
+        text = line.strip()
+        if text.startswith("jdk.ExecutionSample"):
+            area = None
+        elif area is None and "(" in text and "line:" in text:
+            area = next((name for prefix, name in PROFILE_AREAS.items() if text.startswith(prefix + ".")), None)
+        elif text == "}" and line.startswith("}"):
+            key = area or "other (JDK, Scala, Netty, ...)"
+            samples[key] = samples.get(key, 0) + 1
+    duration = 0.0
+    for line in events("jdk.SocketRead", 1):
+        text = line.strip()
+        if text.startswith("duration ="):
+            tokens = text.split("=", 1)[1].split()
+            pairs = list(zip(tokens[::2], tokens[1::2], strict=False))
+            if len(tokens) % 2 or any(unit not in DURATION_UNITS for _, unit in pairs):
+                raise ValueError(f"unknown duration format in the flight recording: {text}")
+            duration = sum(float(value) * DURATION_UNITS[unit] for value, unit in pairs)
+        elif text.startswith("port ="):
+            port = text.split("=", 1)[1].strip()
+            waits[port] = waits.get(port, 0.0) + duration
+    recording.unlink(missing_ok=True)
+    return {"cpu_samples": samples, "socket_wait_s": waits}
+
+
+def export_commit(rev: str, into: Path) -> Path:
+    """The checkout of `rev` beside this one: its files as committed (`git archive`), no .git."""
+    into.mkdir()
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def tables_comparison(args: argparse.Namespace) -> None:
+    """Each size: the hand-written tables of `--tables-against`, then Iceberg on local disk, then (at
+    --s3-at) Iceberg on SeaweedFS's S3 API with its catalog in PostgreSQL."""
+    here = Path(__file__).resolve().parents[1]
+    sides: dict[int, dict[str, dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-tables-") as tmp:
+        root = Path(tmp)
+        old = export_commit(args.tables_against, root / "handwritten")
+        for size in args.sizes:
+            sides[size] = {}
+            sides[size][HANDWRITTEN] = run_side(
+                old, root / f"old-{size}", size, args, {"home": str(root / f"old-{size}" / "home")}, {}
+            )
+            sides[size][ICEBERG_LOCAL] = run_side(
+                here, root / f"new-{size}", size, args, {"home": str(root / f"new-{size}" / "home")}, {}
+            )
+            print(f"done {size}: {json.dumps(sides[size])}", file=sys.stderr, flush=True)
+            if size != args.s3_at:
+                continue
+            with (
+                seaweedfs(root / "s3", buckets=("bench",)) as store,
+                postgres_server() as postgres,
+                postgres.database("bench") as catalog,
+            ):
+                overrides = {
+                    "home": str(root / f"s3-{size}" / "home"),
+                    "tables": "s3://bench/tables",
+                    "catalog": catalog,
+                    "s3_endpoint_url": store.endpoint,
+                    "s3_region": store.region,
+                }
+                sides[size][ICEBERG_S3] = run_side(here, root / f"s3-{size}", size, args, overrides, store.env)
+                ports = {store.endpoint.rsplit(":", 1)[1]: "S3 endpoint", str(postgres.port): "catalog database"}
+                sides[size][ICEBERG_S3]["ports"] = ports
+            print(f"done {size} on S3: {json.dumps(sides[size][ICEBERG_S3])}", file=sys.stderr, flush=True)
+    tables_report(args, sides)
+
+
+def tables_report(args: argparse.Namespace, sides: dict[int, dict[str, dict[str, Any]]]) -> None:
+    print(f"{args.days} days of history; median of {args.repeats} per stage (ingest: one run).\n")
+    for size, results in sides.items():
+        names = list(results)
+        print(
+            f"| {size:,} customers | "
+            + " | ".join(names)
+            + f" | {ICEBERG_LOCAL} / {HANDWRITTEN} |"
+            + (f" {ICEBERG_S3} / {ICEBERG_LOCAL} |" if ICEBERG_S3 in results else "")
+        )
+        print("|---|" + "---|" * (len(names) + 1 + (ICEBERG_S3 in results)))
+        tx = " | ".join(f"{results[n]['facts']['transactions']:,}" for n in names)
+        print(f"| transactions | {tx} | |" + (" |" if ICEBERG_S3 in results else ""))
+        for stage in STAGES:
+            median = {n: statistics.median(results[n]["times"][stage]) for n in names}
+            cells = " | ".join(f"{median[n]:.1f} s" for n in names)
+            line = f"| {stage} | {cells} | {median[ICEBERG_LOCAL] / median[HANDWRITTEN]:.2f}x |"
+            if ICEBERG_S3 in results:
+                line += f" {median[ICEBERG_S3] / median[ICEBERG_LOCAL]:.2f}x |"
+            print(line)
+        print()
+    for size, results in sides.items():
+        for name, result in results.items():
+            if "profile" in result:
+                samples, waits = result["profile"]["cpu_samples"], result["profile"]["socket_wait_s"]
+                total = sum(samples.values()) or 1
+                areas = ", ".join(
+                    f"{area} {count / total:.0%}" for area, count in sorted(samples.items(), key=lambda kv: -kv[1])
+                )
+                named = result.get("ports", {})
+                other = "other sockets (Py4J, Spark's Python workers)"
+                by_name: dict[str, float] = {}
+                for port, seconds in waits.items():
+                    by_name[named.get(port, other)] = by_name.get(named.get(port, other), 0.0) + seconds
+                ports = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in by_name.items())
+                print(f"* {name}, {size:,} customers: JVM CPU samples: {areas}; socket reads waited: {ports or 'none'}")
+        print()
+    sizes = sorted(sides)
+    for a, b in itertools.pairwise(sizes):
+        print(f"| growth {a:,} -> {b:,} | {HANDWRITTEN} | {ICEBERG_LOCAL} |\n|---|---|---|")
+        for stage in STAGES:
+            ratio = {
+                n: statistics.median(sides[b][n]["times"][stage]) / statistics.median(sides[a][n]["times"][stage])
+                for n in (HANDWRITTEN, ICEBERG_LOCAL)
+            }
+            print(f"| {stage} | {ratio[HANDWRITTEN]:.2f}x | {ratio[ICEBERG_LOCAL]:.2f}x |")
+        print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -281,7 +509,13 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=480)
     parser.add_argument("--compare-at", type=int, default=100_000, help="size for the scoring and push comparisons")
     parser.add_argument("--push-only", action="store_true", help="only the push comparisons, at --compare-at")
+    parser.add_argument("--tables-against", metavar="REV", help="compare the tables with those of commit REV")
+    parser.add_argument("--s3-at", type=int, help="with --tables-against: the size also run on the S3 store")
+    parser.add_argument("--profile", action="store_true", help="with --tables-against: profile each side's JVM")
     args = parser.parse_args()
+    if args.tables_against:
+        tables_comparison(args)
+        return
     if args.push_only:
         push_only(args)
         return
