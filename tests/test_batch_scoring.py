@@ -29,6 +29,7 @@ from propensity.settings import Settings, get_settings
 from propensity.synthetic import generate
 from propensity.tables import HISTORIC_SCORES, LATEST_SCORES, current_snapshot, scan_batches
 from propensity.tracking import promote
+from tests.gates import gated_script, release_together
 from tests.test_ingest import lake_customers, lake_transactions
 
 
@@ -231,34 +232,20 @@ def test_scoring_a_date_without_a_snapshot_says_what_to_do(scored_world: Setting
         score_customers(scored_world, "2020-01-01")
 
 
-# Two scoring runs in two processes (each its Python and JVM), held at their historic commit until
-# both are there. A run that loses a commit conflict prints its one-line error and exits 2.
-GATED_RUN = """
-import sys
-import time
-from pathlib import Path
-
-import components.batch_scoring as step
-from propensity.errors import PropensityError
+# A scoring run held at its historic commit until told to go; one that loses a commit conflict
+# prints its one-line error and exits 2.
+GATED_RUN = gated_script(
+    "components.batch_scoring",
+    "overwrite_partitions",
+    """from propensity.errors import PropensityError
 from propensity.settings import get_settings
 
-real = step.overwrite_partitions
-
-
-def gated(*args, **kwargs):
-    Path(sys.argv[1] + ".ready").touch()
-    while not Path(sys.argv[2]).exists():
-        time.sleep(0.02)
-    return real(*args, **kwargs)
-
-
-step.overwrite_partitions = gated
 try:
-    step.score_customers(get_settings(), sys.argv[3])
+    target.score_customers(get_settings(), sys.argv[3])
 except PropensityError as error:
     print("ERROR", error)
-    sys.exit(2)
-"""
+    sys.exit(2)""",
+)
 
 
 def test_a_backfill_and_the_nightly_run_committing_at_once_both_land_and_latest_is_the_newest(
@@ -272,32 +259,13 @@ def test_a_backfill_and_the_nightly_run_committing_at_once_both_land_and_latest_
     settings = scored_world
     newest = str(last_data_date(settings).date())
     backfill = sorted(computed_snapshots(settings))[-3]
-    go = settings.home / "go"
-    env = {**os.environ, **settings.as_env()}
-    runs = {}
-    for name, date in (("backfill", backfill), ("nightly", "")):
-        log = (settings.home / f"{name}.log").open("wb")
-        argv = [sys.executable, "-c", GATED_RUN, str(settings.home / name), str(go), date]
-        runs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 540
-        while not all((settings.home / f"{name}.ready").exists() for name in runs):
-            for name, process in runs.items():
-                output = (settings.home / f"{name}.log").read_text()[-3000:]
-                assert process.poll() is None, f"{name} ended before its commit:\n{output}"
-            assert time.monotonic() < deadline, "the runs never reached their commits"
-            time.sleep(0.05)
-        go.touch()
-        codes = {name: process.wait(timeout=540) for name, process in runs.items()}
-    finally:
-        for process in runs.values():
-            process.kill()
-    for name, code in codes.items():
-        output = (settings.home / f"{name}.log").read_text()
-        assert code in (0, 2), f"{name}:\n{output[-3000:]}"
-        if code == 2:  # lost the conflict: one line, then a rerun lands
-            error = [line for line in output.splitlines() if line.startswith("ERROR ")]
-            assert len(error) == 1 and "run it again" in error[0], output[-3000:]
+    runs = {"backfill": [backfill], "nightly": [""]}
+    finished = release_together(GATED_RUN, runs, settings.home, settings.as_env())
+    for name, run in finished.items():
+        assert run.code in (0, 2), f"{name}:\n{run.err}"
+        if run.code == 2:  # lost the conflict: one line, then a rerun lands
+            error = [line for line in run.out.splitlines() if line.startswith("ERROR ")]
+            assert len(error) == 1 and "run it again" in error[0], run.out
             score_customers(settings, backfill if name == "backfill" else None)
 
     rows = historic(settings)

@@ -11,6 +11,7 @@ from propensity.errors import PropensityError
 from propensity.lake import CUSTOMERS, TRANSACTIONS, ingest, lake_changes
 from propensity.settings import Settings, get_settings
 from propensity.tables import load_table
+from tests.gates import gated_script, release_together
 
 
 def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "tx.csv") -> Path:
@@ -171,29 +172,12 @@ def test_cli_ingest_json_summary(settings: Settings, tmp_path: Path, capsys: pyt
     assert '"transactions": 3' in capsys.readouterr().out
 
 
-# An ingest in its own process (Python and JVM), held before its customers commit until told to go.
-GATED_INGEST = """
-import sys
-import time
-from pathlib import Path
-
-import propensity.lake as lake
-
-real = lake.replace_table
-
-
-def gated(*args, **kwargs):
-    Path(sys.argv[1] + ".ready").touch()
-    while not Path(sys.argv[2]).exists():
-        time.sleep(0.02)
-    return real(*args, **kwargs)
-
-
-lake.replace_table = gated
-from propensity.cli import main
-
-sys.exit(main(["ingest", "--transactions", sys.argv[3]]))
-"""
+# An ingest held before its customers commit until told to go.
+GATED_INGEST = gated_script(
+    "propensity.lake",
+    "replace_table",
+    'from propensity.cli import main\n\nsys.exit(main(["ingest", "--transactions", sys.argv[3]]))',
+)
 
 
 @pytest.mark.parametrize("first_ever", [False, True], ids=["on-a-lake", "first-ever"])
@@ -203,11 +187,6 @@ def test_two_ingests_at_once_never_lose_each_others_customers(
     """Both merged their new customers with the same customers snapshot (or with no customers table
     yet): the first commit lands, the second fails in one line with nothing written (a plain replace
     would drop the first one's customers), and its rerun lands with both."""
-    import os
-    import subprocess
-    import sys
-    import time
-
     if not first_ever:
         ingest(settings, _write(tmp_path, GOOD))
     inputs = {
@@ -218,33 +197,12 @@ def test_two_ingests_at_once_never_lose_each_others_customers(
         )
         for name, day in (("first", "2025-03-01"), ("second", "2025-03-02"))
     }
-    go = tmp_path / "go"
-    env = {**os.environ, **settings.as_env()}
-    runs = {
-        name: subprocess.Popen(
-            [sys.executable, "-c", GATED_INGEST, str(tmp_path / name), str(go), str(path)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, path in inputs.items()
-    }
-    try:
-        deadline = time.monotonic() + 540
-        while not all((tmp_path / f"{name}.ready").exists() for name in runs):
-            assert all(p.poll() is None for p in runs.values()), {n: p.communicate() for n, p in runs.items()}
-            assert time.monotonic() < deadline, "the ingests never reached their commits"
-            time.sleep(0.05)
-        go.touch()
-        outputs = {name: process.communicate(timeout=540) for name, process in runs.items()}
-    finally:
-        for process in runs.values():
-            process.kill()
-    codes = {name: runs[name].returncode for name in runs}
-    assert sorted(codes.values()) == [0, 2], outputs  # the command's exit code for an error
+    runs = {name: [str(path)] for name, path in inputs.items()}
+    finished = release_together(GATED_INGEST, runs, tmp_path, settings.as_env())
+    codes = {name: run.code for name, run in finished.items()}
+    assert sorted(codes.values()) == [0, 2], finished  # the command's exit code for an error
     loser = next(name for name, code in codes.items() if code == 2)
-    line = error_line(outputs[loser][1])
+    line = error_line(finished[loser].err)
     assert "another run committed to the table customers at the same time" in line and "run it again" in line
     winner_days = {"first": "2025-03-01", "second": "2025-03-02"}
     earlier = set() if first_ever else {"2025-01-02", "2025-01-03", "2025-02-01"}
