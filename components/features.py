@@ -6,9 +6,10 @@
 * `materialize_features`: the table for a training window or a scoring date, the Feast repo applied
   over it, and the newest snapshot (and changed profiles) pushed to the online store in batches.
   An older snapshot than the one online never replaces it (a backfill cannot roll serving back).
-* `build_training_set`: labelled entity rows computed by Spark, capped by a setting with sampling
-  stratified by snapshot date, joined point-in-time by Feast `get_historical_features`, written
-  unfilled (validation looks at the data as it is) with its lineage (propensity.training_set).
+* `build_training_set`: labelled entity rows computed by Spark, capped by a setting (rows kept by
+  a hash of each: every snapshot date keeps its share, a rebuild keeps the same rows), joined
+  point-in-time by Feast `get_historical_features`, written unfilled (validation looks at the
+  data as it is) with its lineage (propensity.training_set).
 
 The training window and label horizon are settings; a pipeline's parameters reach these steps as
 `settings.with_values(...)`.
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import pandas as pd
 from feast import FeatureStore
@@ -186,12 +188,16 @@ def materialize_features(settings: Settings, as_of_date: str | None = None) -> M
 # Training sets
 
 
-def historical_features(store: FeatureStore, entity_rows: pd.DataFrame) -> pd.DataFrame:
+def historical_features(store: FeatureStore, entity_rows: DataFrame) -> pd.DataFrame:
     """Point-in-time join of the training feature service onto (customer_id, event_timestamp) rows.
 
-    Nothing is filled: a feature the join did not find stays null for validation to see."""
+    The rows go to Feast's Spark offline store as the Spark frame they are (it takes one, though its
+    signature says pandas): collected into pandas, Feast would send them back to Spark as a local
+    relation, which the optimizer copies row by row in the driver's heap (out of memory at 500,000
+    rows in a 1 GB driver). Nothing is filled: a feature the join did not find stays null for
+    validation to see."""
     service = store.get_feature_service(TRAINING_SERVICE)
-    frame = store.get_historical_features(entity_df=entity_rows, features=service).to_df()
+    frame = store.get_historical_features(entity_df=cast(Any, entity_rows), features=service).to_df()
     frame[F.EVENT_TIMESTAMP] = pd.to_datetime(frame[F.EVENT_TIMESTAMP], utc=True).dt.tz_convert(None)
     return frame.sort_values([F.EVENT_TIMESTAMP, F.ENTITY]).reset_index(drop=True)
 
@@ -222,16 +228,18 @@ def labelled_entities(
 
 
 def cap_rows(frame: DataFrame, max_rows: int, seed: int = 0) -> tuple[DataFrame, int]:
-    """At most about `max_rows` rows, sampled with the same fraction from every snapshot date (so
-    each date keeps its share); returns the frame and the row count before capping."""
-    stratum = sf.date_format(F.EVENT_TIMESTAMP, "yyyy-MM-dd")
-    counts = {row["stratum"]: int(row["count"]) for row in frame.groupBy(stratum.alias("stratum")).count().collect()}
-    total = sum(counts.values())
+    """At most about `max_rows` rows, each snapshot date keeping its share; returns the frame and the
+    row count before capping. A row is kept by a hash of its (customer, t) and `seed`, never by a
+    random draw: the same rows come back however Spark partitions or orders them, so a training set
+    rebuilt from its recorded snapshots is the same set (Spark's `sampleBy` draws per partition, in
+    the order a shuffle happened to deliver the rows)."""
+    total = frame.count()
     if total <= max_rows:
         return frame, total
-    fractions = dict.fromkeys(counts, max_rows / total)
-    sampled = frame.withColumn("_stratum", stratum).sampleBy("_stratum", fractions=fractions, seed=seed)
-    return sampled.drop("_stratum"), total
+    buckets = 1_000_000
+    keep = max_rows * buckets // total
+    bucket = sf.pmod(sf.xxhash64(F.ENTITY, F.EVENT_TIMESTAMP, sf.lit(seed)), sf.lit(buckets))
+    return frame.where(bucket < keep), total
 
 
 # The tables a training set reads: their snapshots are its lineage, and enough to build it again.
@@ -308,8 +316,12 @@ def _write_training_set(
     spark = spark_session(settings, "propensity-training-set")
     labelled = labelled_entities(spark, settings, dates, snapshots)
     entities, rows_before_cap = cap_rows(labelled, settings.training_max_rows)
-    with pinned_feature_store(settings, snapshots) as (store, repo):
-        frame = historical_features(store, entities.toPandas())
+    entities = entities.persist()  # Feast reads the rows twice: their time range, then the join
+    try:
+        with pinned_feature_store(settings, snapshots) as (store, repo):
+            frame = historical_features(store, entities)
+    finally:
+        entities.unpersist()
     info = TrainingSetInfo(
         as_of_date=snapshot_key(as_of),
         training_window_days=settings.training_window_days,

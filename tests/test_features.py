@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as sf
 
 from propensity import features as F
 from tests import reference
@@ -127,6 +128,27 @@ def test_active_customers_bought_within_the_window(spark: SparkSession) -> None:
     tx = _tx([("a", "2024-02-01", 1.0), ("b", "2025-02-21", 1.0), ("c", "2025-03-06", 1.0)])
     got = F.active_customers(spark.createDataFrame(_customers()), spark.createDataFrame(tx), T).toPandas()
     assert sorted(got["customer_id"]) == ["b"]  # a lapsed over a year ago, c signed up after t
+
+
+def test_a_capped_training_set_keeps_the_same_rows_however_spark_partitions_them(spark: SparkSession) -> None:
+    """A rebuild from recorded snapshots must keep the rows the first build kept, though Spark may
+    deliver them in other partitions and another order; each snapshot date keeps its share."""
+    from components.features import cap_rows
+
+    days = [T - pd.Timedelta(days=7 * k) for k in range(4)]
+    columns = ["customer_id", "event_timestamp", "label"]
+    rows = pd.DataFrame([(f"c{i}", day, i % 2) for i in range(1000) for day in days], columns=columns)
+    frame = spark.createDataFrame(rows)
+    kept = []
+    for partitions in (1, 7):
+        shuffled = frame.repartition(partitions).orderBy(sf.rand(seed=partitions))
+        capped, total = cap_rows(shuffled, 1000)
+        kept.append(capped.toPandas().sort_values(["event_timestamp", "customer_id"]).reset_index(drop=True))
+        assert total == 4000
+    pd.testing.assert_frame_equal(kept[0], kept[1])
+    assert 800 < len(kept[0]) < 1200
+    shares = kept[0]["event_timestamp"].value_counts(normalize=True)
+    assert set(shares.index) == set(days) and (shares - 0.25).abs().max() < 0.05
 
 
 def test_training_snapshots_end_a_horizon_before_as_of() -> None:
