@@ -60,6 +60,7 @@ def _ensure_table(frame: DataFrame, settings: Settings, name: str, column: str |
     hundred days of transactions. Created empty, so that even the first write is a regular write
     with these requirements (a CREATE TABLE AS SELECT fans out regardless)."""
     if table_exists(frame.sparkSession, settings, name):
+        _add_new_columns(frame, settings, name)
         return
     try:
         empty = frame.limit(0).writeTo(table_name(settings, name))
@@ -69,6 +70,17 @@ def _ensure_table(frame: DataFrame, settings: Settings, name: str, column: str |
     except (AnalysisException, Py4JJavaError) as error:  # Iceberg's AlreadyExistsException reaches Python unconverted
         if "already exists" not in str(error).lower():
             raise
+
+
+def _add_new_columns(frame: DataFrame, settings: Settings, name: str) -> None:
+    """Add to the table the columns of `frame` it lacks (Iceberg's schema evolution: one metadata
+    commit, no data file rewritten, older rows read them as null): a release that writes a new column
+    writes to the tables an older release made."""
+    spark, table = frame.sparkSession, table_name(settings, name)
+    existing = set(spark.table(table).columns)
+    for field in frame.schema.fields:
+        if field.name not in existing:
+            spark.sql(f"ALTER TABLE {table} ADD COLUMN `{field.name}` {field.dataType.simpleString()}")
 
 
 # Iceberg's exceptions when a concurrent commit won and retrying ours could not reconcile with it.

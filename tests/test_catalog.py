@@ -120,6 +120,31 @@ def test_overwrite_where_empties_a_value_that_comes_out_empty_and_keeps_the_othe
     assert spark.table(table_name(settings, "t")).count() == 3
 
 
+def test_a_write_with_a_new_column_adds_it_to_a_table_an_older_release_made(tmp_path: Path) -> None:
+    """A release that writes one more column (as the historic scores' `feature_snapshot_id`) writes to
+    the existing table: the column is added, older rows read it as null, their files untouched."""
+    from propensity.spark import spark_session
+    from propensity.tables import current_snapshot, overwrite_partitions, replace_table
+
+    settings = get_settings(home=tmp_path, spark_shuffle_partitions=2)
+    spark = spark_session(settings, "propensity-tests")
+    old = spark.createDataFrame([("a", 1.0, "d1")], "customer_id string, score double, day string")
+    overwrite_partitions(old, settings, "scores", "day")
+    new = spark.createDataFrame([("b", 2.0, 7, "d2")], "customer_id string, score double, snapshot bigint, day string")
+    overwrite_partitions(new, settings, "scores", "day")
+    rows = spark.table(table_name(settings, "scores")).orderBy("day").collect()
+    assert [r.asDict() for r in rows] == [
+        {"customer_id": "a", "score": 1.0, "day": "d1", "snapshot": None},
+        {"customer_id": "b", "score": 2.0, "day": "d2", "snapshot": 7},
+    ]
+    # The same for a read-modify-write replace (the customers table).
+    replace_table(old.drop("day"), settings, "people", read_modify_write=True)
+    base = current_snapshot(settings, "people")
+    assert base is not None
+    replace_table(new.drop("day"), settings, "people", read_modify_write=True, based_on=base.snapshot_id)
+    assert spark.table(table_name(settings, "people")).columns == ["customer_id", "score", "snapshot"]
+
+
 def test_maintenance_expires_old_snapshots_and_deletes_a_killed_writers_files(tmp_path: Path) -> None:
     """Snapshots older than the cutoff go with the files only they referenced; the current one
     stays whole; a data file no snapshot references (a writer killed before its commit) is deleted
