@@ -45,9 +45,10 @@ from propensity.tables import (
 )
 from propensity.tracking import CHAMPION, ModelRef, alias_version
 
-# Each historic partition's commit records the feature table's snapshot it was scored from.
-FEATURE_LINEAGE = "feature-snapshot"
-SCORE_COLUMNS = [F.ENTITY, "score", "model_version", "scored_at", SCORE_DATE]
+# Every score row says what it was scored from: the model version and the feature table's snapshot
+# (columns, so that they outlive the snapshots maintenance expires).
+FEATURE_SNAPSHOT_ID = "feature_snapshot_id"
+SCORE_COLUMNS = [F.ENTITY, "score", "model_version", FEATURE_SNAPSHOT_ID, "scored_at", SCORE_DATE]
 LATEST_COLUMNS = [*SCORE_COLUMNS, F.EVENT_TIMESTAMP]
 
 
@@ -144,6 +145,7 @@ def score_customers(settings: Settings, score_date: str | None = None) -> Scorin
     scored = (
         apply_model(scoring_features(spark, settings, features), settings, champion, settings.scoring_partitions)
         .withColumn("model_version", sf.lit(champion.version))
+        .withColumn(FEATURE_SNAPSHOT_ID, sf.lit(int(features.snapshot_id)).cast("long"))
         .withColumn("scored_at", sf.lit(datetime.now(UTC).isoformat(timespec="seconds")))
         .withColumn(SCORE_DATE, sf.lit(date_key))
         .select(*SCORE_COLUMNS)
@@ -153,7 +155,7 @@ def score_customers(settings: Settings, score_date: str | None = None) -> Scorin
     try:
         eligible = F.active_customers(read_customers(spark, settings), read_transactions(spark, settings), as_of)
         rows, eligible_count = reconcile(scored, eligible)
-        lineage = {"model_version": champion.version, SCORE_DATE: date_key, FEATURE_LINEAGE: str(features.snapshot_id)}
+        lineage = {"model_version": champion.version, SCORE_DATE: date_key}
         overwrite_partitions(scored, settings, HISTORIC_SCORES, SCORE_DATE, lineage)
     finally:
         scored.unpersist()

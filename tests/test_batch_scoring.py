@@ -24,6 +24,7 @@ from components.training import train_candidates, train_realtime_model
 from feature_repo.store import feature_store
 from propensity import features as F
 from propensity.errors import PropensityError
+from propensity.feature_table import feature_snapshot
 from propensity.lake import ingest, last_data_date
 from propensity.settings import Settings, get_settings
 from propensity.synthetic import generate
@@ -96,7 +97,10 @@ def test_rerunning_a_date_replaces_its_partition(scored_world: Settings) -> None
     after = historic(scored_world)
     assert len(after) == len(before) == result.rows_scored == result.latest_rows
     assert latest_scores(scored_world).snapshot_id != latest_before.snapshot_id
-    # The commit records where its scores came from.
+    # Every row says what it was scored from (columns: they outlive the commits maintenance expires).
+    features = feature_snapshot(scored_world, last_data_date(scored_world))
+    assert set(after["model_version"]) == {result.model_version}
+    assert set(after["feature_snapshot_id"]) == {features.snapshot_id}
     assert current_snapshot(scored_world, HISTORIC_SCORES).properties["model_version"] == result.model_version
 
 
