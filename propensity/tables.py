@@ -59,8 +59,14 @@ def _ensure_table(frame: DataFrame, settings: Settings, name: str, column: str |
     Parquet writer open per partition it holds, which runs a 1 GB driver out of memory on a few
     hundred days of transactions. Created empty, so that even the first write is a regular write
     with these requirements (a CREATE TABLE AS SELECT fans out regardless)."""
-    if table_exists(frame.sparkSession, settings, name):
-        _add_new_columns(frame, settings, name)
+    spark, table = frame.sparkSession, table_name(settings, name)
+    try:
+        existing = set(spark.table(table).columns)  # one lookup: whether it exists, and its columns
+    except AnalysisException as error:
+        if error.getCondition() != "TABLE_OR_VIEW_NOT_FOUND":
+            raise
+    else:
+        _add_new_columns(frame, table, existing)
         return
     try:
         empty = frame.limit(0).writeTo(table_name(settings, name))
@@ -72,15 +78,13 @@ def _ensure_table(frame: DataFrame, settings: Settings, name: str, column: str |
             raise
 
 
-def _add_new_columns(frame: DataFrame, settings: Settings, name: str) -> None:
+def _add_new_columns(frame: DataFrame, table: str, existing: set[str]) -> None:
     """Add to the table the columns of `frame` it lacks (Iceberg's schema evolution: one metadata
     commit, no data file rewritten, older rows read them as null): a release that writes a new column
     writes to the tables an older release made."""
-    spark, table = frame.sparkSession, table_name(settings, name)
-    existing = set(spark.table(table).columns)
     for field in frame.schema.fields:
         if field.name not in existing:
-            spark.sql(f"ALTER TABLE {table} ADD COLUMN `{field.name}` {field.dataType.simpleString()}")
+            frame.sparkSession.sql(f"ALTER TABLE {table} ADD COLUMN `{field.name}` {field.dataType.simpleString()}")
 
 
 # Iceberg's exceptions when a concurrent commit won and retrying ours could not reconcile with it.
