@@ -39,10 +39,6 @@ def create_namespace(spark: SparkSession, settings: Settings) -> None:
     spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {catalog_name(settings)}.{NAMESPACE}")
 
 
-def table_exists(spark: SparkSession, settings: Settings, name: str) -> bool:
-    return bool(spark.catalog.tableExists(table_name(settings, name)))
-
-
 def _writer(frame: DataFrame, settings: Settings, name: str, properties: dict[str, str] | None) -> Any:
     """A writer to the table whose commit records `properties` in its snapshot summary (lineage)."""
     create_namespace(frame.sparkSession, settings)
