@@ -35,8 +35,15 @@ SCORE_DATE = "score_date"
 
 
 def create_namespace(spark: SparkSession, settings: Settings) -> None:
+    """Create the tables' namespace unless it exists. Iceberg's JDBC catalog checks and then inserts,
+    so two first writes at once can both find it missing and one insert then breaks the catalog
+    database's key: that one asks again, and finds it."""
     prepare_catalog(settings)
-    spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {catalog_name(settings)}.{NAMESPACE}")
+    statement = f"CREATE NAMESPACE IF NOT EXISTS {catalog_name(settings)}.{NAMESPACE}"
+    try:
+        spark.sql(statement)
+    except (PySparkException, Py4JJavaError):
+        spark.sql(statement)  # a concurrent writer created it (any other error raises again)
 
 
 def _writer(frame: DataFrame, settings: Settings, name: str, properties: dict[str, str] | None) -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,6 +145,33 @@ def test_a_write_with_a_new_column_adds_it_to_a_table_an_older_release_made(tmp_
     assert base is not None
     replace_table(new.drop("day"), settings, "people", read_modify_write=True, based_on=base.snapshot_id)
     assert spark.table(table_name(settings, "people")).columns == ["customer_id", "score", "snapshot"]
+
+
+def test_two_first_writes_at_once_both_find_the_namespace(tmp_path: Path) -> None:
+    """Iceberg's JDBC catalog checks for a namespace and then inserts it: two writers creating it at
+    once once broke the catalog database's key (a concurrent ingest failed in CI). Each round is a
+    new catalog whose namespace two threads create together; without the retry some rounds fail
+    (3 in 40 here)."""
+    from propensity.spark import spark_session
+    from propensity.tables import create_namespace
+
+    errors: list[str] = []
+    for round_ in range(40):
+        settings = get_settings(home=tmp_path / str(round_), spark_shuffle_partitions=2)
+        spark = spark_session(settings, "propensity-tests")
+
+        def create(spark: Any = spark, settings: Any = settings) -> None:
+            try:
+                create_namespace(spark, settings)
+            except Exception as error:  # the test reports whatever a writer raised
+                errors.append(str(error).splitlines()[0])
+
+        threads = [threading.Thread(target=create) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
 
 
 def test_maintenance_expires_old_snapshots_and_deletes_a_killed_writers_files(tmp_path: Path) -> None:
