@@ -41,7 +41,7 @@ import mlflow
 import pandas as pd
 
 from components.batch_scoring import apply_model, publish_latest_scores, score_customers
-from components.features import build_training_set, feature_dates, push_snapshot_online
+from components.features import build_training_set, push_snapshot_online
 from components.registry import Decision, register_models
 from components.training import train_candidates, train_realtime_model
 from feature_repo.definitions import ACTIVITY_VIEW
@@ -52,6 +52,7 @@ from propensity.feature_table import (
     FEATURE_SNAPSHOTS,
     build_feature_table,
     computed_snapshots,
+    feature_dates,
     feature_snapshot,
     scoring_features,
 )

@@ -14,15 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 
-from components.features import push_snapshot_online
-from feature_repo.definitions import SCORE_VIEW
 from propensity import features as F
 from propensity.catalog import table_name
 from propensity.errors import PropensityError
@@ -43,7 +41,9 @@ from propensity.tables import (
     replace_table,
     scan_batches,
 )
-from propensity.tracking import CHAMPION, ModelRef, alias_version
+
+if TYPE_CHECKING:  # MLflow is imported by the step that loads the model, not by publishing
+    from propensity.tracking import ModelRef
 
 # Every score row says what it was scored from: the model version and the feature table's snapshot
 # (columns, so that they outlive the snapshots maintenance expires).
@@ -135,6 +135,8 @@ def reconcile(staged: DataFrame, eligible: DataFrame) -> tuple[int, int]:
 
 def score_customers(settings: Settings, score_date: str | None = None) -> ScoringResult:
     """Score every known customer as of `score_date` with the champion; rerunning a date replaces it."""
+    from propensity.tracking import CHAMPION, alias_version
+
     champion = alias_version(settings, settings.model_name, CHAMPION)
     if champion is None:
         raise PropensityError(f"model '{settings.model_name}' has no champion yet; run the training pipeline first")
@@ -218,7 +220,11 @@ def sample_latest_customers(settings: Settings, n: int, seed: int = 0) -> list[s
 
 
 def publish_latest_scores(settings: Settings) -> int:
-    """Push the latest table to the online store, where the predictor looks scores up."""
+    """Push the latest table to the online store, where the predictor looks scores up. Feast is
+    imported here: the scoring step, in the same module, does not use it."""
+    from components.features import push_snapshot_online
+    from feature_repo.definitions import SCORE_VIEW
+
     Storage(settings).check()
     snapshot = latest_scores(settings)
     score_date = snapshot.properties[SCORE_DATE]

@@ -38,6 +38,7 @@ from propensity.feature_table import (
     FEATURE_SNAPSHOTS,
     build_feature_table,
     computed_snapshots,
+    feature_dates,
     feature_snapshot,
     snapshot_key,
     stale_snapshots,
@@ -143,15 +144,6 @@ class MaterializeResult:
     snapshots_computed: int
     online_rows: int
     seconds: float
-
-
-def feature_dates(settings: Settings, as_of: pd.Timestamp) -> list[pd.Timestamp]:
-    """The training snapshots of the window (those after the lake's first day) and `as_of` itself."""
-    first = first_data_date(settings)
-    dates = F.training_snapshot_dates(
-        as_of, settings.training_window_days, settings.label_horizon_days, settings.snapshot_every_days
-    )
-    return sorted({d for d in dates if d > first} | {as_of})
 
 
 def materialize_features(settings: Settings, as_of_date: str | None = None) -> MaterializeResult:

@@ -34,10 +34,9 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 
-from components.features import feature_dates
 from propensity import features as F
 from propensity.catalog import table_name
-from propensity.feature_table import FEATURE_SNAPSHOTS, SNAPSHOT_PARTITION
+from propensity.feature_table import FEATURE_SNAPSHOTS, SNAPSHOT_PARTITION, feature_dates
 from propensity.lake import read_customers, read_transactions
 from propensity.settings import Settings
 from propensity.spark import spark_session

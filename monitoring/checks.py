@@ -11,7 +11,7 @@
 
 Each outcome says whether its trigger condition holds and why; it is stored as one object per check
 and date (`monitoring/checks/<check>/<date>.json`), so checks running in parallel never write the same
-object and a rerun for a date replaces its outcome. The trigger policy reads these series.
+object and a rerun for a date replaces its outcome (monitoring.outcomes). The trigger policy reads these series.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,6 +43,14 @@ from monitoring.drift import (
     reference_profile,
     sample_spark,
 )
+from monitoring.outcomes import (
+    INFERENCE_DRIFT,
+    PREDICTION_DRIFT,
+    REALISED_ACCURACY,
+    SCORING_DRIFT,
+    CheckOutcome,
+    record_outcome,
+)
 from propensity.catalog import table_name
 from propensity.errors import PropensityError
 from propensity.feature_table import feature_snapshot, scoring_features
@@ -53,29 +61,10 @@ from propensity.storage import Storage
 from propensity.tables import HISTORIC_SCORES, SCORE_DATE, partitions
 from propensity.tracking import CHAMPION, ModelRef, alias_version, configure
 
-INFERENCE_DRIFT, SCORING_DRIFT, PREDICTION_DRIFT, REALISED_ACCURACY = (
-    "inference_drift",
-    "scoring_drift",
-    "prediction_drift",
-    "realised_accuracy",
-)
-CHECKS = (INFERENCE_DRIFT, SCORING_DRIFT, PREDICTION_DRIFT, REALISED_ACCURACY)
-CHECKS_PREFIX = "monitoring/checks"
 # Artifacts logged with each batch model at training (components.training).
 REFERENCE_PROFILE = "monitoring/profile.json"
 REFERENCE_SAMPLE = "monitoring/reference.parquet"
 INFERENCE_PREFIX = "inference"  # serving.inference_log.PREFIX: where the predictor's log is published
-
-
-@dataclass(frozen=True)
-class CheckOutcome:
-    check: str
-    as_of_date: str
-    holds: bool  # the check's trigger condition
-    reason: str
-    checked_at: str
-    model_version: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,17 +107,6 @@ def _reference_sample(model: ModelRef) -> pd.DataFrame:
 
 
 # Outcome records ---------------------------------------------------------------------------------
-
-
-def record_outcome(settings: Settings, outcome: CheckOutcome) -> None:
-    Storage(settings).write_json(f"{CHECKS_PREFIX}/{outcome.check}/{outcome.as_of_date}.json", asdict(outcome))
-
-
-def read_outcomes(settings: Settings, check: str) -> list[CheckOutcome]:
-    """One check's outcomes, oldest date first."""
-    storage = Storage(settings)
-    outcomes = [CheckOutcome(**storage.read_json(key)) for key in storage.keys(f"{CHECKS_PREFIX}/{check}")]
-    return sorted(outcomes, key=lambda o: o.as_of_date)
 
 
 def _outcome(check: str, as_of: str, model: ModelRef, holds: bool, reason: str, **details: Any) -> CheckOutcome:

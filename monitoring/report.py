@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import html
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from monitoring.checks import CheckOutcome
-from monitoring.drift import DriftResult
+from monitoring.outcomes import CheckOutcome
 from monitoring.trigger import TriggerRecord
+
+if TYPE_CHECKING:  # a retraining decision's step shows its record without importing the drift maths
+    from monitoring.drift import DriftResult
 
 
 class MetricsSink(Protocol):  # kfp.dsl.Metrics

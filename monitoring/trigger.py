@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from monitoring.checks import CHECKS, CheckOutcome, read_outcomes
+from monitoring.outcomes import CHECKS, CheckOutcome, read_outcomes
 from propensity.settings import Settings
 from propensity.storage import Storage
 

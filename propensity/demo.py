@@ -249,7 +249,7 @@ def run_demo(
     from components.batch_scoring import sample_latest_customers
     from components.deploy import read_deployments
     from monitoring.accuracy import read_accuracy_series, write_accuracy_plot
-    from monitoring.checks import CHECKS, INFERENCE_DRIFT, PREDICTION_DRIFT, SCORING_DRIFT, read_outcomes
+    from monitoring.outcomes import CHECKS, INFERENCE_DRIFT, PREDICTION_DRIFT, SCORING_DRIFT, read_outcomes
     from monitoring.trigger import read_history
     from pipelines.runner import run_local
     from propensity.tracking import CHAMPION, alias_version

@@ -20,7 +20,7 @@ from pyspark.sql import functions as sf
 from propensity import features as F
 from propensity.catalog import table_name
 from propensity.errors import PropensityError
-from propensity.lake import lake_changes, read_customers, read_transactions
+from propensity.lake import first_data_date, lake_changes, read_customers, read_transactions
 from propensity.settings import Settings
 from propensity.tables import (
     TableSnapshot,
@@ -43,6 +43,15 @@ DEFINITION = "feature-definition"  # propensity.features.FEATURE_DEFINITION
 
 def snapshot_key(date: pd.Timestamp) -> str:
     return str(pd.Timestamp(date).date())
+
+
+def feature_dates(settings: Settings, as_of: pd.Timestamp) -> list[pd.Timestamp]:
+    """The training snapshots of the window (those after the lake's first day) and `as_of` itself."""
+    first = first_data_date(settings)
+    dates = F.training_snapshot_dates(
+        as_of, settings.training_window_days, settings.label_horizon_days, settings.snapshot_every_days
+    )
+    return sorted({d for d in dates if d > first} | {as_of})
 
 
 def computed_snapshots(settings: Settings) -> dict[str, str]:

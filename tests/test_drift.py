@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
-from monitoring.checks import CheckOutcome, sample_inference_log
+from monitoring.checks import sample_inference_log
 from monitoring.drift import (
     MONITORED_CATEGORICAL,
     MONITORED_NUMERIC,
@@ -24,6 +24,7 @@ from monitoring.drift import (
     profile_frame,
     profile_spark,
 )
+from monitoring.outcomes import CheckOutcome
 from monitoring.report import decision_markdown, write_check_artifacts
 from monitoring.trigger import TriggerRecord
 from propensity.errors import PropensityError

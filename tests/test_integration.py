@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from components.deploy import DEPLOYED, read_deployments
-from monitoring.checks import CHECKS
+from monitoring.outcomes import CHECKS
 from monitoring.trigger import read_history
 from propensity.demo import SUMMARY_KEY, DemoOptions, free_port, run_demo, running_server
 from propensity.settings import Settings, get_settings

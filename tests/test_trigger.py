@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitoring.checks import (
+from monitoring.outcomes import (
     INFERENCE_DRIFT,
     PREDICTION_DRIFT,
     REALISED_ACCURACY,
