@@ -155,8 +155,10 @@ def materialize_features(settings: Settings, as_of_date: str | None = None) -> M
     Storage(settings).check()  # before anything is computed or written
     if settings.online_store == "redis":
         check_redis(settings)
-    spark = spark_session(settings, "propensity-features")
-    computed = build_feature_table(spark, settings, dates)
+    # Spark starts only for snapshots to compute (the table's metadata says which): the monitoring
+    # pipeline's materialization after the same night's scoring finds none and starts no Spark.
+    stale = stale_snapshots(settings, dates)
+    computed = build_feature_table(spark_session(settings, "propensity-features"), settings, stale) if stale else []
     feature_store(settings).apply(feature_repo(settings).objects)  # type: ignore[arg-type]
     online_rows = push_snapshot_online(
         settings,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from components import features as feature_step
 from components.features import build_training_set, materialize_features
 from feature_repo.definitions import ONLINE_SERVICE, SCORE_VIEW
 from feature_repo.store import feature_store
@@ -205,8 +206,14 @@ def test_maintenance_deletes_stale_snapshots_before_their_lineage_expires(lake: 
     assert stale_snapshots(lake, dates) == [d for d in dates if d > last_day]
 
 
-def test_a_second_run_computes_and_pushes_nothing(lake: Settings) -> None:
+def test_a_second_run_computes_and_pushes_nothing(lake: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """And starts no Spark (the monitoring pipeline materializes the night its scoring already did)."""
     first = materialize_features(lake)
+
+    def no_spark(*_: object) -> None:
+        raise AssertionError("a materialization with nothing to compute started Spark")
+
+    monkeypatch.setattr(feature_step, "spark_session", no_spark)
     again = materialize_features(lake)
     assert first.snapshots_computed == first.snapshot_dates and first.online_rows > 0
     assert (again.snapshots_computed, again.online_rows) == (0, 0)
