@@ -36,7 +36,7 @@ from propensity import features as F
 from propensity.errors import PropensityError
 from propensity.feature_table import (
     FEATURE_SNAPSHOTS,
-    build_feature_table,
+    compute_snapshots,
     computed_snapshots,
     feature_dates,
     feature_snapshot,
@@ -158,7 +158,7 @@ def materialize_features(settings: Settings, as_of_date: str | None = None) -> M
     # Spark starts only for snapshots to compute (the table's metadata says which): the monitoring
     # pipeline's materialization after the same night's scoring finds none and starts no Spark.
     stale = stale_snapshots(settings, dates)
-    computed = build_feature_table(spark_session(settings, "propensity-features"), settings, stale) if stale else []
+    computed = compute_snapshots(spark_session(settings, "propensity-features"), settings, stale) if stale else []
     feature_store(settings).apply(feature_repo(settings).objects)  # type: ignore[arg-type]
     online_rows = push_snapshot_online(
         settings,

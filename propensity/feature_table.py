@@ -103,7 +103,12 @@ def stale_snapshots(settings: Settings, dates: list[pd.Timestamp] | None = None)
 def build_feature_table(spark: SparkSession, settings: Settings, dates: list[pd.Timestamp]) -> list[str]:
     """Compute the stale snapshots among `dates` into the offline table, in one commit; return the
     keys computed."""
-    stale = stale_snapshots(settings, dates)
+    return compute_snapshots(spark, settings, stale_snapshots(settings, dates))
+
+
+def compute_snapshots(spark: SparkSession, settings: Settings, stale: list[pd.Timestamp]) -> list[str]:
+    """Compute these snapshots (found stale by `stale_snapshots`) into the offline table, in one
+    commit; return their keys."""
     if not stale:
         return []
     started = timestamp(datetime.now(UTC))  # changes after this moment make these snapshots stale again

@@ -72,7 +72,7 @@ def _ensure_table(frame: DataFrame, settings: Settings, name: str, column: str |
         _add_new_columns(frame, table, existing)
         return
     try:
-        empty = frame.limit(0).writeTo(table_name(settings, name))
+        empty = frame.limit(0).writeTo(table)
         if column is not None:
             empty = empty.partitionedBy(sf.col(column))
         empty.tableProperty("write.spark.fanout.enabled", "false").create()
