@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         "only they referenced: time travel (rebuilding a training set from its recorded snapshots) reaches back "
         "this far. The current snapshot of a table is always kept.",
     )
+    table_maintenance_interval_hours: float = Field(
+        20.0,
+        ge=0,
+        description="Table maintenance runs at most once in this many hours: batch-scoring runs within it (a "
+        "backfill of many dates) skip the step. Below a day, so a nightly schedule maintains every night; 0: every run.",
+    )
     online_push_batch_rows: int = Field(10_000, ge=1, description="Rows per write when pushing to the online store.")
     online_push_partitions: int | None = Field(
         None, ge=1, description="Parallel writers of a push to Redis (default: Spark's default parallelism)."

@@ -191,7 +191,7 @@ def test_maintenance_deletes_stale_snapshots_before_their_lineage_expires(lake: 
     assert stale == [key for key in computed if key > str(middle.date())]
 
     later = datetime.now(UTC) + timedelta(days=lake.table_retention_days + 1)
-    done = maintain_tables(lake, now=later)
+    done = maintain_tables(lake, now=later)["tables"]
 
     assert done[FEATURE_SNAPSHOTS]["stale_snapshots_deleted"] == stale
     assert all(table["snapshots_kept"] == 1 for table in done.values())
@@ -204,6 +204,38 @@ def test_maintenance_deletes_stale_snapshots_before_their_lineage_expires(lake: 
     # A change after the expiry is known: the snapshots after that day are stale again.
     _ingest(lake, tmp_path / "again", transactions[transactions["timestamp"] >= last_day], lake_customers(lake))
     assert stale_snapshots(lake, dates) == [d for d in dates if d > last_day]
+
+
+def test_maintenance_runs_once_per_interval(lake: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch-scoring runs within `table_maintenance_interval_hours` of a maintenance (a backfill, the
+    demo's nights) skip it without starting Spark; it is due again after the interval, or every run
+    when the interval is 0. A record from the future does not hold it off."""
+    from datetime import UTC, datetime, timedelta
+
+    from components import maintenance
+    from propensity.lake import CUSTOMERS, TRANSACTIONS
+
+    assert maintenance.maintain_tables(lake)["tables"]  # first ever: due
+    started = maintenance.last_maintained(lake)
+    assert started is not None
+
+    def no_spark(*args: object) -> None:
+        raise AssertionError("a skipped maintenance started Spark")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(maintenance, "spark_session", no_spark)
+        soon = started + timedelta(hours=lake.table_maintenance_interval_hours - 0.1)
+        skipped = maintenance.maintain_tables(lake, now=soon)
+        assert skipped["tables"] == {} and started.isoformat(timespec="seconds") in skipped["skipped"]
+        assert maintenance.last_maintained(lake) == started
+    due = started + timedelta(hours=lake.table_maintenance_interval_hours)
+    assert set(maintenance.maintain_tables(lake, now=due)["tables"]) == {TRANSACTIONS, CUSTOMERS}
+    assert maintenance.last_maintained(lake) == due
+    every_run = lake.model_copy(update={"table_maintenance_interval_hours": 0})
+    assert maintenance.maintain_tables(every_run, now=due + timedelta(minutes=1))["tables"]
+    past = datetime.now(UTC) - timedelta(days=1)  # the clock set back: the record is in the future
+    assert maintenance.maintain_tables(lake, now=past)["tables"]
+    assert maintenance.last_maintained(lake) == past
 
 
 def test_a_second_run_computes_and_pushes_nothing(lake: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -104,7 +104,8 @@ def test_the_lake_and_the_feature_table_live_on_the_object_store_only(on_s3: Set
 
     first_files = {key for key in keys if key.startswith(f"{prefix}/propensity/{TRANSACTIONS}/data/")}
     ingest(settings, tx, customers)
-    done = maintain_tables(settings, now=datetime.now(UTC) + timedelta(days=settings.table_retention_days + 1))
+    later = datetime.now(UTC) + timedelta(days=settings.table_retention_days + 1)
+    done = maintain_tables(settings, now=later)["tables"]
     assert done[TRANSACTIONS]["snapshots_kept"] == 1 and done[TRANSACTIONS]["files_expired"] >= len(first_files)
     assert done[TRANSACTIONS]["orphan_files"] == 0  # nothing unreferenced is three days old here
     assert first_files and not first_files & set(store.keys("propensity", prefix))
