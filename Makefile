@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test system-test lint security check-prereqs check-system-prereqs lock compile benchmark crds clean image
+.PHONY: setup demo test test-fast system-test lint security check-prereqs check-system-prereqs lock compile benchmark crds clean image
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ TEST_WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 test: setup
 	$(PYTEST)
+
+# The edit-test cycle: every test not marked slow (no Spark, pipeline run, server or service), in
+# about two minutes on 2 cores; `make test` runs them too.
+test-fast: setup
+	$(PYTEST) -m "not system and not slow"
 
 # The cluster's services (object store, MLflow server on PostgreSQL, Redis, Spark) really started on
 # 127.0.0.1 by the tests themselves; the PostgreSQL and Redis programs must be installed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -61,11 +62,54 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.longrepr = f"skipped, but CI=true or PROPENSITY_REQUIRE_SERVICES=1 requires it to run: {reason}"
 
 
+# `make test-fast` (`-m "not slow"`) leaves out the tests marked slow: those that start Spark, a
+# pipeline run, a server or a service, or spend many seconds of CPU. A test using one of these
+# fixtures is slow without saying so; one that starts Spark in-process without being marked fails
+# (`pytest_runtest_setup` below), so the fast selection cannot quietly grow a JVM start.
+SLOW_FIXTURES = {"spark", "lake", "spark_cluster", "postgres", "redis_service", "redis_db", "object_store_and_mlflow"}
+
+
+def is_slow(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(m) for m in ("slow", "integration", "system")) or bool(
+        SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The whole-loop modules first: under `pytest -n 2` (one module per worker, `make test`) one
     worker runs the long demo while the other runs everything else, instead of the demo starting
     last and running alone."""
+    for item in items:
+        if is_slow(item) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+
+
+def _refuse_spark(builder: SparkSession.Builder) -> SparkSession:
+    raise AssertionError("this test starts Spark: mark it @pytest.mark.slow (`make test-fast` leaves those out)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """A test not marked slow may not start (or reuse) a Spark session, in its fixtures or its body."""
+    with _spark_refused(not is_slow(item)):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _spark_refused(not is_slow(item)):
+        yield
+
+
+@contextlib.contextmanager
+def _spark_refused(refuse: bool) -> Iterator[None]:
+    if not refuse:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SparkSession.Builder, "getOrCreate", _refuse_spark)
+        yield
 
 
 @pytest.fixture

@@ -33,6 +33,9 @@ from propensity.tracking import promote
 from tests.gates import gated_script, release_together
 from tests.test_ingest import lake_customers, lake_transactions
 
+# Starts Spark, a pipeline run or a server: left out by `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def scored_world(tmp_path_factory: pytest.TempPathFactory) -> Settings:

@@ -12,6 +12,9 @@ from propensity.catalog import catalog_name, catalog_url, jdbc, spark_catalog_co
 from propensity.errors import PropensityError
 from propensity.settings import get_settings
 
+# Starts Spark: left out by `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def test_the_embedded_catalog_is_a_sqlite_file_beside_the_tables(tmp_path: Path) -> None:
     settings = get_settings(home=tmp_path)

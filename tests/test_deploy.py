@@ -144,6 +144,7 @@ def test_a_release_goes_out_as_a_canary_and_is_promoted(
         ({"delay": 0.05}, "p95 latency"),
     ],
 )
+@pytest.mark.slow
 def test_a_canary_that_fails_its_smoke_requests_is_rolled_back(
     k8s: Settings, cluster: kube_api.KubeApi, predictor: Predictor, misbehaviour: dict[str, Any], message: str
 ) -> None:

@@ -49,6 +49,7 @@ def profile(frame: pd.DataFrame) -> Profile:
     return profile_frame(frame, NUMERIC, MONITORED_CATEGORICAL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", [{}, {"shift": 0.3}, {"scale": 1.3}, {"mix": 0.25}, {"shift": 0.05}], ids=str)
 def test_verdicts_match_evidently_on_the_full_frames(change: dict[str, float]) -> None:
     reference, current = shop(5000, seed=1), shop(5000, seed=2, **change)
@@ -70,6 +71,7 @@ def test_no_change_no_drift_and_a_shift_drifts() -> None:
     assert moved.columns["orders_prev_90d"].method == "jensenshannon"  # at most five values: compared as categories
 
 
+@pytest.mark.slow
 def test_spark_profile_equals_the_in_memory_profile(spark: SparkSession) -> None:
     frame = shop(4000, seed=3)
     frame.loc[::7, "avg_items"] = np.nan

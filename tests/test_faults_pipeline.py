@@ -63,6 +63,9 @@ from propensity.tracking import (
 from tests.test_batch_scoring import kill_while_writing, table_frame
 from tests.test_ingest import lake_customers, lake_transactions
 
+# Starts Spark and kills its writers: left out by `make test-fast`.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Run in the child before the step: ways to die at a chosen moment, as a killed pod does.

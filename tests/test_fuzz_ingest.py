@@ -587,6 +587,7 @@ def test_valid_edge_cases_are_accepted_after_rejections(lake: Settings, tmp_path
 # The command line
 
 
+@pytest.mark.slow
 def test_cli_prints_one_error_line_and_no_stack_trace(cli_runs: list[CliRun]) -> None:
     expected = {"utf16.csv": "UTF-16", "markup.csv": "[/],2025-01-02,1,5", "missing.csv": "does not exist"}
     for run in cli_runs:

@@ -13,6 +13,9 @@ from propensity.settings import Settings, get_settings
 from propensity.tables import load_table
 from tests.gates import gated_script, release_together
 
+# Starts Spark (ingest): left out by `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "tx.csv") -> Path:
     path = tmp_path / name

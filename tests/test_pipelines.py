@@ -290,6 +290,7 @@ def test_schedule_replaces_only_what_changed_and_never_duplicates(settings: Sett
         schedule("batch-scoring", "every night", on_kfp)
 
 
+@pytest.mark.slow
 def test_failed_local_run_names_the_cause(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     """A real kfp.local run that fails in a step: the CLI says why in one line, not just 'FAILURE'."""
     from propensity.cli import main
@@ -298,6 +299,7 @@ def test_failed_local_run_names_the_cause(settings: Settings, capsys: pytest.Cap
     assert "PropensityError: no data in" in error_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_a_local_run_never_retries_and_the_compiled_pipeline_still_does(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

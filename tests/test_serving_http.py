@@ -49,6 +49,9 @@ from serving.inference_log import read_records
 from serving.schema import INSTANCE_FIELDS, MAX_INSTANCES, PredictRequest
 from tests.test_training_logic import written
 
+# Starts Spark, a pipeline run or a server: left out by `make test-fast`.
+pytestmark = pytest.mark.slow
+
 PREDICT = "/v1/models/propensity:predict"
 INFER = "/v2/models/propensity/infer"
 NOW = datetime.now(UTC)

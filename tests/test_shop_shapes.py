@@ -134,6 +134,7 @@ shapes = st.builds(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
+@pytest.mark.slow
 @given(shape=shapes)
 def test_every_shop_shape_gets_a_decision_or_a_one_line_refusal(
     shape: Shape, tmp_path_factory: pytest.TempPathFactory
@@ -150,6 +151,7 @@ def test_every_shop_shape_gets_a_decision_or_a_one_line_refusal(
     assert trained.selected, shape
 
 
+@pytest.mark.slow
 def test_a_shop_without_new_customers_in_the_test_window_gets_a_champion(settings: Settings) -> None:
     """Every customer bought within the active window (a real shop's transactions, every customer
     signed up in the first quarter): the real-time model is judged on the stated proxy."""
@@ -160,6 +162,7 @@ def test_a_shop_without_new_customers_in_the_test_window_gets_a_champion(setting
     assert "on every customer (proxy)" in trained.reason
 
 
+@pytest.mark.slow
 def test_a_shop_whose_signal_is_recency_alone_ships_the_simple_model_and_says_so(settings: Settings) -> None:
     shape = Shape(snapshots=24, customers=120, buyer_rate=0.6, countries=3, lapsed_share=0.0, recency_only=True)
     trained = train_on(shape, settings.home, seed=3)
@@ -175,6 +178,7 @@ def test_a_period_without_buyers_is_refused_in_one_line(settings: Settings) -> N
     assert one_line(str(refused.value))
 
 
+@pytest.mark.slow
 def test_a_transactions_only_shop_trains_from_ingest_to_registry(settings: Settings, tmp_path: Path) -> None:
     """The whole path a real shop's transactions take: no customers file (no country, no channel),
     every customer bought within the active window, through ingest, the feature table, Feast's

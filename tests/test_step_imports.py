@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+# A fresh interpreter per step, importing its heavy libraries (two minutes): left out by `make test-fast`.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("feast", "mlflow", "sklearn", "great_expectations", "pyspark", "kserve", "lightgbm", "kubernetes", "scipy")
 

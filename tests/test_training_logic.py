@@ -138,6 +138,7 @@ def test_select_best_prefers_higher_validation_auc() -> None:
         select_best([])
 
 
+@pytest.mark.slow
 def test_candidates_share_one_read_of_the_training_set(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -265,6 +266,7 @@ def logged_pair(settings: Settings) -> list[str]:
     return runs
 
 
+@pytest.mark.slow
 def test_only_a_challenger_that_passed_the_gate_gets_the_alias(settings: Settings) -> None:
     from mlflow import MlflowClient
 
@@ -397,6 +399,7 @@ def test_the_real_time_model_is_calibrated_on_the_validation_rows_only() -> None
     assert predict_scores(uncalibrated, keen, features).mean() < keen[F.LABEL].mean() - 0.1
 
 
+@pytest.mark.slow
 def test_both_champion_aliases_move_together_or_not_at_all(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
 

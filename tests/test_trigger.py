@@ -56,6 +56,7 @@ def test_a_running_record_left_by_a_killed_process_expires() -> None:
     assert not may_trigger([_record(13, RUNNING)], NOW, cooldown)[0]
 
 
+@pytest.mark.slow
 def test_on_a_cluster_the_debounce_follows_kfp_run_states(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pod's history file dies with the pod: on a cluster an active training run on KFP blocks a
     new one, whatever any local file says. The real CLI submits to a KFP API on 127.0.0.1."""

@@ -149,6 +149,7 @@ def test_good_data_passes_every_suite(suite: str) -> None:
     assert "<html" in result.html.lower()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("suite", "expectation", "mutate"), CASES, ids=[f"{s}:{e}" for s, e, _ in CASES])
 def test_each_expectation_fails_on_the_data_it_guards_against(suite: str, expectation: str, mutate: Mutation) -> None:
     build, good = SUITES[suite]
@@ -172,6 +173,7 @@ def test_a_capped_training_set_is_checked_against_the_sample_size() -> None:
     assert "expect_table_row_count_to_be_between" in too_small.failed
 
 
+@pytest.mark.slow
 def test_spark_computes_the_same_verdicts(spark: SparkSession) -> None:
     """The lake-side suites run on Spark DataFrames: a good table passes, a broken one fails the
     same expectations as in pandas."""
