@@ -105,7 +105,8 @@ class Settings(BaseSettings):
         20.0,
         ge=0,
         description="Table maintenance runs at most once in this many hours: batch-scoring runs within it (a "
-        "backfill of many dates) skip the step. Below a day, so a nightly schedule maintains every night; 0: every run.",
+        "backfill of many dates) skip the step. Below a day, so a nightly schedule maintains every night; "
+        "0: every run.",
     )
     online_push_batch_rows: int = Field(10_000, ge=1, description="Rows per write when pushing to the online store.")
     online_push_partitions: int | None = Field(
