@@ -325,7 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customers", type=int, help="customers at the start (default: the demo's)")
     p.add_argument("--days", type=int, help="days of history before the new data (default: the demo's)")
     p.add_argument("--drift", type=float, help="0..1: how much the new data changes (default: the demo's)")
-    p.add_argument("--no-rescore", action="store_true", help="stop after retraining (no second batch scoring)")
+    p.add_argument(
+        "--no-rescore",
+        action="store_true",
+        help="never score again after retraining (by default only a newly promoted champion rescores)",
+    )
     return parser
 
 

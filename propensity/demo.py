@@ -3,7 +3,8 @@
 generate -> training -> batch scoring -> serve and query -> drifted new data -> two nights of batch
 scoring and monitoring (four checks; the first night records drift, the second finds it held in 2 of
 the last 3 checks and retrains: challenger vs champion; a winner is deployed to the running server,
-which swaps it in) -> batch scoring again -> stop the server. The realised-accuracy plot is written
+which swaps it in) -> batch scoring again when a new champion was promoted (a rejected challenger
+leaves the last night's scores standing) -> stop the server. The realised-accuracy plot is written
 for the scores whose labels completed.
 Every figure in the summary is measured by the run.
 """
@@ -69,7 +70,7 @@ class DemoOptions:
     # Logged requests (the inference log) at the wall clock's time; the back-dated nights' inference
     # checks look at their own dates, not at these.
     traffic_instances: int = 800
-    rescore: bool = True  # score again with the champion after retraining
+    rescore: bool = True  # score again after retraining, when a new champion was promoted
 
 
 def prepare_home(settings: Settings) -> None:
@@ -241,6 +242,19 @@ def demo_instances(settings: Settings, options: DemoOptions) -> list[dict[str, A
     return instances
 
 
+SCORING_FIGURES = ("rows_scored", "latest_rows", "model_version")
+
+
+def rescore_needless(champion_version: str | None, last_scoring: dict[str, Any]) -> str | None:
+    """Why scoring again after retraining would repeat the last night's work (the champion is the
+    model that night scored with: the challenger was rejected or no retraining ran), or None when a
+    new champion was promoted and its scores should replace the night's."""
+    scored_with = str(last_scoring["model_version"])
+    if champion_version is None or str(champion_version) != scored_with:
+        return None
+    return f"the champion v{scored_with} scored {last_scoring['score_date']} already: those scores stand"
+
+
 def run_demo(
     settings: Settings,
     options: DemoOptions | None = None,
@@ -332,12 +346,14 @@ def run_demo(
         end = resolve_date(settings, None)
         nights = [str((end - pd.Timedelta(days=options.new_days // 2)).date()), str(end.date())]
         monitoring: dict[str, Any] = {}
+        night_scoring: list[dict[str, Any]] = []
         for i, night in enumerate(nights, start=1):
-            step(
+            scored = step(
                 f"batch_scoring_night_{i}",
                 f"Night {i} ({night}): batch-scoring pipeline",
                 pipeline("batch-scoring", params={"score_date": night}),
             )
+            night_scoring.append({"score_date": night, **{k: scored[k] for k in SCORING_FIGURES}})
             monitoring = step(
                 f"monitoring_night_{i}",
                 f"Night {i} ({night}): monitoring pipeline (four checks, then the retraining decision)",
@@ -345,14 +361,15 @@ def run_demo(
             )
         triggers = read_history(settings)[history_before:]
         deployments = read_deployments(settings)[deployments_before:]
+        champion = alias_version(settings, settings.model_name, CHAMPION)
+        rescore_skipped = rescore_needless(champion.version if champion else None, night_scoring[-1])
         rescoring = (
-            step("batch_scoring_again", "Batch-scoring pipeline with the current champion", pipeline("batch-scoring"))
-            if options.rescore
+            step("batch_scoring_again", "Batch-scoring pipeline with the new champion", pipeline("batch-scoring"))
+            if options.rescore and rescore_skipped is None
             else None
         )
     retrain = next((t for t in triggers if t.status not in ("skipped", "not_needed")), None)
     accuracy = read_accuracy_series(settings)
-    champion = alias_version(settings, settings.model_name, CHAMPION)
     summary = {
         "training": {
             "model_version": training["model_version"],
@@ -391,13 +408,9 @@ def run_demo(
             "auc": round(float(retrain.outputs["auc"]), 4) if retrain and "auc" in retrain.outputs else None,
             "decision": retrain.outputs.get("decision") if retrain else None,
         },
-        "batch_scoring_after_retraining": {
-            "rows_scored": rescoring["rows_scored"],
-            "latest_rows": rescoring["latest_rows"],
-            "model_version": rescoring["model_version"],
-        }
-        if rescoring
-        else None,
+        "batch_scoring_nights": night_scoring,
+        "batch_scoring_after_retraining": {k: rescoring[k] for k in SCORING_FIGURES} if rescoring else None,
+        "rescoring_skipped": rescore_skipped if options.rescore else "not asked for (--no-rescore)",
         "deployment": asdict(deployments[-1]) if deployments else None,
         "champion_version": champion.version if champion else None,
         "data": {"transactions_initial": tx, "transactions_after_new_data": new_tx},
@@ -430,6 +443,10 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         )
         retrained = f"model v{r['model_version']}  AUC {r['auc']}  decision: {r['decision']}"
         lines.append(f"Retraining      {retrained}: {verdict}")
+    if after := summary.get("batch_scoring_after_retraining"):
+        lines.append(f"Rescoring       v{after['model_version']}: {after['rows_scored']} customers scored again")
+    elif skipped := summary.get("rescoring_skipped"):
+        lines.append(f"Rescoring       skipped: {skipped}")
     if d := summary.get("deployment"):
         lines.append(f"Deployment      v{d['batch_version']} {d['outcome'].replace('_', ' ')}: {d['detail']}")
     lines.append(f"Champion        v{summary['champion_version']}  (total {summary['timings_seconds']['total']}s)")
