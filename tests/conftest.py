@@ -91,14 +91,15 @@ def _refuse_spark(builder: SparkSession.Builder) -> SparkSession:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    """A test not marked slow may not start (or reuse) a Spark session, in its fixtures or its body."""
-    with _spark_refused(not is_slow(item)):
+    """A test not marked slow (at collection, above) may not start (or reuse) a Spark session, in its
+    fixtures or its body."""
+    with _spark_refused(item.get_closest_marker("slow") is None):
         yield
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    with _spark_refused(not is_slow(item)):
+    with _spark_refused(item.get_closest_marker("slow") is None):
         yield
 
 
