@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 
 from components.batch_scoring import sample_latest_customers
-from propensity.demo import DemoOptions, free_port, run_demo, running_server
+from propensity.demo import DemoOptions, run_demo, running_server
+from propensity.ports import free_port
 from propensity.settings import get_settings
 
 

@@ -356,7 +356,7 @@ def main() -> None:
     bodies["two-hop"] = bodies["batch"]
     scripts = {name: write_script(work, name, requests) for name, requests in bodies.items()}
 
-    from propensity.demo import free_port
+    from propensity.ports import free_port
 
     me = [sys.executable, __file__, "server"]
     ports = {name: free_port() for name in ("constant", "ours", "transformer", "features")}

@@ -45,7 +45,7 @@ from propensity.feature_table import (
 )
 from propensity.lake import CUSTOMERS, TRANSACTIONS, first_data_date, resolve_date
 from propensity.settings import Settings
-from propensity.spark import spark_session
+from propensity.spark import default_parallelism, is_connect_session, spark_session
 from propensity.storage import Storage
 from propensity.tables import TableSnapshot, current_snapshot, load_table, read_snapshot, scan_batches
 from propensity.training_set import TrainingSetInfo, write_training_set
@@ -70,9 +70,9 @@ def push_online(settings: Settings, view: str, source: TableSnapshot, columns: l
         return rows
     spark = spark_session(settings, "propensity-online-push")
     frame = read_snapshot(spark, settings, source)
-    writers = settings.online_push_partitions or spark.sparkContext.defaultParallelism
-    if frame.rdd.getNumPartitions() < writers:
-        frame = frame.repartition(writers)
+    writers = settings.online_push_partitions or default_parallelism(spark)
+    if is_connect_session(spark) or frame.rdd.getNumPartitions() < writers:
+        frame = frame.repartition(writers)  # a Connect client cannot see the partitions: always
     written = frame.select(*(columns or frame.columns)).mapInPandas(write_partitions(settings, view), "rows long")
     total = written.agg(sf.sum("rows")).first()
     return int(total[0] or 0) if total is not None else 0

@@ -197,20 +197,37 @@ def run_local(
     )
     original_print = builtins.print
     try:
-        with (
-            _settings_in_environment(settings),
-            _quiet_kfp_logs(log_file, on_task),
-            warnings.catch_warnings(),
-            _without_retries(func),
-        ):
-            # The cluster-only settings of each step (resources, display names; see platform.py)
-            # mean nothing to kfp.local, which says so for every task.
-            warnings.filterwarnings("ignore", r"Task .*: settings \[.*\] have no effect in the current local runner")
-            task = func(**params)
+        with contextlib.ExitStack() as spark:
+            if settings.spark_master.startswith("local"):
+                # One Spark for the run: the steps connect to it instead of each starting a JVM.
+                from propensity.spark import connect_server
+
+                remote = spark.enter_context(connect_server(settings))
+                settings = settings.model_copy(update={"spark_master": remote})
+            return _run(func, params, settings, log_file, on_task)
     finally:
         # kfp.local indents print() while a step runs by swapping builtins.print; with parallel steps
         # (ParallelFor) its save/restore pairs interleave and the indentation can stick. Undo that.
         builtins.print = original_print
+
+
+def _run(
+    func: Callable[..., Any],
+    params: dict[str, Any],
+    settings: Settings,
+    log_file: Path | None,
+    on_task: Callable[[str], Any] | None,
+) -> dict[str, Any]:
+    with (
+        _settings_in_environment(settings),
+        _quiet_kfp_logs(log_file, on_task),
+        warnings.catch_warnings(),
+        _without_retries(func),
+    ):
+        # The cluster-only settings of each step (resources, display names; see platform.py)
+        # mean nothing to kfp.local, which says so for every task.
+        warnings.filterwarnings("ignore", r"Task .*: settings \[.*\] have no effect in the current local runner")
+        task = func(**params)
     return dict(task.outputs)
 
 

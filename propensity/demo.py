@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,9 +30,10 @@ from rich.console import Console
 from propensity.catalog import EMBEDDED_CATALOG, warehouse
 from propensity.errors import PropensityError
 from propensity.lake import TRANSACTIONS, ingest, resolve_date
+from propensity.ports import free_port, stop_process
 from propensity.progress import StepProgress
 from propensity.settings import Settings
-from propensity.spark import release_executors
+from propensity.spark import connect_server, release_executors
 from propensity.storage import Storage
 from propensity.synthetic import COUNTRIES, DEFAULT_START, generate
 from propensity.tables import load_table
@@ -111,38 +110,6 @@ def write_and_ingest(
         release_executors()  # the pipeline steps that follow are Spark applications of their own
 
 
-# Ports for servers started here are chosen below the kernel's ephemeral range (from which it picks
-# every outgoing connection's source port): a server that binds seconds after its port was chosen
-# (MLflow, KServe, SeaweedFS) would otherwise race every connection opened meanwhile.
-PORTS_BELOW = 10_000  # the lowest port chosen
-
-
-def ephemeral_port_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 49_152  # the IANA dynamic range (macOS, BSD)
-
-
-def free_port(low: int = PORTS_BELOW, high: int | None = None) -> int:
-    """A port on 127.0.0.1 nothing listens on, in [low, high) (default: up to the ephemeral range),
-    picked at random so that processes choosing at once rarely meet."""
-    import random
-
-    high = high or ephemeral_port_start()
-    for _ in range(200):
-        port = random.randrange(low, high)  # nosec B311: a port number, not a secret
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:  # a crowded range: any free port
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_until_ready(process: subprocess.Popen[Any], ready_url: str, log_path: Path, timeout: float) -> None:
     """Poll `ready_url` until it answers 200; fail with one line if the server exits or times out."""
     deadline = time.monotonic() + timeout
@@ -178,13 +145,7 @@ def running_server(settings: Settings, port: int, timeout: float = 180.0) -> Ite
         wait_until_ready(process, f"{url}/v2/health/ready", log_path, timeout)
         yield url
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
 
 def query_server(url: str, instances: list[dict[str, Any]]) -> dict[str, Any]:
@@ -260,14 +221,6 @@ def run_demo(
     options: DemoOptions | None = None,
     progress: StepProgress | None = None,
 ) -> dict[str, Any]:
-    from components.batch_scoring import sample_latest_customers
-    from components.deploy import read_deployments
-    from monitoring.accuracy import read_accuracy_series, write_accuracy_plot
-    from monitoring.outcomes import CHECKS, INFERENCE_DRIFT, PREDICTION_DRIFT, SCORING_DRIFT, read_outcomes
-    from monitoring.trigger import read_history
-    from pipelines.runner import run_local
-    from propensity.tracking import CHAMPION, alias_version
-
     options = options or DemoOptions()
     progress = progress or StepProgress(Console(quiet=True), live=False)
     started = time.monotonic()
@@ -282,6 +235,35 @@ def run_demo(
             result = func()
         timings[name] = round(time.monotonic() - t0, 1)
         return result
+
+    with ExitStack() as spark:
+        if settings.spark_master.startswith("local"):
+            # One Spark for the whole demo: every pipeline step and ingest connect to it.
+            remote = step(
+                "spark_start",
+                "Starting a Spark Connect server on 127.0.0.1",
+                lambda: spark.enter_context(connect_server(settings)),
+            )
+            settings = settings.model_copy(update={"spark_master": remote})
+        return _loop(settings, options, progress, step, log_file, timings, started)
+
+
+def _loop(
+    settings: Settings,
+    options: DemoOptions,
+    progress: StepProgress,
+    step: Callable[[str, str, Callable[[], Any]], Any],
+    log_file: Path,
+    timings: dict[str, float],
+    started: float,
+) -> dict[str, Any]:
+    from components.batch_scoring import sample_latest_customers
+    from components.deploy import read_deployments
+    from monitoring.accuracy import read_accuracy_series, write_accuracy_plot
+    from monitoring.outcomes import CHECKS, INFERENCE_DRIFT, PREDICTION_DRIFT, SCORING_DRIFT, read_outcomes
+    from monitoring.trigger import read_history
+    from pipelines.runner import run_local
+    from propensity.tracking import CHAMPION, alias_version
 
     def pipeline(
         name: str, with_settings: Settings = settings, params: dict[str, Any] | None = None

@@ -40,7 +40,7 @@ from propensity.catalog import table_name
 from propensity.errors import PropensityError, shown
 from propensity.features import UNKNOWN
 from propensity.settings import Settings
-from propensity.spark import spark_session
+from propensity.spark import set_log_level, spark_session
 from propensity.tables import (
     current_snapshot,
     load_table,
@@ -541,11 +541,11 @@ def _merge_customers(
 def _quiet_task_failures(spark: SparkSession) -> Iterator[None]:
     """A malformed file fails Spark tasks, which Spark logs (Java stack traces on stderr); while the
     files are validated, that failure is reported as the one-line error instead."""
-    spark.sparkContext.setLogLevel("OFF")
+    set_log_level(spark, "OFF")
     try:
         yield
     finally:
-        spark.sparkContext.setLogLevel("ERROR")  # as spark_session sets it
+        set_log_level(spark, "ERROR")  # as spark_session sets it
 
 
 def ingest(settings: Settings, transactions_file: Path, customers_file: Path | None = None) -> IngestResult:

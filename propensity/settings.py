@@ -79,7 +79,10 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = None
 
     spark_master: str = Field(
-        "local[*]", description="local[*], a standalone master spark://host:7077, or k8s://https://api-server."
+        "local[*]",
+        description="local[*], a standalone master spark://host:7077, k8s://https://api-server, or a Spark Connect "
+        "server sc://host:15002 (started with the project's jars and configuration). A local run starts one Spark "
+        "Connect server on local[*] for all its steps.",
     )
     spark_driver_host: str | None = Field(
         None, description="Address executors reach the driver at (a headless Service on Kubernetes)."
@@ -289,8 +292,11 @@ class Settings(BaseSettings):
     @field_validator("spark_master")
     @classmethod
     def _known_master(cls, value: str) -> str:
-        if not value.startswith(("local", "spark://", "k8s://")):
-            raise ValueError("must be local[*], spark://host:port (standalone) or k8s://https://host (Kubernetes)")
+        if not value.startswith(("local", "spark://", "k8s://", "sc://")):
+            raise ValueError(
+                "must be local[*], spark://host:port (standalone), k8s://https://host (Kubernetes) "
+                "or sc://host:port (Spark Connect)"
+            )
         return value
 
     @field_validator("home")

@@ -1,11 +1,17 @@
-"""The Spark session: `local[*]` by default, a standalone or Kubernetes cluster when `spark_master` says so."""
+"""The Spark session: `local[*]` by default, a standalone or Kubernetes cluster when `spark_master`
+says so, or a Spark Connect server (`sc://host:port`), which the steps of a local run share."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from pyspark.sql import SparkSession
@@ -13,6 +19,7 @@ from pyspark.sql import SparkSession
 from propensity.catalog import EXTENSIONS, spark_catalog_conf
 from propensity.errors import PropensityError
 from propensity.jvm import class_path
+from propensity.ports import free_port, stop_process
 from propensity.settings import POD_ACCOUNT, SECRET, SECRET_SETTINGS, Settings, pod_namespace
 
 LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
@@ -144,19 +151,156 @@ def executor_pod_template() -> dict[str, Any]:
     }
 
 
+CONNECT = "sc://"  # a spark_master of this scheme is a Spark Connect server
+
+
+def is_connect(master: str) -> bool:
+    return master.startswith(CONNECT)
+
+
+# What a Spark Connect session sets itself: the SQL settings of `spark_conf` that a session may
+# change (the server was started with the rest: the jars, the extensions, the local dir).
+SESSION_CONF = (
+    "spark.sql.sources.partitionOverwriteMode",
+    "spark.sql.session.timeZone",
+    "spark.sql.timestampType",
+    "spark.sql.legacy.parquet.nanosAsLong",
+    "spark.sql.execution.arrow.pyspark.enabled",
+    "spark.sql.shuffle.partitions",
+)
+
+
+# pyspark dispatches SparkSession.getActiveSession() (which Feast's Spark store calls) to Spark
+# Connect while this variable is set, for the whole process.
+CONNECT_MODE = "SPARK_CONNECT_MODE_ENABLED"
+_connect_sessions: dict[str, Any] = {}  # pyspark.sql.connect.session.SparkSession, same API
+
+
+def _connect_session(url: str) -> SparkSession:
+    """This process's session on the server at `url`: one per server, a new one once the server it
+    had was stopped (a process may outlive a server: the demo's, a test's)."""
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    session = _connect_sessions.get(url)
+    if session is None or session.is_stopped:
+        os.environ[CONNECT_MODE] = "1"
+        session = ConnectSession.builder.remote(url).create()
+        _connect_sessions[url] = session
+    return cast(SparkSession, session)
+
+
+def _stop_connect_sessions(url: str) -> None:
+    session = _connect_sessions.pop(url, None)
+    if session is not None:
+        session.stop()
+    if not _connect_sessions:
+        os.environ.pop(CONNECT_MODE, None)
+
+
 def spark_session(settings: Settings, app_name: str) -> SparkSession:
-    # Python workers must run the same interpreter (and packages) as the driver.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
-    for key, value in spark_conf(settings).items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    if is_connect(settings.spark_master):
+        # A thin client: no JVM in this process; the server runs the queries and the Python code
+        # of mapInPandas in its own workers.
+        spark = _connect_session(settings.spark_master)
+        conf = spark_conf(settings)
+        for key in SESSION_CONF:
+            spark.conf.set(key, conf[key])
+    else:
+        os.environ.pop(CONNECT_MODE, None)  # a classic session in a process that had a Connect one
+        # Python workers must run the same interpreter (and packages) as the driver.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
+        for key, value in spark_conf(settings).items():
+            builder = builder.config(key, value)
+        spark = builder.getOrCreate()
+        set_log_level(spark, "ERROR")
     # The catalog of these settings, also on a session created for others (one session per process).
     for key, value in spark_catalog_conf(settings).items():
         spark.conf.set(key, value)
     return spark
+
+
+def set_log_level(spark: SparkSession, level: str) -> None:
+    """The driver's log level; a Spark Connect client has no driver (the server logs to its file)."""
+    if not is_connect_session(spark):
+        spark.sparkContext.setLogLevel(level)
+
+
+def is_connect_session(spark: SparkSession) -> bool:
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """The cores Spark schedules tasks on; a Spark Connect client cannot ask the scheduler, and takes
+    the session's shuffle partitions (set from `spark_shuffle_partitions`)."""
+    if is_connect_session(spark):
+        return int(spark.conf.get("spark.sql.shuffle.partitions") or 1)
+    return int(spark.sparkContext.defaultParallelism)
+
+
+CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+
+# A step killed outright (SIGKILL, as a pod is) leaves its query running on the server, which does
+# not notice a client's death: without these it would commit minutes later, racing a rerun. A client
+# reattaches to its query's response stream every `senderMaxStreamDuration`; the server interrupts a
+# query no client has reattached to for `detachedTimeout` (checked every `maintenanceInterval`). So a
+# killed step's query stops within about 17 s, before its commit; a live client never notices.
+CONNECT_SERVER_CONF = {
+    "spark.connect.execute.reattachable.senderMaxStreamDuration": "5s",
+    "spark.connect.execute.manager.detachedTimeout": "10s",
+    "spark.connect.execute.manager.maintenanceInterval": "2s",
+}
+
+
+@contextmanager
+def connect_server(settings: Settings, timeout: float = 180.0) -> Iterator[str]:
+    """A Spark Connect server on 127.0.0.1 for the steps of a local run (`spark_master` as set,
+    local[*] by default, with the project's configuration), stopped on exit. Yields its address,
+    the `spark_master` the steps connect to. Its Python workers run this interpreter with these
+    settings in their environment, as a step's own would."""
+    import pyspark
+
+    port = free_port()
+    conf = {
+        **spark_conf(settings),
+        **spark_catalog_conf(settings),
+        **CONNECT_SERVER_CONF,
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(port),
+    }
+    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    command = [str(submit), "--master", settings.spark_master, "--name", "propensity-connect"]
+    for key, value in conf.items():
+        command += ["--conf", f"{key}={value}"]
+    command += ["--class", CONNECT_SERVER_CLASS]
+    env = {**os.environ, **settings.as_env(), "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    log_path = settings.logs_dir / "spark-connect.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        # Security lint (B603): pyspark's own launcher, argv list, no shell.
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)  # nosec B603
+    url = f"{CONNECT}127.0.0.1:{port}"
+    try:
+        _wait_for_port(process, port, log_path, timeout)
+        yield url
+    finally:
+        _stop_connect_sessions(url)
+        stop_process(process)
+
+
+def _wait_for_port(process: subprocess.Popen[Any], port: int, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > deadline:
+            process.kill()
+            raise PropensityError(f"the Spark Connect server did not listen within {timeout:.0f}s; see {log_path}")
+        time.sleep(0.2)
+    raise PropensityError(f"the Spark Connect server exited with code {process.returncode}; see {log_path}")
 
 
 # What Spark on Kubernetes sets in an executor pod, and the executor backend's flag for each.
@@ -206,5 +350,7 @@ def release_executors() -> None:
     other applications (a long-lived process between Spark jobs, such as the demo, would otherwise
     hold the cores a pipeline step is waiting for). A local session costs nothing to keep."""
     session = SparkSession.getActiveSession()
-    if session is not None and not (session.sparkContext.master or "local").startswith("local"):
+    if session is None or is_connect_session(session):
+        return  # a Spark Connect client holds no executors
+    if not (session.sparkContext.master or "local").startswith("local"):
         session.stop()

@@ -107,7 +107,7 @@ def _commit(name: str, write: Callable[[], None]) -> None:
         conflict = next((kind for kind in _CONFLICTS if kind in text), None)
         if conflict is None:
             raise
-        reason = text.split(conflict, 1)[1].lstrip(": ").splitlines()[0]
+        reason = text.split(conflict, 1)[1].lstrip(":) ").splitlines()[0]  # "(class) message" from Spark Connect
         raise PropensityError(
             f"another run committed to the table {name} at the same time and this commit conflicts with it "
             f"({reason}); nothing of this run was committed to it: run it again"

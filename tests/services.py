@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from propensity.demo import PORTS_BELOW, ephemeral_port_start, free_port
+from propensity.ports import PORTS_BELOW, ephemeral_port_start, free_port
 
 __all__ = ["free_port"]  # the one port chooser, re-exported for the tests
 BIN = Path(sys.executable).parent

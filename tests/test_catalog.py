@@ -245,7 +245,7 @@ def test_a_commit_a_concurrent_writer_defeated_is_one_line_and_other_errors_pass
 def test_a_catalog_database_that_is_not_there_is_one_line_naming_it_and_nothing_is_written(tmp_path: Path) -> None:
     """Readers and writers alike, before Spark starts; the password is not shown."""
     from propensity.catalog import prepare_catalog
-    from propensity.demo import free_port
+    from propensity.ports import free_port
     from propensity.tables import load_table
 
     port = free_port()

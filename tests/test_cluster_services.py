@@ -18,8 +18,9 @@ from components.candidates import BASELINES
 from components.registry import Decision, register_models
 from components.training import train_candidates, train_realtime_model
 from propensity import features as F
-from propensity.demo import free_port, running_server
+from propensity.demo import running_server
 from propensity.lake import ingest
+from propensity.ports import free_port
 from propensity.settings import Settings
 from propensity.synthetic import generate
 from propensity.tracking import CHALLENGER, CHAMPION, alias_version, load_sklearn, promote

@@ -29,8 +29,8 @@ from components.deploy import (
     rollback,
 )
 from propensity.cli import main
-from propensity.demo import free_port
 from propensity.errors import PropensityError
+from propensity.ports import free_port
 from propensity.settings import Settings
 from propensity.tracking import CHAMPION, REALTIME_VERSION_TAG, ROLLED_BACK_TAG, alias_version, configure
 from tests import kube_api

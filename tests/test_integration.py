@@ -17,7 +17,8 @@ import pytest
 from components.deploy import DEPLOYED, read_deployments
 from monitoring.outcomes import CHECKS
 from monitoring.trigger import read_history
-from propensity.demo import SUMMARY_KEY, DemoOptions, free_port, run_demo, running_server
+from propensity.demo import SUMMARY_KEY, DemoOptions, run_demo, running_server
+from propensity.ports import free_port
 from propensity.settings import Settings, get_settings
 from propensity.storage import Storage
 from propensity.tables import HISTORIC_SCORES, LATEST_SCORES

@@ -83,7 +83,7 @@ def test_a_tampered_cached_jar_is_refused(repository: Path, tmp_path: Path) -> N
 
 
 def test_an_unreachable_repository_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from propensity.demo import free_port
+    from propensity.ports import free_port
 
     monkeypatch.setenv("PROPENSITY_MAVEN_REPOSITORY", f"http://127.0.0.1:{free_port()}")
     jar = jvm.Jar("org.example", "thing", "1.0", "0" * 64, 1)

@@ -38,9 +38,10 @@ from components.training import train_realtime_model
 from feature_repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW, SCORE_VIEW
 from feature_repo.store import feature_repo, repo_config
 from propensity import features as F
-from propensity.demo import free_port, running_server, wait_until_ready
+from propensity.demo import running_server, wait_until_ready
 from propensity.errors import PropensityError
 from propensity.lake import ingest
+from propensity.ports import free_port
 from propensity.settings import Settings, get_settings
 from propensity.storage import Storage
 from propensity.synthetic import generate

@@ -14,10 +14,10 @@ import pytest
 
 from components.features import build_training_set, materialize_features
 from propensity.catalog import warehouse
-from propensity.demo import free_port
 from propensity.errors import PropensityError
 from propensity.feature_table import FEATURE_SNAPSHOTS
 from propensity.lake import CUSTOMERS, TRANSACTIONS, ingest, last_data_date
+from propensity.ports import free_port
 from propensity.settings import Settings, get_settings
 from propensity.synthetic import generate
 from propensity.tables import current_snapshot, load_table, scan_batches
