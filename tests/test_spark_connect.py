@@ -19,16 +19,17 @@ from propensity.spark import CONNECT_MODE, connect_server, is_connect_session, s
 from propensity.tables import _commit, overwrite_partitions, scan_batches
 
 
-def _where(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    for batch in batches:
-        yield pd.DataFrame({"home": [os.environ.get("PROPENSITY_HOME", "")] * len(batch), "pid": os.getpid()})
-
-
 @pytest.mark.slow  # starts a Spark Connect server
 def test_a_client_writes_the_tables_and_its_python_runs_in_the_servers_workers(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(CONNECT_MODE, raising=False)  # absent again after the test, whatever happens
+
+    # Defined here, so that it is pickled by value: the server's workers cannot import the tests.
+    def where(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            yield pd.DataFrame({"home": [os.environ.get("PROPENSITY_HOME", "")] * len(batch), "pid": os.getpid()})
+
     with connect_server(settings) as url:
         remote = settings.model_copy(update={"spark_master": url})
         spark = spark_session(remote, "propensity-tests")
@@ -41,7 +42,7 @@ def test_a_client_writes_the_tables_and_its_python_runs_in_the_servers_workers(
         rows = pd.concat(list(scan_batches(settings, "t", 100, None, None)))
         assert sorted(rows["customer_id"]) == ["a", "b"]
         # mapInPandas runs in the server's Python workers, which see the run's settings.
-        seen = spark.table(table_name(remote, "t")).mapInPandas(_where, "home string, pid long").toPandas()
+        seen = spark.table(table_name(remote, "t")).mapInPandas(where, "home string, pid long").toPandas()
         assert set(seen["home"]) == {str(settings.home)} and os.getpid() not in set(seen["pid"])
         assert spark_session(remote, "again") is spark  # one session per server and process
     assert spark.is_stopped and CONNECT_MODE not in os.environ  # gone with its server
@@ -73,7 +74,8 @@ beat = Path(sys.argv[1])
 def slow(batches):
     for batch in batches:
         for count in range(100):
-            beat.write_text(str(count))
+            (beat.parent / "next").write_text(str(count))
+            (beat.parent / "next").replace(beat)  # whole: a reader never sees it half written
             time.sleep(0.5)
         yield batch
 
@@ -106,7 +108,7 @@ def test_a_killed_steps_query_is_interrupted_before_it_commits(settings: Setting
         step = subprocess.Popen([sys.executable, "-c", SLOW_STEP, str(beat)], env={**os.environ, **remote.as_env()})
         try:
             deadline = time.monotonic() + 120
-            while not beat.exists() or beat.read_text() == "":
+            while not beat.exists():
                 assert step.poll() is None and time.monotonic() < deadline, "the step's query did not start"
                 time.sleep(0.2)
         finally:
