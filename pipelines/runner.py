@@ -197,14 +197,11 @@ def run_local(
     )
     original_print = builtins.print
     try:
-        with contextlib.ExitStack() as spark:
-            if settings.spark_master.startswith("local"):
-                # One Spark for the run: the steps connect to it instead of each starting a JVM.
-                from propensity.spark import connect_server
+        from propensity.spark import run_spark
 
-                remote = spark.enter_context(connect_server(settings))
-                settings = settings.model_copy(update={"spark_master": remote})
-            return _run(func, params, settings, log_file, on_task)
+        # One Spark for the run: the steps connect to it instead of each starting a JVM.
+        with run_spark(settings) as run_settings:
+            return _run(func, params, run_settings, log_file, on_task)
     finally:
         # kfp.local indents print() while a step runs by swapping builtins.print; with parallel steps
         # (ParallelFor) its save/restore pairs interleave and the indentation can stick. Undo that.

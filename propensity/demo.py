@@ -33,7 +33,7 @@ from propensity.lake import TRANSACTIONS, ingest, resolve_date
 from propensity.ports import free_port, stop_process
 from propensity.progress import StepProgress
 from propensity.settings import Settings
-from propensity.spark import connect_server, release_executors
+from propensity.spark import release_executors, run_spark, starts_run_server
 from propensity.storage import Storage
 from propensity.synthetic import COUNTRIES, DEFAULT_START, generate
 from propensity.tables import load_table
@@ -237,14 +237,13 @@ def run_demo(
         return result
 
     with ExitStack() as spark:
-        if settings.spark_master.startswith("local"):
+        if starts_run_server(settings):
             # One Spark for the whole demo: every pipeline step and ingest connect to it.
-            remote = step(
+            settings = step(
                 "spark_start",
                 "Starting a Spark Connect server on 127.0.0.1",
-                lambda: spark.enter_context(connect_server(settings)),
+                lambda: spark.enter_context(run_spark(settings)),
             )
-            settings = settings.model_copy(update={"spark_master": remote})
         return _loop(settings, options, progress, step, log_file, timings, started)
 
 

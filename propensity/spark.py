@@ -289,6 +289,24 @@ def connect_server(settings: Settings, timeout: float = 180.0) -> Iterator[str]:
         stop_process(process)
 
 
+def starts_run_server(settings: Settings) -> bool:
+    """Whether a local run starts one Spark for its steps: with a local master it does; a cluster
+    master (standalone, Kubernetes, a Spark Connect endpoint) is the run's Spark already."""
+    return settings.spark_master.startswith("local")
+
+
+@contextmanager
+def run_spark(settings: Settings) -> Iterator[Settings]:
+    """The settings the steps of one local run get: with a local master, the address of one Spark
+    Connect server for the whole run (stopped on exit), so no step starts a JVM of its own; any other
+    master as it is."""
+    if not starts_run_server(settings):
+        yield settings
+        return
+    with connect_server(settings) as url:
+        yield settings.model_copy(update={"spark_master": url})
+
+
 def _wait_for_port(process: subprocess.Popen[Any], port: int, log_path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while process.poll() is None:
