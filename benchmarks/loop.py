@@ -131,6 +131,22 @@ class Clone:
         return json.loads(summary.read_text())
 
 
+def seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f} s"
+
+
+def story(summary: dict[str, object]) -> str:
+    """The demo's decisions, to compare the two commits' stories: whether the drift retrained, what
+    the gate decided, and the champion at the end."""
+    monitoring = summary.get("monitoring") or {}
+    retraining = summary.get("retraining") or {}
+    assert isinstance(monitoring, dict) and isinstance(retraining, dict)
+    return (
+        f"retrain {monitoring.get('trigger_status')}, challenger {retraining.get('decision')}, "
+        f"champion v{summary.get('champion_version')}"
+    )
+
+
 def median_table(rounds: list[dict[str, float]]) -> dict[str, float]:
     keys = [k for k in rounds[0] if all(k in r for r in rounds)]
     return {k: statistics.median(r[k] for r in rounds) for k in keys}
@@ -159,7 +175,7 @@ def main() -> None:
                     timings = dict(summary["timings_seconds"])  # type: ignore[call-overload]
                     timings["wall"] = round(time.monotonic() - started, 1)
                     loops[clone.label].append(timings)
-                    stories[clone.label].append(summary.get("champion_version"))
+                    stories[clone.label].append(story(summary))
                 print(f"round {repeat + 1}: {clone.label} done", file=sys.stderr, flush=True)
         old, new = clones
         print(
@@ -173,13 +189,14 @@ def main() -> None:
                 {**r, **{f"loop {k}": v for k, v in median_table(loops[c.label]).items()}}
                 for r, c in zip(rows, clones, strict=True)
             ]
-        for key in rows[1]:
-            before, after = rows[0].get(key), rows[1][key]
-            ratio = f"{after / before:.2f}" if before else "–"
-            shown = f"{before:.1f} s" if before is not None else "–"
-            print(f"| {key} | {shown} | {after:.1f} s | {ratio} |")
+        # Every measure of either commit: a stage one of them has and the other not shows "–".
+        for key in [*rows[1], *(k for k in rows[0] if k not in rows[1])]:
+            before, after = rows[0].get(key), rows[1].get(key)
+            ratio = f"{after / before:.2f}" if before and after is not None else "–"
+            print(f"| {key} | {seconds(before)} | {seconds(after)} | {ratio} |")
         if not args.startup_only:
-            print(f"\nchampion version at the end: old {stories['old']}, new {stories['new']}")
+            for clone in clones:
+                print(f"\nthe story at {clone.rev}, per round: {stories[clone.label]}")
 
 
 if __name__ == "__main__":
