@@ -1,4 +1,7 @@
 # Two entry points: `make demo` (set up, then run the whole loop locally) and `make test`.
+# The libraries are compiled to bytecode at install, as the image is: every pipeline step is a new
+# Python process, and where PYTHONDONTWRITEBYTECODE is set (CI machines, containers) each would
+# otherwise compile Feast, MLflow and Great Expectations from source on every import.
 # Setup is idempotent: the venv is rebuilt only when a lock file or pyproject.toml change; the JVM
 # libraries (propensity/jvm.lock) are downloaded into a cache and every checksum verified.
 SHELL := /bin/bash
@@ -23,7 +26,7 @@ $(STAMP): requirements.lock pyproject.toml propensity/jvm.lock
 	@$(MAKE) --no-print-directory check-prereqs
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(BIN)/uv pip install --quiet --python $(BIN)/python --require-hashes -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --require-hashes --compile-bytecode -r requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	$(BIN)/python -m propensity.jvm fetch
 	@touch $(STAMP)
