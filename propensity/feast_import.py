@@ -20,9 +20,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-# On the replacement: `prepare_feast_import` is idempotent and tells its own decorator from typeguard's.
-_MARK = "_propensity_uninstrumented"
-
 
 def _typechecked(target: Any = None, **_options: Any) -> Any:
     """typeguard's `@typechecked` as `python -O` makes it: the target as it is (bare or with options)."""
@@ -31,14 +28,10 @@ def _typechecked(target: Any = None, **_options: Any) -> Any:
     return target
 
 
-setattr(_typechecked, _MARK, True)
-
-
 def prepare_feast_import() -> None:
     """Make Feast's `@typechecked` a no-op, if Feast is not imported yet (afterwards it changes nothing)."""
     if "feast" in sys.modules:
         return
     import typeguard
 
-    if not getattr(typeguard.typechecked, _MARK, False):
-        typeguard.typechecked = _typechecked
+    typeguard.typechecked = _typechecked  # idempotent: the same function each time
