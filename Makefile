@@ -13,7 +13,9 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test test-fast system-test lint security check-prereqs check-system-prereqs lock compile benchmark crds clean image
 
+# The Spark class archive is dumped when missing, also after a JVM or jar change (propensity/spark.py).
 setup: $(STAMP)
+	@$(BIN)/python -m propensity.spark archive
 
 check-prereqs:
 	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v[:2] == (3, 11) else "Python 3.11 is required, found %d.%d at $(PYTHON); install it or run make PYTHON=/path/to/python3.11" % v[:2])'
