@@ -95,11 +95,9 @@ class Settings(BaseSettings):
     )
     spark_shuffle_partitions: int = Field(8, ge=1, description="Partitions of Spark shuffles (joins, groupings).")
     spark_driver_java_options: str = Field(
-        "-XX:TieredStopAtLevel=1",
-        description="JVM options of the Spark driver (in local mode, the JVM that runs every task). The default "
-        "compiles with the JVM's quick compiler alone: on small data and few cores, the optimising compiler's "
-        "threads cost more CPU than their code saves (docs/decisions.md). Empty for the JVM's defaults, e.g. "
-        "for long local runs on large data.",
+        "",
+        description="Extra JVM options of the Spark driver (in local mode, the JVM that runs every task), e.g. "
+        "-XX:TieredStopAtLevel=1 for short runs on small data (docs/decisions.md).",
     )
     scoring_partitions: int | None = Field(
         None, ge=1, description="Partitions batch scoring repartitions to (default: as the feature table is laid out)."
