@@ -137,6 +137,7 @@ def build_class_archive() -> Path | None:
     if archive is None or archive.is_file():
         return archive
     archive.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphaned_archives(archive.parent)
     partial = archive.with_name(f".{archive.name}.{os.getpid()}.partial")
     keep = ("PROPENSITY_JARS", "PROPENSITY_MAVEN_REPOSITORY")  # none of the user's tables, catalog or stores
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROPENSITY_") or k in keep}
@@ -149,10 +150,20 @@ def build_class_archive() -> Path | None:
         if done.returncode != 0 or not partial.is_file():
             reason = (done.stderr.strip().splitlines() or ["no archive was written"])[-1]
             raise PropensityError(f"the Spark class archive could not be built: {reason}")
+        archive.with_suffix(".interpreter").write_text(sys.executable)
         partial.replace(archive)
     finally:
         partial.unlink(missing_ok=True)
     return archive
+
+
+def _remove_orphaned_archives(folder: Path) -> None:
+    """Archives (some 180 MB each) of environments that are gone: each clone's venv has its own, and
+    the jar cache is shared. Each archive names the interpreter whose environment it was dumped for."""
+    for interpreter in folder.glob("spark-*.interpreter"):
+        if not Path(interpreter.read_text()).exists():
+            interpreter.with_suffix(".jsa").unlink(missing_ok=True)
+            interpreter.unlink(missing_ok=True)
 
 
 def _archive_workload(dump: Path) -> None:
@@ -485,22 +496,21 @@ def release_executors() -> None:
 def main(argv: list[str] | None = None) -> int:
     """`python -m propensity.spark archive`: dump the class archive unless it exists (make setup)."""
     args = sys.argv[1:] if argv is None else argv
-    try:
-        if args[:1] == ["archive-workload"] and len(args) == 2:
-            _archive_workload(Path(args[1]))
-        elif args == ["archive"]:
-            existing = class_archive()
-            if existing is None or not existing.is_file():
-                archive = build_class_archive()
-                print(f"Spark class archive: {archive}" if archive else "no java found: no Spark class archive")
-        else:
-            print("usage: python -m propensity.spark archive", file=sys.stderr)
-            return 2
-    except PropensityError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    if args[:1] == ["archive-workload"] and len(args) == 2:
+        _archive_workload(Path(args[1]))
+    elif args == ["archive"]:
+        existing = class_archive()
+        if existing is None or not existing.is_file():
+            archive = build_class_archive()
+            print(f"Spark class archive: {archive}" if archive else "no java found: no Spark class archive")
+    else:
+        print("usage: python -m propensity.spark archive", file=sys.stderr)
+        return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except PropensityError as error:
+        sys.exit(f"error: {error}")  # one line, exit status 1

@@ -64,6 +64,23 @@ def test_a_build_that_fails_is_one_line_and_leaves_no_archive(
     assert archive is not None and sorted(p.name for p in archive.parent.iterdir()) == []
 
 
+def test_a_build_removes_the_archives_of_environments_that_are_gone(
+    jars: list[Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    archive = class_archive()
+    assert archive is not None
+    archive.parent.mkdir()
+    gone, kept = archive.with_name("spark-gone.jsa"), archive.with_name("spark-kept.jsa")
+    for path, interpreter in ((gone, tmp_path / "removed-venv" / "python"), (kept, Path(sys.executable))):
+        path.write_bytes(b"archive")
+        path.with_suffix(".interpreter").write_text(str(interpreter))
+    monkeypatch.setattr(spark_module, "class_archive", lambda: archive)
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 1, "", "stopped"))
+    with pytest.raises(PropensityError, match="stopped"):
+        build_class_archive()
+    assert sorted(p.name for p in archive.parent.iterdir()) == ["spark-kept.interpreter", "spark-kept.jsa"]
+
+
 @pytest.mark.slow  # dumps the archive if setup did not, then starts a JVM
 def test_a_session_maps_sparks_classes_from_the_archive(tmp_path: Path) -> None:
     archive = build_class_archive()
