@@ -40,6 +40,7 @@ AWS_SDK_OPTIONS = "-Daws.requestChecksumCalculation=when_required -Daws.response
 
 def spark_conf(settings: Settings) -> dict[str, str]:
     """The session's configuration: the same tables and types however Spark runs."""
+    jars = class_path()
     conf = {
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.sql.session.timeZone": "UTC",
@@ -58,7 +59,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
                 f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}",
                 AWS_SDK_OPTIONS,
                 settings.spark_driver_java_options.strip(),
-                *class_archive_options(),
+                *class_archive_options(jars),
             )
             if option
         ),
@@ -66,7 +67,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         # Credentials reach executors as settings: keep them out of Spark's UI and event logs.
         "spark.redaction.regex": "(?i)secret|password|token|access[.-]key|cookies|feast_registry|propensity_catalog",
         # The table format, its catalog and S3 clients (propensity/jvm.lock), sent to every executor.
-        "spark.jars": ",".join(str(path) for path in class_path()),
+        "spark.jars": ",".join(str(path) for path in jars),
         "spark.sql.extensions": EXTENSIONS,  # Iceberg's SQL: maintenance procedures (expire snapshots)
     }
     if not settings.spark_master.startswith("local"):
@@ -106,23 +107,24 @@ def _java() -> Path | None:
     return Path(found).resolve() if found and Path(found).exists() else None
 
 
-def class_archive() -> Path | None:
-    """Where the class archive for this JVM, pyspark and jar set lives (None without a java)."""
+def class_archive(jars: list[Path] | None = None) -> Path | None:
+    """Where the class archive for this JVM, pyspark and jar set (the locked jars unless given) lives
+    (None without a java)."""
     import pyspark
 
     java = _java()
     if java is None:
         return None
     digest = hashlib.sha256()
-    for path in [java, *sorted((Path(pyspark.__file__).parent / "jars").glob("*.jar")), *class_path()]:
+    for path in [java, *sorted((Path(pyspark.__file__).parent / "jars").glob("*.jar")), *(jars or class_path())]:
         stat = path.stat()
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return jar_cache() / "class-archives" / f"spark-{digest.hexdigest()[:16]}.jsa"
 
 
-def class_archive_options() -> list[str]:
+def class_archive_options(jars: list[Path] | None = None) -> list[str]:
     """The driver's options that use the class archive, if setup dumped one for this class path."""
-    archive = class_archive()
+    archive = class_archive(jars)
     if archive is None or not archive.is_file():
         return []
     return [f"-XX:SharedArchiveFile={archive}", ARCHIVE_LOGGING]
@@ -170,20 +172,18 @@ def _archive_workload(dump: Path) -> None:
     """What `build_class_archive` runs in its own process; the JVM dumps to `dump` when it exits."""
     import pandas as pd
 
-    from propensity.catalog import NAMESPACE, catalog_name, prepare_catalog, table_name
+    from propensity.catalog import table_name
+    from propensity.tables import overwrite_partitions
 
     settings = get_settings()
     options = f"{settings.spark_driver_java_options} -XX:ArchiveClassesAtExit={dump}"
     settings = settings.with_values(spark_driver_java_options=options, spark_shuffle_partitions=2)
     spark = spark_session(settings, "propensity-class-archive")
-    prepare_catalog(settings)
-    spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {catalog_name(settings)}.{NAMESPACE}")
     frame = spark.createDataFrame(
         pd.DataFrame({"customer_id": ["a", "b", "a"], "amount": [1.0, 2.0, 3.0], "day": ["d1", "d1", "d2"]})
     )
+    overwrite_partitions(frame, settings, "class_archive_probe", "day")  # as the steps write: creates, commits
     table = table_name(settings, "class_archive_probe")
-    frame.writeTo(table).partitionedBy(frame["day"]).using("iceberg").create()
-    frame.writeTo(table).overwritePartitions()
     read = spark.table(table).groupBy("customer_id").agg({"amount": "sum"})
     read.mapInPandas(lambda batches: batches, read.schema).toPandas()
     spark.table(table).join(read, "customer_id").where("amount > 1").toPandas()
